@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+class ApprovalsConfig(AppConfig):
+    name = "approvals"
+    verbose_name = "IncidentDesk"
+
+    def ready(self) -> None:
+        from approvals.roles import roles_sync_after_migrate
+
+        # Permissions are created after migrations, so the role groups are kept in step then.
+        post_migrate.connect(roles_sync_after_migrate, sender=self)

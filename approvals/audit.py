@@ -1,0 +1,317 @@
+"""The tamper-evident audit trail: recording, verifying and exporting events.
+
+Each event's hash is SHA-256 over the previous event's hash and the event's canonical
+content (sorted-key JSON of every field but the hash). Events are numbered without gaps, so
+an edited, deleted, inserted or reordered event breaks the chain where it happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from approvals import live
+from approvals.models import AuditEvent, ChainVerification
+
+GENESIS_HASH = "0" * 64
+# Key of the PostgreSQL advisory lock that serializes appends to the chain.
+CHAIN_LOCK_KEY = 0x1D_A0D17
+
+
+@dataclass(frozen=True)
+class Actor:
+    kind: str
+    name: str
+
+    @classmethod
+    def user(cls, user: Any) -> Actor:
+        return cls(AuditEvent.ActorKind.USER, user.get_username())
+
+    @classmethod
+    def system(cls, name: str) -> Actor:
+        return cls(AuditEvent.ActorKind.SYSTEM, name)
+
+
+def canonical_content(event: dict[str, Any]) -> str:
+    fields = {
+        "seq": event["seq"],
+        "created_at": _timestamp(event["created_at"]),
+        "actor_kind": event["actor_kind"],
+        "actor": event["actor"],
+        "action": event["action"],
+        "domain": event["domain"],
+        "object_type": event["object_type"],
+        "object_id": event["object_id"],
+        "summary": event["summary"],
+        "data": event["data"],
+        "prev_hash": event["prev_hash"],
+    }
+    return json.dumps(
+        fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, cls=DjangoJSONEncoder
+    )
+
+
+def event_hash(event: dict[str, Any]) -> str:
+    payload = (event["prev_hash"] + canonical_content(event)).encode()
+    return hashlib.sha256(payload).hexdigest()
+
+
+def _timestamp(value: datetime | str) -> str:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _lock_chain() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK_KEY])
+    # SQLite: transactions begin IMMEDIATE (see settings), so this one already holds the
+    # database's single write lock.
+
+
+def audit_record(
+    *,
+    actor: Actor,
+    action: str,
+    domain: str = "",
+    object_type: str = "",
+    object_id: str | int = "",
+    summary: str = "",
+    data: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Append an event to the chain, inside the caller's transaction.
+
+    It must run in the transaction that makes the change it records, so both commit or
+    neither does. The chain lock is held until that transaction ends: record last.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("audit_record must run inside the transaction of the change it records")
+    _lock_chain()
+    last = AuditEvent.objects.order_by("-seq").values("seq", "hash").first()
+    fields: dict[str, Any] = {
+        "seq": last["seq"] + 1 if last else 1,
+        "created_at": timezone.now(),
+        "actor_kind": actor.kind,
+        "actor": actor.name,
+        "action": action,
+        "domain": domain,
+        "object_type": object_type,
+        "object_id": str(object_id),
+        "summary": summary[:500],
+        # Stored as it will read back, so the hash can be recomputed from the row.
+        "data": json.loads(json.dumps(data or {}, cls=DjangoJSONEncoder)),
+        "prev_hash": last["hash"] if last else GENESIS_HASH,
+    }
+    return AuditEvent.objects.create(**fields, hash=event_hash(fields))
+
+
+@dataclass
+class ChainReport:
+    intact: bool
+    checked: int
+    total: int
+    head_seq: int | None = None
+    head_hash: str = ""
+    first_broken_seq: int | None = None
+    problem: str = ""
+
+
+def audit_verify_chain(
+    *,
+    batch: int | None = None,
+    expected_head: tuple[int, str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ChainReport:
+    """Walk the chain from the first event and name the first one that breaks it.
+
+    `expected_head` is a (seq, hash) an earlier run found intact: if it is gone, events were
+    cut off the end. `progress(checked, total)` is called after every batch.
+    """
+    batch = batch or settings.AUDIT_VERIFY_BATCH
+    total = AuditEvent.objects.count()
+    report = ChainReport(intact=True, checked=0, total=total)
+    prev_seq, prev_hash = 0, GENESIS_HASH
+    columns = [f.attname for f in AuditEvent._meta.concrete_fields]
+    while True:
+        rows = list(
+            AuditEvent.objects.filter(seq__gt=prev_seq).order_by("seq").values(*columns)[:batch]
+        )
+        for row in rows:
+            problem = _link_problem(row, prev_seq, prev_hash)
+            if problem:
+                report.intact = False
+                report.first_broken_seq = row["seq"] if row["seq"] == prev_seq + 1 else prev_seq + 1
+                report.problem = problem
+                return report
+            prev_seq, prev_hash = row["seq"], row["hash"]
+            report.checked += 1
+        if progress is not None:
+            progress(report.checked, total)
+        if len(rows) < batch:
+            break
+    report.head_seq, report.head_hash = (prev_seq, prev_hash) if prev_seq else (None, "")
+    if expected_head is not None:
+        seq, digest = expected_head
+        if prev_seq < seq:
+            report.intact = False
+            report.first_broken_seq = prev_seq + 1
+            report.problem = (
+                f"event #{prev_seq + 1} is missing: the chain ends at #{prev_seq}, "
+                f"but an earlier verification saw it reach #{seq}"
+            )
+        elif not AuditEvent.objects.filter(seq=seq, hash=digest).exists():
+            report.intact = False
+            report.first_broken_seq = seq
+            report.problem = f"event #{seq} differs from the one an earlier verification saw"
+    return report
+
+
+def _link_problem(row: dict[str, Any], prev_seq: int, prev_hash: str) -> str:
+    seq = row["seq"]
+    if seq != prev_seq + 1:
+        return f"event #{prev_seq + 1} is missing (#{prev_seq} is followed by #{seq})"
+    if row["prev_hash"] != prev_hash:
+        before = f"event #{prev_seq}" if prev_seq else "the start of the chain"
+        return f"event #{seq} does not follow {before}: its previous-hash does not match"
+    if event_hash(row) != row["hash"]:
+        return f"event #{seq} was altered: its content does not match its hash"
+    return ""
+
+
+def last_intact_head() -> tuple[int, str] | None:
+    last = (
+        ChainVerification.objects.filter(state=ChainVerification.State.INTACT)
+        .exclude(head_seq=None)
+        .order_by("-head_seq")
+        .values_list("head_seq", "head_hash")
+        .first()
+    )
+    return (last[0], last[1]) if last else None
+
+
+@transaction.atomic
+def verification_request(*, actor: Actor) -> ChainVerification:
+    """Queue a verification run; a Celery task does the work and pushes its progress."""
+    from approvals.tasks import audit_verify_task
+
+    verification = ChainVerification.objects.create(
+        requested_by=actor.name, total=AuditEvent.objects.count()
+    )
+    audit_record(
+        actor=actor,
+        action="audit.verification_requested",
+        object_type="chain_verification",
+        object_id=verification.pk,
+        summary="Audit chain verification requested",
+    )
+    live.audit_verification_changed(verification.pk)
+    audit_verify_task.delay_on_commit(verification.pk)
+    return verification
+
+
+def verification_run(*, verification_id: int) -> ChainVerification | None:
+    """Run a queued verification. Returns None if another worker already claimed it."""
+    State = ChainVerification.State
+    claimed = ChainVerification.objects.filter(id=verification_id, state=State.QUEUED).update(
+        state=State.RUNNING, started_at=timezone.now()
+    )
+    if not claimed:
+        return None
+    verification = ChainVerification.objects.get(id=verification_id)
+
+    def progress(checked: int, total: int) -> None:
+        verification.checked, verification.total = checked, total
+        verification.save(update_fields=["checked", "total"])
+        live.send(live.AUDIT_GROUP, live.AUDIT_VERIFICATION, verification_id=verification.pk)
+
+    try:
+        report = audit_verify_chain(expected_head=last_intact_head(), progress=progress)
+    except Exception as exc:
+        verification.state = State.FAILED
+        verification.problem = f"verification stopped: {exc}"
+        verification.finished_at = timezone.now()
+        verification.save(update_fields=["state", "problem", "finished_at"])
+        live.send(live.AUDIT_GROUP, live.AUDIT_VERIFICATION, verification_id=verification.pk)
+        raise
+    with transaction.atomic():
+        verification.state = State.INTACT if report.intact else State.BROKEN
+        verification.checked, verification.total = report.checked, report.total
+        verification.head_seq, verification.head_hash = report.head_seq, report.head_hash
+        verification.first_broken_seq = report.first_broken_seq
+        verification.problem = report.problem
+        verification.finished_at = timezone.now()
+        verification.save()
+        # A broken chain is itself an event worth keeping, but it is appended to the chain
+        # being reported on: the report above was taken before it.
+        audit_record(
+            actor=Actor.system("audit-verifier"),
+            action="audit.chain_intact" if report.intact else "audit.chain_broken",
+            object_type="chain_verification",
+            object_id=verification.pk,
+            summary=report.problem or f"{report.checked} events verified",
+            data={"checked": report.checked, "first_broken_seq": report.first_broken_seq},
+        )
+        live.audit_verification_changed(verification.pk)
+    return verification
+
+
+def latest_verification() -> ChainVerification | None:
+    return ChainVerification.objects.first()
+
+
+@dataclass(frozen=True)
+class AuditFilters:
+    action: str = ""
+    actor: str = ""
+    domain: str = ""
+    object_id: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def audit_events(filters: AuditFilters) -> QuerySet[AuditEvent]:
+    events = AuditEvent.objects.all()
+    if filters.action:
+        events = events.filter(action__startswith=filters.action)
+    if filters.actor:
+        events = events.filter(actor=filters.actor)
+    if filters.domain:
+        events = events.filter(domain=filters.domain)
+    if filters.object_id:
+        events = events.filter(object_id=filters.object_id)
+    if filters.since:
+        events = events.filter(created_at__gte=filters.since)
+    if filters.until:
+        events = events.filter(created_at__lt=filters.until)
+    return events
+
+
+def export_lines(events: QuerySet[AuditEvent]) -> Iterator[str]:
+    """JSON lines, oldest first, with the hashes, so a reader can re-check the chain."""
+    columns = [f.attname for f in AuditEvent._meta.concrete_fields if f.attname != "id"]
+    for row in events.order_by("seq").values(*columns).iterator(chunk_size=2000):
+        row["created_at"] = _timestamp(row["created_at"])
+        yield json.dumps(row, sort_keys=True, ensure_ascii=False, cls=DjangoJSONEncoder) + "\n"
+
+
+def audit_export(*, actor: Actor, filters: AuditFilters) -> Iterator[str]:
+    """Record the export now, and return the matching events as JSON lines."""
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            action="audit.exported",
+            summary="Audit trail exported",
+            data={name: str(value) for name, value in vars(filters).items() if value},
+        )
+    return export_lines(audit_events(filters))

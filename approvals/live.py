@@ -1,0 +1,53 @@
+"""Live updates: the one home of group names, event types and how they are sent.
+
+Events carry ids, never markup; consumers load the rows and render the same template
+partials as the pages, so a missed message is harmless (every message is a full state).
+Group names may hold letters, digits, '-', '_' and '.' only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+AUDIT_GROUP = "audit"
+
+# Event types: the consumer method that handles "audit.verification" is audit_verification.
+AUDIT_VERIFICATION = "audit.verification"
+
+_server_loop: asyncio.AbstractEventLoop | None = None
+
+
+def bind_server_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Embedded mode: send from worker threads through the server's own loop.
+
+    The in-memory channel layer lives in that loop; a send from another loop is only seen
+    when the server loop next wakes up (about a second later).
+    """
+    global _server_loop
+    _server_loop = loop
+
+
+def send(group: str, event_type: str, **payload: Any) -> None:
+    message = {"type": event_type, **payload}
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    loop = _server_loop
+    if loop is not None and loop.is_running():
+        asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop).result(timeout=5)
+    else:
+        async_to_sync(layer.group_send)(group, message)
+
+
+def send_on_commit(group: str, event_type: str, **payload: Any) -> None:
+    """Send once the current transaction commits; never for a change that rolled back."""
+    transaction.on_commit(lambda: send(group, event_type, **payload))
+
+
+def audit_verification_changed(verification_id: int) -> None:
+    send_on_commit(AUDIT_GROUP, AUDIT_VERIFICATION, verification_id=verification_id)

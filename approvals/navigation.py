@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest
+
+from approvals.roles import perm, role_names
+
+# (label, url name, permission codename). Pages appear here as they are built.
+NAVIGATION = [
+    ("Dashboard", "dashboard", "view_desk"),
+    ("Audit", "audit", "view_audit"),
+]
+
+
+def context(request: HttpRequest) -> dict[str, Any]:
+    user = request.user
+    if not user.is_authenticated:
+        return {}
+    return {
+        "navigation": [
+            (label, name) for label, name, codename in NAVIGATION if user.has_perm(perm(codename))
+        ],
+        "user_roles": role_names(user),
+    }

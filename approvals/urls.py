@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from approvals import views
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("login/", views.LoginView.as_view(), name="login"),
+    path("logout/", views.LogoutView.as_view(), name="logout"),
+    path("audit/", views.audit_list, name="audit"),
+    path("audit/verify/", views.audit_verify, name="audit-verify"),
+    path("audit/export.jsonl", views.audit_export, name="audit-export"),
+    path("healthz", views.healthz, name="healthz"),
+]

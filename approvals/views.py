@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from typing import Any
+
+from django.contrib.auth import views as auth_views
+from django.db import connection, transaction
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.dateparse import parse_date
+from django.views.decorators.http import require_GET, require_POST
+
+from approvals import audit
+from approvals.audit import Actor, AuditFilters
+from approvals.models import Domain
+from approvals.permissions import require
+from approvals.roles import perm
+
+AUDIT_PAGE_SIZE = 50
+
+
+class LoginView(auth_views.LoginView):
+    def form_valid(self, form: Any) -> HttpResponse:
+        response = super().form_valid(form)
+        with transaction.atomic():
+            audit.audit_record(
+                actor=Actor.user(form.get_user()), action="auth.login", summary="Signed in"
+            )
+        return response
+
+    def form_invalid(self, form: Any) -> HttpResponse:
+        username = str(form.data.get("username", ""))[:150]
+        with transaction.atomic():
+            audit.audit_record(
+                actor=Actor.system("login"),
+                action="auth.login_failed",
+                summary=f"Failed sign-in as {username!r}",
+                data={"username": username},
+            )
+        return super().form_invalid(form)
+
+
+class LogoutView(auth_views.LogoutView):
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.user.is_authenticated:
+            with transaction.atomic():
+                audit.audit_record(
+                    actor=Actor.user(request.user), action="auth.logout", summary="Signed out"
+                )
+        return super().post(request, *args, **kwargs)
+
+
+@require_GET
+@require("view_desk")
+def dashboard(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "approvals/dashboard.html",
+        {
+            "domains": Domain.objects.all(),
+            "recent_events": audit.AuditEvent.objects.all()[:8],
+            "verification": audit.latest_verification(),
+        },
+    )
+
+
+def _day(value: str, field: str, errors: dict[str, str]) -> datetime | None:
+    if not value:
+        return None
+    day = parse_date(value)
+    if day is None:
+        errors[field] = f"{value!r} is not a date (YYYY-MM-DD)"
+        return None
+    return datetime.combine(day, time.min, tzinfo=timezone.get_current_timezone())
+
+
+def _audit_filters(request: HttpRequest) -> tuple[AuditFilters, dict[str, str]]:
+    errors: dict[str, str] = {}
+    query = request.GET
+    until = _day(query.get("until", ""), "until", errors)
+    filters = AuditFilters(
+        action=query.get("action", "").strip(),
+        actor=query.get("actor", "").strip(),
+        domain=query.get("domain", "").strip(),
+        object_id=query.get("object_id", "").strip(),
+        since=_day(query.get("since", ""), "since", errors),
+        # "until" names the last day to include.
+        until=until + timedelta(days=1) if until else None,
+    )
+    return filters, errors
+
+
+@require_GET
+@require("view_audit")
+def audit_list(request: HttpRequest) -> HttpResponse:
+    filters, errors = _audit_filters(request)
+    events = audit.audit_events(filters)
+    before = request.GET.get("before", "")
+    if before.isdigit():
+        events = events.filter(seq__lt=int(before))
+    page = list(events[: AUDIT_PAGE_SIZE + 1]) if not errors else []
+    query = request.GET.copy()
+    query.pop("before", None)
+    context = {
+        "events": page[:AUDIT_PAGE_SIZE],
+        "older": page[AUDIT_PAGE_SIZE - 1].seq if len(page) > AUDIT_PAGE_SIZE else None,
+        "filters": filters,
+        "form": request.GET,
+        "errors": errors,
+        "query": query.urlencode(),
+        "domains": Domain.objects.values_list("slug", flat=True),
+        "verification": audit.latest_verification(),
+        "can_verify": request.user.has_perm(perm("verify_audit")),
+        "can_export": request.user.has_perm(perm("export_audit")),
+    }
+    template = "approvals/audit.html#events" if request.htmx else "approvals/audit.html"
+    return render(request, template, context, status=400 if errors else 200)
+
+
+@require_POST
+@require("verify_audit")
+def audit_verify(request: HttpRequest) -> HttpResponse:
+    verification = audit.verification_request(actor=Actor.user(request.user))
+    if request.htmx:
+        return render(
+            request,
+            "approvals/audit.html#chain_status",
+            {"verification": verification, "can_verify": True},
+        )
+    return redirect("audit")
+
+
+@require_GET
+@require("export_audit")
+def audit_export(request: HttpRequest) -> HttpResponse:
+    filters, errors = _audit_filters(request)
+    if errors:
+        return HttpResponse(
+            "; ".join(f"{field}: {message}" for field, message in errors.items()),
+            status=400,
+            content_type="text/plain",
+        )
+    lines = audit.audit_export(actor=Actor.user(request.user), filters=filters)
+    response = StreamingHttpResponse(lines, content_type="application/jsonl")
+    stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
+    response["Content-Disposition"] = f'attachment; filename="audit-{stamp}.jsonl"'
+    return response
+
+
+@require_GET
+def healthz(request: HttpRequest) -> HttpResponse:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return HttpResponse("ok", content_type="text/plain")

@@ -1,0 +1,73 @@
+"""Embedded mode: a Celery worker thread inside the ASGI process, on the in-memory broker.
+
+The ASGI lifespan starts it, so `uvicorn incidentdesk.asgi:application` is the whole desk:
+tasks still run off the request (a request never waits for one), and websocket pushes from
+the worker thread reach the server's event loop directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+from django.conf import settings
+
+from approvals import live
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedWorker:
+    def __init__(self) -> None:
+        self.controller: Any = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        # Celery's Worker class installs signal handlers, which only the main thread may do;
+        # the bare WorkController does not.
+        from celery.worker import WorkController
+
+        from incidentdesk.celery import app
+
+        app.loader.import_default_modules()
+        self.controller = WorkController(
+            app=app,
+            hostname="embedded@incidentdesk",
+            pool_cls="solo",
+            concurrency=1,
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+        )
+        self.thread = threading.Thread(
+            target=self.controller.start, name="celery-embedded", daemon=True
+        )
+        self.thread.start()
+        log.info("embedded Celery worker started")
+
+    def stop(self) -> None:
+        if self.controller is None:
+            return
+        self.controller.stop(in_sighandler=False)
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+        self.controller = self.thread = None
+
+
+worker = EmbeddedWorker()
+
+
+async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            if settings.EMBEDDED:
+                live.bind_server_loop(asyncio.get_running_loop())
+                await asyncio.to_thread(worker.start)
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await asyncio.to_thread(worker.stop)
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+from django.test import Client
+
+from approvals.audit import Actor
+from approvals.operators import operator_ensure
+from approvals.roles import (
+    ADMIN,
+    APPROVER,
+    INCIDENT_COMMANDER,
+    ONCALL,
+    SENIOR_APPROVER,
+    VIEWER,
+)
+from tests.servers import Desk, running_desk
+
+PASSWORD = "correct-horse-battery"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def required_services() -> None:
+    """When the run asks for Redis, it must be there: a missing server fails, never skips."""
+    if settings.REDIS_URL:
+        import redis
+
+        redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=3).ping()
+
+
+@pytest.fixture
+def make_operator(db: Any) -> Callable[..., AbstractUser]:
+    def make(username: str, role: str | None) -> AbstractUser:
+        if role is None:
+            from django.contrib.auth import get_user_model
+
+            user = get_user_model().objects.create_user(username=username, password=PASSWORD)
+            return user
+        user, _ = operator_ensure(
+            username=username, role=role, password=PASSWORD, actor=Actor.system("tests")
+        )
+        return user
+
+    return make
+
+
+@pytest.fixture
+def viewer(make_operator: Callable[..., AbstractUser]) -> AbstractUser:
+    return make_operator("vera-viewer", VIEWER)
+
+
+@pytest.fixture
+def approver(make_operator: Callable[..., AbstractUser]) -> AbstractUser:
+    return make_operator("ada-approver", APPROVER)
+
+
+@pytest.fixture
+def senior_approver(make_operator: Callable[..., AbstractUser]) -> AbstractUser:
+    return make_operator("sam-senior", SENIOR_APPROVER)
+
+
+@pytest.fixture
+def oncall(make_operator: Callable[..., AbstractUser]) -> AbstractUser:
+    return make_operator("otto-oncall", ONCALL)
+
+
+@pytest.fixture
+def commander(make_operator: Callable[..., AbstractUser]) -> AbstractUser:
+    return make_operator("cora-commander", INCIDENT_COMMANDER)
+
+
+@pytest.fixture
+def admin_operator(make_operator: Callable[..., AbstractUser]) -> AbstractUser:
+    return make_operator("ari-admin", ADMIN)
+
+
+@pytest.fixture
+def outsider(make_operator: Callable[..., AbstractUser]) -> AbstractUser:
+    return make_operator("olga-outsider", None)
+
+
+@pytest.fixture
+def login() -> Callable[[AbstractUser], Client]:
+    def as_user(user: AbstractUser) -> Client:
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return as_user
+
+
+@pytest.fixture(scope="session")
+def desk(
+    django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Desk]:
+    """The desk served by uvicorn (and a Celery worker process in production mode)."""
+    log_dir: Path = tmp_path_factory.mktemp("desk-logs")
+    with running_desk(log_dir) as running:
+        yield running
+
+
+def session_cookie(user: AbstractUser) -> dict[str, str]:
+    """A real session in the shared database, as the login page would create."""
+    client = Client()
+    client.force_login(user)
+    return {settings.SESSION_COOKIE_NAME: client.cookies[settings.SESSION_COOKIE_NAME].value}

@@ -1,0 +1,209 @@
+"""Real servers for integration tests: the desk under uvicorn, and a Celery worker.
+
+They run as separate processes against the test database, in the mode the suite runs in:
+with REDIS_URL set, a Redis broker and channel layer and a separate worker process; without
+it, the embedded worker inside the uvicorn process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def database_url() -> str:
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{Path(db['NAME']).resolve()}"
+    user = db.get("USER") or ""
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    host = db.get("HOST") or "127.0.0.1"
+    port = db.get("PORT") or 5432
+    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DATABASE_URL", "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    }
+    env.update(
+        DATABASE_URL=database_url(),
+        SECRET_KEY=settings.SECRET_KEY,
+        DJANGO_SETTINGS_MODULE="incidentdesk.settings",
+        LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Desk:
+    url: str
+    processes: list[subprocess.Popen[bytes]]
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://")
+
+
+def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.1)
+    raise RuntimeError(f"server did not answer {url} within {timeout} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def running_desk(log_dir: Path) -> Iterator[Desk]:
+    port = free_port()
+    queue = f"incidentdesk-test-{os.getpid()}"
+    env = server_env(CELERY_QUEUE=queue)
+    processes: list[subprocess.Popen[bytes]] = []
+    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(log_dir / "uvicorn.log", "wb") as log:
+            web = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "incidentdesk.asgi:application",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--lifespan",
+                    "on",
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        processes.append(web)
+        if settings.REDIS_URL:
+            with open(log_dir / "celery.log", "wb") as log:
+                processes.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "celery",
+                            "-A",
+                            "incidentdesk",
+                            "worker",
+                            "--loglevel",
+                            "WARNING",
+                            "--pool",
+                            "solo",
+                            "--queues",
+                            queue,
+                            "--hostname",
+                            f"test-{os.getpid()}@%h",
+                            "--without-heartbeat",
+                            "--without-mingle",
+                            "--without-gossip",
+                        ],
+                        cwd=ROOT,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(f"{url}/healthz", web, timeout=30)
+        yield Desk(url=url, processes=processes)
+    finally:
+        for process in processes:
+            _stop(process)
+
+
+class Browser:
+    """A minimal HTTP client for a running desk: keeps cookies, sends CSRF like htmx does."""
+
+    def __init__(self, base_url: str, cookies: dict[str, str] | None = None) -> None:
+        self.base_url = base_url
+        self.cookies: dict[str, str] = dict(cookies or {})
+
+    def cookie_header(self) -> str:
+        return "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, str]:
+        request = urllib.request.Request(self.base_url + path, data=data, method=method)
+        request.add_header("Cookie", self.cookie_header())
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                self._keep(response.headers.get_all("Set-Cookie") or [])
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def _keep(self, set_cookies: list[str]) -> None:
+        for header in set_cookies:
+            cookie: SimpleCookie = SimpleCookie()
+            cookie.load(header)
+            for name, morsel in cookie.items():
+                self.cookies[name] = morsel.value
+
+    def htmx_post(self, path: str, **headers: Any) -> tuple[int, str]:
+        return self.request(
+            "POST",
+            path,
+            data=b"",
+            headers={
+                "HX-Request": "true",
+                "X-CSRFToken": self.cookies.get("csrftoken", ""),
+                **headers,
+            },
+        )
