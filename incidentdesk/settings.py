@@ -205,11 +205,13 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 # Without STATIC_MANIFEST, static files are served straight from their source folders. With it
 # (the production layout runs `collectstatic` first), hashed and compressed copies are served
 # with far-future cache headers.
 STATIC_MANIFEST = env_bool("STATIC_MANIFEST", False)
+STATIC_ROOT = (
+    Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles"))) if STATIC_MANIFEST else None
+)
 WHITENOISE_USE_FINDERS = not STATIC_MANIFEST
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

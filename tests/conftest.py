@@ -33,6 +33,16 @@ def required_services() -> None:
         redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=3).ping()
 
 
+@pytest.fixture(autouse=True)
+def fast_passwords(settings: Any) -> None:
+    # Fast hashing for the many operators tests create; PBKDF2 stays available for users
+    # that a separately started server must be able to check.
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+        "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    ]
+
+
 @pytest.fixture
 def make_operator(db: Any) -> Callable[..., AbstractUser]:
     def make(username: str, role: str | None) -> AbstractUser:

@@ -95,8 +95,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running_desk(log_dir: Path) -> Iterator[Desk]:
-    port = free_port()
+def running_desk(log_dir: Path, port: int | None = None) -> Iterator[Desk]:
+    port = port or free_port()
     queue = f"incidentdesk-test-{os.getpid()}"
     env = server_env(CELERY_QUEUE=queue)
     processes: list[subprocess.Popen[bytes]] = []
