@@ -145,7 +145,17 @@ else:
             "NAME": VAR_DIR / "incidentdesk.sqlite3",
         }
     }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A pool per process instead of a connection per request (or per ASGI thread, which
+    # exhausts the server): each web or worker process holds at most DB_POOL_MAX.
+    DATABASES["default"]["OPTIONS"] = {
+        "pool": {
+            "min_size": env_int("DB_POOL_MIN", 1),
+            "max_size": env_int("DB_POOL_MAX", 8),
+            "timeout": env_int("DB_POOL_TIMEOUT", 10),
+        }
+    }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         # One writer at a time, taken at BEGIN: the audit chain relies on it.
         "transaction_mode": "IMMEDIATE",

@@ -1,0 +1,249 @@
+"""Serving layouts compared on this machine: JSON POST + one insert, and websocket fan-out.
+
+For each layout it starts the servers in production mode (PostgreSQL + Redis), drives
+`POST /bench/insert` (an audit event written per request) with wrk, and prints requests
+per second and latency percentiles. Then, for the layouts that carry websockets, it connects
+N clients to /ws/desk/ and times one group message reaching all of them.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/incidentdesk_bench \\
+    REDIS_URL=redis://127.0.0.1:6379/3 python bench/serving.py [--seconds 10] [--clients 500]
+
+Needs wrk and nginx (apt-get install wrk nginx-light). Only talks to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PY = sys.executable
+LOG = open(Path(tempfile.gettempdir()) / "desk-bench-servers.log", "ab")  # noqa: SIM115
+LUA = """
+wrk.method = "POST"
+wrk.body = '{"tool": "create_order", "params": {"sku": "A-100", "qty": 3}, "amount": "120.00"}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/incidentdesk_bench")
+    e.setdefault("REDIS_URL", "redis://127.0.0.1:6379/3")
+    e.setdefault("SECRET_KEY", "bench-only-secret-key-" + "x" * 40)
+    e["DJANGO_SETTINGS_MODULE"] = "bench.serving_settings"
+    e["LOG_LEVEL"] = "WARNING"
+    return e
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer in {timeout} s")
+
+
+@contextmanager
+def processes(commands: list[list[str]], extra_env: dict[str, str] | None = None):
+    running = [
+        subprocess.Popen(
+            cmd, cwd=ROOT, env={**env(), **(extra_env or {})},
+            stdout=LOG, stderr=subprocess.STDOUT,
+        )
+        for cmd in commands
+    ]  # fmt: skip
+    try:
+        yield running
+    finally:
+        for p in running:
+            p.terminate()
+        for p in running:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def granian(interface: str, app: str, port: int, workers: int) -> list[str]:
+    return [
+        PY, "-m", "granian", "--interface", interface, "--host", "127.0.0.1",
+        "--port", str(port), "--workers", str(workers), "--no-access-log",
+        "--log-level", "warning",
+        *(["--blocking-threads", "8"] if interface == "wsgi" else []),
+        app,
+    ]  # fmt: skip
+
+
+def uvicorn(port: int, workers: int) -> list[str]:
+    return [
+        PY, "-m", "uvicorn", "incidentdesk.asgi:application", "--host", "127.0.0.1",
+        "--port", str(port), "--workers", str(workers), "--log-level", "warning",
+        "--no-access-log", "--lifespan", "on",
+    ]  # fmt: skip
+
+
+def nginx(listen: int, wsgi: int, asgi: int, prefix: Path) -> list[str]:
+    conf = (ROOT / "deploy" / "nginx.conf.template").read_text()
+    values = {
+        "NGINX_PREFIX": str(prefix),
+        "LISTEN_ADDRESS": f"127.0.0.1:{listen}",
+        "WSGI_ADDRESS": f"127.0.0.1:{wsgi}",
+        "ASGI_ADDRESS": f"127.0.0.1:{asgi}",
+    }
+    for name, value in values.items():
+        conf = conf.replace("${" + name + "}", value)
+    (prefix / "nginx.conf").write_text(conf)
+    return ["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
+
+
+def layouts(prefix: Path) -> dict[str, tuple[list[list[str]], int, bool]]:
+    """name -> (commands, port to load, carries websockets)."""
+    return {
+        "granian WSGI x2 (HTTP only)": (
+            [granian("wsgi", "incidentdesk.wsgi:application", 8101, 2)], 8101, False
+        ),
+        "uvicorn ASGI x2": ([uvicorn(8102, 2)], 8102, True),
+        "granian ASGI x2": (
+            [granian("asgi", "incidentdesk.asgi:application", 8103, 2)], 8103, True
+        ),
+        "nginx -> granian WSGI x2 + uvicorn ASGI x1 for /ws/": (
+            [
+                granian("wsgi", "incidentdesk.wsgi:application", 8104, 2),
+                uvicorn(8105, 1),
+                nginx(8100, 8104, 8105, prefix),
+            ],
+            8100,
+            True,
+        ),
+    }  # fmt: skip
+
+
+def wrk(
+    port: int, seconds: int, connections: int, script: Path, path: str = "/bench/insert"
+) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
+         f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result = {"rps": rps, "non2xx": float(errors.group(1)) if errors else 0.0}
+    for pct in ("50", "99"):
+        match = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
+        value, unit = float(match.group(1)), match.group(2)  # type: ignore[union-attr]
+        result[f"p{pct}_ms"] = value * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+    return result
+
+
+async def fanout(port: int, clients: int, rounds: int) -> list[float]:
+    """Time from one group_send until every connected client has the message, in ms."""
+    import django
+
+    os.environ.update(env())
+    django.setup()
+    from channels.layers import get_channel_layer
+    from django.test import Client
+    from websockets.asyncio.client import connect
+
+    from approvals.operators import operator_ensure
+    from approvals.audit import Actor
+
+    user, _ = await asyncio.to_thread(
+        operator_ensure, username="bench-viewer", role="viewer", password="x" * 20,
+        actor=Actor.system("bench"),
+    )  # fmt: skip
+    client = Client()
+    await asyncio.to_thread(client.force_login, user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    sockets = []
+    for _ in range(clients):
+        ws = await connect(
+            f"ws://127.0.0.1:{port}/ws/desk/", origin=f"http://127.0.0.1:{port}",  # type: ignore[arg-type]
+            additional_headers={"Cookie": cookie}, proxy=None, compression=None,
+        )  # fmt: skip
+        await ws.recv()  # the state sent on connect
+        sockets.append(ws)
+    layer = get_channel_layer()
+    timings = []
+    # A message the consumer answers for every client: the chain status.
+    from approvals import live
+    from approvals.models import ChainVerification
+
+    verification = await asyncio.to_thread(ChainVerification.objects.create, requested_by="bench")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        await layer.group_send(
+            live.AUDIT_GROUP, {"type": live.AUDIT_VERIFICATION, "verification_id": verification.pk}
+        )
+        await asyncio.gather(*(ws.recv() for ws in sockets))
+        timings.append((time.perf_counter() - start) * 1000)
+        await asyncio.sleep(0.2)
+    for ws in sockets:
+        await ws.close()
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--clients", type=int, default=500, help="websocket clients")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument(
+        "--path",
+        default="/bench/insert",
+        help="/bench/insert writes a plain row; /bench/audited appends an audit event",
+    )
+    parser.add_argument("--only", default="", help="run only layouts whose name contains this")
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: apt-get install -y wrk nginx-light")
+    subprocess.run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env(), check=True)
+    prefix = Path(tempfile.mkdtemp(prefix="desk-nginx-"))
+    script = prefix / "post.lua"
+    script.write_text(LUA)
+    print(f"{os.cpu_count()} cores; wrk -t2 -c{args.connections} -d{args.seconds}s; "
+          f"{args.clients} websocket clients x {args.rounds} rounds")  # fmt: skip
+    print(f"{'layout':<55} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+          f"{'fan-out p50':>12} {'fan-out max':>12}")  # fmt: skip
+    for name, (commands, port, websockets) in layouts(prefix).items():
+        if args.only not in name:
+            continue
+        with processes(commands):
+            wait_http(f"http://127.0.0.1:{port}/healthz")
+            wrk(port, 2, args.connections, script)  # warm-up
+            result = wrk(port, args.seconds, args.connections, script, args.path)
+            fan = "-"
+            fan_max = "-"
+            if websockets:
+                times = asyncio.run(fanout(port, args.clients, args.rounds))
+                fan = f"{statistics.median(times):.1f} ms"
+                fan_max = f"{max(times):.1f} ms"
+        print(
+            f"{name:<55} {result['rps']:>8.0f} {result['p50_ms']:>8.1f} {result['p99_ms']:>8.1f} "
+            f"{result['non2xx']:>7.0f} {fan:>12} {fan_max:>12}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
