@@ -197,7 +197,9 @@ def last_intact_head() -> tuple[int, str] | None:
         .values_list("head_seq", "head_hash")
         .first()
     )
-    return (last[0], last[1]) if last else None
+    if last is None or last[0] is None:
+        return None
+    return last[0], last[1]
 
 
 @transaction.atomic

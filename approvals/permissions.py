@@ -6,17 +6,20 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 
 from approvals.roles import perm
 
+View = Callable[..., HttpResponseBase]
 
-def require(codename: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+
+def require(codename: str) -> Callable[[View], View]:
     """Anonymous users go to the login page; signed-in users without the permission get 403."""
 
-    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    def decorator(view: View) -> View:
         @wraps(view)
-        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             if not request.user.has_perm(perm(codename)):
                 raise PermissionDenied(f"This needs the {codename} permission.")
             return view(request, *args, **kwargs)

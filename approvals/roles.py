@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth.models import Group, Permission
 from django.db import transaction
 
-PERMISSIONS = [
+PERMISSIONS: tuple[tuple[str, str], ...] = (
     ("view_desk", "See the dashboard, queue, sessions and kill switches"),
     ("view_audit", "Read the audit trail"),
     ("verify_audit", "Run the audit chain verifier"),
@@ -18,7 +18,7 @@ PERMISSIONS = [
     ("operate_killswitch", "Engage and release kill switches"),
     ("run_rollback", "Plan and run rollbacks"),
     ("manage_desk", "Manage agents, tokens, domains, policies and users"),
-]
+)
 
 VIEWER = "viewer"
 APPROVER = "approver"

@@ -6,10 +6,12 @@ from typing import Any
 from django.contrib.auth import views as auth_views
 from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.dateparse import parse_date
 from django.views.decorators.http import require_GET, require_POST
+from django_htmx.middleware import HtmxDetails
 
 from approvals import audit
 from approvals.audit import Actor, AuditFilters
@@ -18,6 +20,10 @@ from approvals.permissions import require
 from approvals.roles import perm
 
 AUDIT_PAGE_SIZE = 50
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
 
 
 class LoginView(auth_views.LoginView):
@@ -93,7 +99,7 @@ def _audit_filters(request: HttpRequest) -> tuple[AuditFilters, dict[str, str]]:
 
 @require_GET
 @require("view_audit")
-def audit_list(request: HttpRequest) -> HttpResponse:
+def audit_list(request: HtmxHttpRequest) -> HttpResponse:
     filters, errors = _audit_filters(request)
     events = audit.audit_events(filters)
     before = request.GET.get("before", "")
@@ -120,7 +126,7 @@ def audit_list(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @require("verify_audit")
-def audit_verify(request: HttpRequest) -> HttpResponse:
+def audit_verify(request: HtmxHttpRequest) -> HttpResponse:
     verification = audit.verification_request(actor=Actor.user(request.user))
     if request.htmx:
         return render(
@@ -133,7 +139,7 @@ def audit_verify(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @require("export_audit")
-def audit_export(request: HttpRequest) -> HttpResponse:
+def audit_export(request: HttpRequest) -> HttpResponseBase:
     filters, errors = _audit_filters(request)
     if errors:
         return HttpResponse(

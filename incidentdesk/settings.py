@@ -142,7 +142,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "incidentdesk.sqlite3",
+            "NAME": str(VAR_DIR / "incidentdesk.sqlite3"),
         }
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":

@@ -1,0 +1,54 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-fast test-browser worker beat serve lint migrations-check bench
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(INSTALLED): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else "IncidentDesk needs Python 3.12 or newer; $(PYTHON) is " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@touch $@
+
+install: $(INSTALLED)  ## Create .venv with the locked dependencies
+
+run: $(INSTALLED)  ## Run the desk in embedded mode, with demo data, at http://127.0.0.1:8000
+	$(BIN)/python manage.py migrate --no-input -v0
+	$(BIN)/python manage.py load_demo
+	@echo "IncidentDesk: http://$(HOST):$(PORT)/  (sign in with a login above)"
+	$(BIN)/uvicorn incidentdesk.asgi:application --host $(HOST) --port $(PORT) --lifespan on --log-level warning
+
+test: test-fast test-browser  ## Run the whole test suite
+
+test-fast: $(INSTALLED)  ## Everything but the browser tests
+	$(BIN)/pytest -p no:playwright -m "not browser"
+
+test-browser: $(INSTALLED)  ## The headless Chromium tests, in their own process
+	$(BIN)/pytest -m browser
+
+worker: $(INSTALLED)  ## A Celery worker (production mode)
+	$(BIN)/celery -A incidentdesk worker --loglevel INFO
+
+beat: $(INSTALLED)  ## Celery beat (production mode)
+	$(BIN)/celery -A incidentdesk beat --loglevel INFO --schedule var/celerybeat-schedule
+
+serve: $(INSTALLED)  ## The production layout: nginx, granian (HTTP), uvicorn (websockets), worker, beat
+	BIN=$(BIN) deploy/serve.sh
+
+lint: $(INSTALLED)  ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy approvals incidentdesk
+
+migrations-check: $(INSTALLED)  ## Fail if a model change has no migration
+	$(BIN)/python manage.py makemigrations --check --dry-run
+
+bench: $(INSTALLED)  ## Serving layouts compared (needs PostgreSQL, Redis, wrk, nginx)
+	$(BIN)/python bench/serving.py

@@ -1,0 +1,73 @@
+"""The production layout as `make serve` runs it: nginx, granian, uvicorn, worker and beat."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from tests.conftest import session_cookie
+from tests.servers import ROOT, Browser, Desk, _wait_http, free_port, server_env
+from tests.test_live import open_socket, receive_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def layout(django_db_setup, tmp_path: Path) -> Iterator[Desk]:
+    if not settings.REDIS_URL:
+        pytest.skip("the production layout needs Redis: run with REDIS_URL set")
+    listen = free_port()
+    env = server_env(
+        LISTEN=f"127.0.0.1:{listen}",
+        WSGI_PORT=str(free_port()),
+        ASGI_PORT=str(free_port()),
+        RUN_DIR=str(tmp_path / "run"),
+        STATIC_ROOT=str(tmp_path / "static"),
+        CELERY_QUEUE=f"incidentdesk-layout-{os.getpid()}",
+        BIN=str(Path(sys.executable).parent),
+    )
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        ["deploy/serve.sh"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{listen}"
+        try:
+            _wait_http(f"{url}/healthz", process, timeout=60)
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}\n{(tmp_path / 'serve.log').read_text()}") from None
+        yield Desk(url=url, processes=[process])
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_nginx_serves_pages_static_files_and_websockets(layout: Desk, oncall) -> None:
+    anonymous = Browser(layout.url)
+    status, page = anonymous.request("GET", "/login/")
+    assert status == 200
+    # Hashed, compressed static files from collectstatic, served through the WSGI server.
+    stylesheet = re.search(r'href="(/static/incidentdesk/desk\.[0-9a-f]{12}\.css)"', page)
+    assert stylesheet, page[:500]
+    assert anonymous.request("GET", stylesheet.group(1))[0] == 200
+
+    browser = Browser(layout.url, session_cookie(oncall))
+    assert browser.request("GET", "/audit/")[0] == 200
+    with open_socket(layout, browser.cookies) as ws:
+        receive_until(ws, "has not been verified yet", timeout=10)
+        status, fragment = browser.htmx_post("/audit/verify/")
+        assert status == 200, fragment
+        receive_until(ws, "Chain intact", timeout=30)
