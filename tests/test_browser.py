@@ -69,11 +69,14 @@ def operator_with_real_password(make_operator: Any, username: str, role: str) ->
 def sign_in(page: Any, desk: Desk, username: str) -> None:
     page.goto(desk.url + "/")
     assert "/login/" in page.url
-    page.keyboard.type(username)  # the username field has focus
+    # The username field takes the focus by itself; the rest is typed.
+    page.wait_for_function("document.activeElement?.id === 'id_username'")
+    page.keyboard.type(username)
     page.keyboard.press("Tab")
     page.keyboard.type(PASSWORD)
-    page.keyboard.press("Enter")
-    page.wait_for_url(desk.url + "/")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.url == desk.url + "/", page.content()[:3000]
 
 
 def test_operator_signs_in_with_the_keyboard_and_sees_the_dashboard(
