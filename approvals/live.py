@@ -8,6 +8,7 @@ Group names may hold letters, digits, '-', '_' and '.' only.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -32,16 +33,21 @@ def bind_server_loop(loop: asyncio.AbstractEventLoop) -> None:
     _server_loop = loop
 
 
+def message(event_type: str, **payload: Any) -> dict[str, Any]:
+    # The id lets consumers in one process share the work a message causes.
+    return {"type": event_type, "message_id": uuid.uuid4().hex, **payload}
+
+
 def send(group: str, event_type: str, **payload: Any) -> None:
-    message = {"type": event_type, **payload}
     layer = get_channel_layer()
     if layer is None:
         return
+    event = message(event_type, **payload)
     loop = _server_loop
     if loop is not None and loop.is_running():
-        asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop).result(timeout=5)
+        asyncio.run_coroutine_threadsafe(layer.group_send(group, event), loop).result(timeout=5)
     else:
-        async_to_sync(layer.group_send)(group, message)
+        async_to_sync(layer.group_send)(group, event)
 
 
 def send_on_commit(group: str, event_type: str, **payload: Any) -> None:

@@ -49,6 +49,16 @@ def env() -> dict[str, str]:
     return e
 
 
+def ensure_database(url: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    name = url.rsplit("/", 1)[1].split("?")[0]
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
 def wait_http(url: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -191,7 +201,8 @@ async def fanout(port: int, clients: int, rounds: int) -> list[float]:
     for _ in range(rounds):
         start = time.perf_counter()
         await layer.group_send(
-            live.AUDIT_GROUP, {"type": live.AUDIT_VERIFICATION, "verification_id": verification.pk}
+            live.AUDIT_GROUP,
+            live.message(live.AUDIT_VERIFICATION, verification_id=verification.pk),
         )
         await asyncio.gather(*(ws.recv() for ws in sockets))
         timings.append((time.perf_counter() - start) * 1000)
@@ -217,6 +228,7 @@ def main() -> None:
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: apt-get install -y wrk nginx-light")
+    ensure_database(env()["DATABASE_URL"])
     subprocess.run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env(), check=True)
     prefix = Path(tempfile.mkdtemp(prefix="desk-nginx-"))
     script = prefix / "post.lua"
