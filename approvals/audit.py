@@ -1,8 +1,13 @@
-"""The tamper-evident audit trail: recording, verifying and exporting events.
+"""The tamper-evident audit trail: recording, sealing, verifying and exporting events.
 
 Each event's hash is SHA-256 over the previous event's hash and the event's canonical
 content (sorted-key JSON of every field but the hash). Events are numbered without gaps, so
 an edited, deleted, inserted or reordered event breaks the chain where it happened.
+
+Recording and chaining are two steps, so that writers never wait on each other: an event is
+inserted unsealed in the transaction of the change it records, and sealed into the chain
+(numbered and hashed, under one lock) as soon as that transaction commits. A seal takes every
+event committed so far, so under load one short transaction seals many.
 """
 
 from __future__ import annotations
@@ -24,8 +29,13 @@ from approvals import live
 from approvals.models import AuditEvent, ChainVerification
 
 GENESIS_HASH = "0" * 64
-# Key of the PostgreSQL advisory lock that serializes appends to the chain.
+# Key of the PostgreSQL advisory lock that serializes sealing.
 CHAIN_LOCK_KEY = 0x1D_A0D17
+SEAL_BATCH = 5000
+CONTENT_FIELDS = [
+    "created_at", "actor_kind", "actor", "action", "domain", "object_type", "object_id",
+    "summary", "data",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -43,19 +53,8 @@ class Actor:
 
 
 def canonical_content(event: dict[str, Any]) -> str:
-    fields = {
-        "seq": event["seq"],
-        "created_at": _timestamp(event["created_at"]),
-        "actor_kind": event["actor_kind"],
-        "actor": event["actor"],
-        "action": event["action"],
-        "domain": event["domain"],
-        "object_type": event["object_type"],
-        "object_id": event["object_id"],
-        "summary": event["summary"],
-        "data": event["data"],
-        "prev_hash": event["prev_hash"],
-    }
+    fields = {name: event[name] for name in ["seq", *CONTENT_FIELDS, "prev_hash"]}
+    fields["created_at"] = _timestamp(fields["created_at"])
     return json.dumps(
         fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, cls=DjangoJSONEncoder
     )
@@ -72,14 +71,6 @@ def _timestamp(value: datetime | str) -> str:
     return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def _lock_chain() -> None:
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK_KEY])
-    # SQLite: transactions begin IMMEDIATE (see settings), so this one already holds the
-    # database's single write lock.
-
-
 def audit_record(
     *,
     actor: Actor,
@@ -90,30 +81,93 @@ def audit_record(
     summary: str = "",
     data: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Append an event to the chain, inside the caller's transaction.
+    """Write an event inside the caller's transaction; it is sealed once that commits.
 
     It must run in the transaction that makes the change it records, so both commit or
-    neither does. The chain lock is held until that transaction ends: record last.
+    neither does.
     """
     if not connection.in_atomic_block:
         raise RuntimeError("audit_record must run inside the transaction of the change it records")
-    _lock_chain()
-    last = AuditEvent.objects.order_by("-seq").values("seq", "hash").first()
-    fields: dict[str, Any] = {
-        "seq": last["seq"] + 1 if last else 1,
-        "created_at": timezone.now(),
-        "actor_kind": actor.kind,
-        "actor": actor.name,
-        "action": action,
-        "domain": domain,
-        "object_type": object_type,
-        "object_id": str(object_id),
-        "summary": summary[:500],
+    event = AuditEvent.objects.create(
+        created_at=timezone.now(),
+        actor_kind=actor.kind,
+        actor=actor.name,
+        action=action,
+        domain=domain,
+        object_type=object_type,
+        object_id=str(object_id),
+        summary=summary[:500],
         # Stored as it will read back, so the hash can be recomputed from the row.
-        "data": json.loads(json.dumps(data or {}, cls=DjangoJSONEncoder)),
-        "prev_hash": last["hash"] if last else GENESIS_HASH,
-    }
-    return AuditEvent.objects.create(**fields, hash=event_hash(fields))
+        data=json.loads(json.dumps(data or {}, cls=DjangoJSONEncoder)),
+    )
+    _seal_after_commit()
+    return event
+
+
+def _seal_after_commit() -> None:
+    # One seal per transaction, however many events it recorded. (Django drops the callbacks
+    # of a transaction or savepoint that rolls back, so this list is the pending truth.)
+    if not any(callback is seal_after_commit for _, callback, _ in connection.run_on_commit):
+        transaction.on_commit(seal_after_commit)
+
+
+def seal_after_commit() -> None:
+    audit_seal(wait=False)
+
+
+def _lock_chain(*, wait: bool) -> bool:
+    """Take the sealing lock until the transaction ends; without `wait`, only if it is free."""
+    if connection.vendor != "postgresql":
+        # SQLite: transactions begin IMMEDIATE (see settings), so this one already holds the
+        # database's single write lock.
+        return True
+    with connection.cursor() as cursor:
+        if wait:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK_KEY])
+            return True
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [CHAIN_LOCK_KEY])
+        return bool(cursor.fetchone()[0])
+
+
+def audit_seal(*, wait: bool = True) -> int:
+    """Seal every committed, unsealed event into the chain, oldest first. Returns how many.
+
+    Safe to call any time from any process. Without `wait` it gives up when another sealer
+    holds the lock: nothing is left behind, because every sealer looks again after each
+    commit and stops only when it finds nothing, or finds the lock taken by a sealer that
+    will look again after its own commit.
+    """
+    sealed = 0
+    while True:
+        with transaction.atomic():
+            if not _lock_chain(wait=wait):
+                return sealed
+            count = _seal_batch()
+        sealed += count
+        if count == 0:
+            return sealed
+
+
+def _seal_batch() -> int:
+    pending = list(
+        AuditEvent.objects.filter(seq=None)
+        .order_by("id")
+        .values("id", *CONTENT_FIELDS)[:SEAL_BATCH]
+    )
+    if not pending:
+        return 0
+    last = AuditEvent.objects.exclude(seq=None).order_by("-seq").values("seq", "hash").first()
+    seq, prev_hash = (last["seq"], last["hash"]) if last else (0, GENESIS_HASH)
+    updates = []
+    for row in pending:
+        seq += 1
+        row.update(seq=seq, prev_hash=prev_hash)
+        prev_hash = event_hash(row)
+        updates.append(
+            AuditEvent(id=row["id"], seq=seq, prev_hash=row["prev_hash"], hash=prev_hash)
+        )
+    AuditEvent.objects.bulk_update(updates, ["seq", "prev_hash", "hash"], batch_size=1000)
+    return len(updates)
 
 
 @dataclass
@@ -139,7 +193,8 @@ def audit_verify_chain(
     cut off the end. `progress(checked, total)` is called after every batch.
     """
     batch = batch or settings.AUDIT_VERIFY_BATCH
-    total = AuditEvent.objects.count()
+    audit_seal()
+    total = AuditEvent.objects.exclude(seq=None).count()
     report = ChainReport(intact=True, checked=0, total=total)
     prev_seq, prev_hash = 0, GENESIS_HASH
     columns = [f.attname for f in AuditEvent._meta.concrete_fields]
@@ -208,7 +263,7 @@ def verification_request(*, actor: Actor) -> ChainVerification:
     from approvals.tasks import audit_verify_task
 
     verification = ChainVerification.objects.create(
-        requested_by=actor.name, total=AuditEvent.objects.count()
+        requested_by=actor.name, total=AuditEvent.objects.exclude(seq=None).count()
     )
     audit_record(
         actor=actor,
@@ -302,7 +357,7 @@ def audit_events(filters: AuditFilters) -> QuerySet[AuditEvent]:
 def export_lines(events: QuerySet[AuditEvent]) -> Iterator[str]:
     """JSON lines, oldest first, with the hashes, so a reader can re-check the chain."""
     columns = [f.attname for f in AuditEvent._meta.concrete_fields if f.attname != "id"]
-    for row in events.order_by("seq").values(*columns).iterator(chunk_size=2000):
+    for row in events.exclude(seq=None).order_by("seq").values(*columns).iterator(chunk_size=2000):
         row["created_at"] = _timestamp(row["created_at"])
         yield json.dumps(row, sort_keys=True, ensure_ascii=False, cls=DjangoJSONEncoder) + "\n"
 
@@ -316,4 +371,5 @@ def audit_export(*, actor: Actor, filters: AuditFilters) -> Iterator[str]:
             summary="Audit trail exported",
             data={name: str(value) for name, value in vars(filters).items() if value},
         )
+    audit_seal()
     return export_lines(audit_events(filters))

@@ -33,9 +33,11 @@ class Domain(models.Model):
 class AuditEvent(models.Model):
     """One link of the append-only, hash-chained audit trail.
 
-    `seq` numbers the chain without gaps; `hash` is the SHA-256 of the previous event's hash
-    and this event's canonical content (approvals.audit.canonical_content). On PostgreSQL a
-    trigger refuses UPDATE and DELETE on this table.
+    An event is written, unsealed, in the transaction of the change it records; right after
+    that commits it is sealed into the chain: `seq` numbers the chain without gaps, and `hash`
+    is the SHA-256 of the previous event's hash and this event's canonical content
+    (approvals.audit.canonical_content). On PostgreSQL a trigger refuses DELETE, and any UPDATE
+    but the one that seals an event.
     """
 
     class ActorKind(models.TextChoices):
@@ -43,7 +45,7 @@ class AuditEvent(models.Model):
         AGENT = "agent"
         SYSTEM = "system"
 
-    seq = models.PositiveBigIntegerField(unique=True)
+    seq = models.PositiveBigIntegerField(unique=True, null=True, blank=True)
     created_at = models.DateTimeField()
     actor_kind = models.CharField(max_length=10, choices=ActorKind.choices)
     actor = models.CharField(max_length=150)
@@ -53,21 +55,22 @@ class AuditEvent(models.Model):
     object_id = models.CharField(max_length=100, blank=True)
     summary = models.CharField(max_length=500, blank=True)
     data = models.JSONField(default=dict, blank=True)
-    prev_hash = models.CharField(max_length=64)
-    hash = models.CharField(max_length=64, unique=True)
+    prev_hash = models.CharField(max_length=64, blank=True)
+    hash = models.CharField(max_length=64, blank=True)
 
     class Meta:
-        ordering = ["-seq"]
+        ordering = ["-id"]
         indexes = [
-            models.Index(fields=["action", "seq"]),
-            models.Index(fields=["domain", "seq"]),
-            models.Index(fields=["actor", "seq"]),
+            models.Index(fields=["action", "id"]),
+            models.Index(fields=["domain", "id"]),
+            models.Index(fields=["actor", "id"]),
             models.Index(fields=["object_type", "object_id"]),
             models.Index(fields=["created_at"]),
+            models.Index(fields=["id"], condition=models.Q(seq=None), name="audit_unsealed"),
         ]
 
     def __str__(self) -> str:
-        return f"#{self.seq} {self.action}"
+        return f"#{self.seq or '?'} {self.action}"
 
 
 class ChainVerification(models.Model):

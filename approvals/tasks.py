@@ -2,10 +2,17 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from approvals.audit import verification_run
+from approvals.audit import audit_seal, verification_run
 
 
 @shared_task
 def audit_verify_task(verification_id: int) -> None:
     # Safe to run twice: the run claims its row, and a second delivery finds it taken.
     verification_run(verification_id=verification_id)
+
+
+@shared_task
+def audit_seal_task() -> None:
+    # A backstop: writers seal their own events after commit; this catches any left by a
+    # process that died between its commit and its seal.
+    audit_seal(wait=True)

@@ -104,13 +104,13 @@ def audit_list(request: HtmxHttpRequest) -> HttpResponse:
     events = audit.audit_events(filters)
     before = request.GET.get("before", "")
     if before.isdigit():
-        events = events.filter(seq__lt=int(before))
+        events = events.filter(id__lt=int(before))
     page = list(events[: AUDIT_PAGE_SIZE + 1]) if not errors else []
     query = request.GET.copy()
     query.pop("before", None)
     context = {
         "events": page[:AUDIT_PAGE_SIZE],
-        "older": page[AUDIT_PAGE_SIZE - 1].seq if len(page) > AUDIT_PAGE_SIZE else None,
+        "older": page[AUDIT_PAGE_SIZE - 1].id if len(page) > AUDIT_PAGE_SIZE else None,
         "filters": filters,
         "form": request.GET,
         "errors": errors,

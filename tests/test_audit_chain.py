@@ -10,6 +10,7 @@ from approvals.audit import (
     GENESIS_HASH,
     Actor,
     audit_record,
+    audit_seal,
     audit_verify_chain,
     event_hash,
 )
@@ -35,7 +36,9 @@ def record_many(count: int) -> list[AuditEvent]:
                     data={"n": n, "amount": "12.50", "nested": {"ok": True}},
                 )
             )
-    return events
+    # Tests run inside a transaction that never commits, so seal as a commit would.
+    audit_seal()
+    return list(AuditEvent.objects.filter(id__in=[e.id for e in events]).order_by("seq"))
 
 
 @contextmanager

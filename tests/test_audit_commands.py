@@ -7,7 +7,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 
-from approvals.audit import Actor, audit_record, event_hash
+from approvals.audit import Actor, audit_record, audit_seal, event_hash
 from approvals.models import AuditEvent, ChainVerification
 from tests.test_audit_chain import underneath
 
@@ -18,6 +18,7 @@ def record_many(count: int) -> None:
     for n in range(count):
         with transaction.atomic():
             audit_record(actor=Actor.system("tests"), action="test.event", data={"n": n})
+    audit_seal()
 
 
 def run(*args: str) -> tuple[str, str]:
