@@ -107,7 +107,7 @@ def audit_record(
 def _seal_after_commit() -> None:
     # One seal per transaction, however many events it recorded. (Django drops the callbacks
     # of a transaction or savepoint that rolls back, so this list is the pending truth.)
-    if not any(callback is seal_after_commit for _, callback, _ in connection.run_on_commit):
+    if not any(entry[1] is seal_after_commit for entry in connection.run_on_commit):
         transaction.on_commit(seal_after_commit)
 
 
@@ -157,7 +157,8 @@ def _seal_batch() -> int:
     if not pending:
         return 0
     last = AuditEvent.objects.exclude(seq=None).order_by("-seq").values("seq", "hash").first()
-    seq, prev_hash = (last["seq"], last["hash"]) if last else (0, GENESIS_HASH)
+    seq: int = last["seq"] if last else 0
+    prev_hash: str = last["hash"] if last else GENESIS_HASH
     updates = []
     for row in pending:
         seq += 1
