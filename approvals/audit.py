@@ -157,7 +157,7 @@ def _seal_batch() -> int:
     if not pending:
         return 0
     last = AuditEvent.objects.exclude(seq=None).order_by("-seq").values("seq", "hash").first()
-    seq: int = last["seq"] if last else 0
+    seq: int = (last["seq"] or 0) if last else 0
     prev_hash: str = last["hash"] if last else GENESIS_HASH
     updates = []
     for row in pending:
