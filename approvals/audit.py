@@ -77,7 +77,7 @@ def audit_record(
     action: str,
     domain: str = "",
     object_type: str = "",
-    object_id: str | int = "",
+    object_id: object = "",
     summary: str = "",
     data: dict[str, Any] | None = None,
 ) -> AuditEvent:

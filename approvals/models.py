@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import uuid
+
+from django.conf import settings
 from django.db import models
 
 from approvals.roles import PERMISSIONS
@@ -112,3 +115,183 @@ class ChainVerification(models.Model):
         if self.is_finished:
             return 100
         return int(100 * self.checked / self.total) if self.total else 0
+
+
+class Agent(models.Model):
+    """An AI agent's identity. It acts only through tokens."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    # The person answerable for the agent; four-eyes rules keep them from approving its actions.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AgentToken(models.Model):
+    """A scoped, short-lived credential. Only an HMAC of the secret is stored."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="tokens")
+    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="tokens")
+    prefix = models.CharField(max_length=20, unique=True)
+    digest = models.CharField(max_length=64, unique=True)
+    # `tool:verb` patterns, shell-style: "create_order:create", "*:read".
+    scopes = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.CharField(max_length=150)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.prefix
+
+
+class AgentSession(models.Model):
+    """One reasoning run of an agent; the id is the client's."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="sessions")
+    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="sessions")
+    external_id = models.CharField(max_length=100)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "external_id"], name="session_per_agent")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent.name}/{self.external_id}"
+
+
+class ReasoningStep(models.Model):
+    class Kind(models.TextChoices):
+        THOUGHT = "thought"
+        OBSERVATION = "observation"
+        TOOL_CALL = "tool_call"
+        TOOL_RESULT = "tool_result"
+
+    session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="steps")
+    index = models.PositiveIntegerField()
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    content = models.TextField()
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["session", "index"]
+        constraints = [models.UniqueConstraint(fields=["session", "index"], name="step_position")]
+
+    def __str__(self) -> str:
+        return f"{self.session} #{self.index} {self.kind}"
+
+
+class PolicyVersion(models.Model):
+    """One immutable version of a domain's policy: ordered rules and a closing default."""
+
+    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="policy_versions")
+    version = models.PositiveIntegerField()
+    rules = models.JSONField(default=list)
+    default_outcome = models.CharField(max_length=10, default="escalate")
+    default_tier = models.PositiveSmallIntegerField(default=1)
+    created_by = models.CharField(max_length=150)
+    created_at = models.DateTimeField(auto_now_add=True)
+    comment = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["domain", "-version"]
+        constraints = [models.UniqueConstraint(fields=["domain", "version"], name="policy_version")]
+
+    def __str__(self) -> str:
+        return f"{self.domain.slug} policy v{self.version}"
+
+
+class Action(models.Model):
+    """One proposed tool call and everything that happens to it."""
+
+    class Status(models.TextChoices):
+        ALLOWED = "allowed"
+        DENIED = "denied"
+        ESCALATED = "escalated"
+        APPROVED = "approved"
+        MODIFIED = "modified"
+        REJECTED = "rejected"
+        EXPIRED = "expired"
+        CANCELLED = "cancelled"
+        EXECUTING = "executing"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        ROLLED_BACK = "rolled_back"
+        ROLLBACK_FAILED = "rollback_failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="actions")
+    token = models.ForeignKey(AgentToken, on_delete=models.PROTECT, related_name="actions")
+    domain = models.ForeignKey(Domain, on_delete=models.PROTECT, related_name="actions")
+    session = models.ForeignKey(
+        AgentSession, on_delete=models.PROTECT, related_name="actions", null=True, blank=True
+    )
+    step_index = models.PositiveIntegerField(null=True, blank=True)
+    tool = models.CharField(max_length=100)
+    verb = models.CharField(max_length=10)
+    params = models.JSONField(default=dict)
+    target_ids = models.JSONField(default=list)
+    amount = models.DecimalField(max_digits=18, decimal_places=4, null=True, blank=True)
+    currency = models.CharField(max_length=3, blank=True)
+    blast_records = models.PositiveBigIntegerField(null=True, blank=True)
+    blast_population = models.PositiveBigIntegerField(null=True, blank=True)
+    pre_action_state = models.JSONField(null=True, blank=True)
+    compensation = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    rule = models.CharField(max_length=100)
+    reason = models.CharField(max_length=500, blank=True)
+    policy_version = models.PositiveIntegerField()
+    tier = models.PositiveSmallIntegerField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    modified_params = models.JSONField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    post_state = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["agent", "tool", "created_at"]),
+            models.Index(fields=["domain", "status"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tool}:{self.verb} ({self.status})"
+
+
+class IdempotencyRecord(models.Model):
+    """The stored answer to a request made with an Idempotency-Key, per agent."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="idempotency_keys")
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    # Null while the first request is still being worked on.
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "key"], name="idempotency_key_per_agent")
+        ]
+        indexes = [models.Index(fields=["created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id}:{self.key}"

@@ -12,4 +12,5 @@ urlpatterns = [
     path("audit/verify/", views.audit_verify, name="audit-verify"),
     path("audit/export.jsonl", views.audit_export, name="audit-export"),
     path("healthz", views.healthz, name="healthz"),
+    path("api/", views.api_docs, name="api-docs"),
 ]

@@ -5,7 +5,7 @@ from typing import Any
 
 from django.contrib.auth import views as auth_views
 from django.db import connection, transaction
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -16,6 +16,7 @@ from django_htmx.middleware import HtmxDetails
 from approvals import audit
 from approvals.audit import Actor, AuditFilters
 from approvals.models import Domain
+from approvals.openapi import document
 from approvals.permissions import require
 from approvals.roles import perm
 
@@ -159,3 +160,13 @@ def healthz(request: HttpRequest) -> HttpResponse:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return HttpResponse("ok", content_type="text/plain")
+
+
+@require_GET
+def openapi_json(request: HttpRequest) -> HttpResponse:
+    return JsonResponse(document(), json_dumps_params={"indent": 2})
+
+
+@require_GET
+def api_docs(request: HttpRequest) -> HttpResponse:
+    return render(request, "approvals/api.html", {"spec": document()})

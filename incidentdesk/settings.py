@@ -272,5 +272,21 @@ LOGGING = {
     "loggers": {"celery": {"level": "WARNING"}, "kombu": {"level": "WARNING"}},
 }
 
+# Agent tokens: stored as HMAC-SHA256 keyed with this pepper (by default derived from
+# SECRET_KEY, so rotating that key invalidates every token).
+TOKEN_PEPPER = env_secret("TOKEN_PEPPER") or f"token-pepper:{SECRET_KEY}"
+TOKEN_DEFAULT_TTL = env_int("TOKEN_DEFAULT_TTL", 3600)
+TOKEN_MAX_TTL = env_int("TOKEN_MAX_TTL", 30 * 24 * 3600)
+
+# Agent API: largest request body accepted (bigger gets 413), requests per token per minute
+# (more gets 429), how long Idempotency-Keys are kept, the longest long-poll, and how long an
+# escalation waits for a decision before it expires.
+API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES + 1024, 2_621_440)
+API_RATE_LIMIT = env_int("API_RATE_LIMIT", 600)
+IDEMPOTENCY_KEEP_HOURS = env_int("IDEMPOTENCY_KEEP_HOURS", 48)
+API_MAX_WAIT = env_int("API_MAX_WAIT", 30)
+ESCALATION_EXPIRY = env_int("ESCALATION_EXPIRY", 4 * 3600)
+
 # Audit: how many events the verifier reads per batch (progress is pushed after each batch).
 AUDIT_VERIFY_BATCH = env_int("AUDIT_VERIFY_BATCH", 2000)

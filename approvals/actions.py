@@ -1,0 +1,275 @@
+"""Proposed tool calls: the policy verdict, results, and the reasoning that led to them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from approvals.audit import Actor, audit_record
+from approvals.models import Action, Agent, AgentSession, AgentToken, ReasoningStep
+from approvals.policy import Facts, Proposal, Verdict, evaluate, policy_current
+from approvals.tokens import token_allows
+
+S = Action.Status
+STATUS_OF_OUTCOME = {"allow": S.ALLOWED, "deny": S.DENIED, "escalate": S.ESCALATED}
+# What an agent may run: the verdict said yes, or a person did.
+EXECUTABLE = frozenset({S.ALLOWED, S.APPROVED, S.MODIFIED})
+FINISHED = frozenset({S.SUCCEEDED, S.FAILED})
+
+
+class Refused(Exception):
+    """A request the desk will not carry out; `status` is the HTTP status that says so."""
+
+    def __init__(self, status: int, title: str, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail, self.field = status, title, detail, field
+
+
+def agent_actor(token: AgentToken) -> Actor:
+    return Actor("agent", token.agent.name)
+
+
+@dataclass(frozen=True)
+class ProposalData:
+    session_id: str
+    step_index: int | None
+    tool: str
+    verb: str
+    params: dict[str, Any]
+    target_ids: list[str]
+    amount: Decimal | None
+    currency: str
+    blast_records: int | None
+    blast_population: int | None
+    pre_action_state: Any
+    compensation: dict[str, Any] | None
+
+
+def _proposal(token: AgentToken, data: ProposalData) -> Proposal:
+    return Proposal(
+        agent=token.agent.name,
+        tool=data.tool,
+        verb=data.verb,
+        amount=data.amount,
+        blast_records=data.blast_records,
+        blast_population=data.blast_population,
+        target_ids=tuple(data.target_ids),
+        has_snapshot=data.pre_action_state is not None,
+        has_compensation=data.compensation is not None,
+    )
+
+
+def _facts(agent: Agent, data: ProposalData) -> Facts:
+    def recent_count(window_seconds: int) -> int:
+        since = timezone.now() - timedelta(seconds=window_seconds)
+        return Action.objects.filter(agent=agent, tool=data.tool, created_at__gte=since).count()
+
+    def rolled_back_repeat() -> bool:
+        return Action.objects.filter(
+            agent=agent, tool=data.tool, target_ids=data.target_ids, status=S.ROLLED_BACK
+        ).exists()
+
+    return Facts(recent_count=recent_count, rolled_back_repeat=rolled_back_repeat)
+
+
+def check_scope(token: AgentToken, *, tool: str, verb: str) -> None:
+    """Refuse (403) a tool call outside the token's scopes, and record the attempt."""
+    if token_allows(token, tool=tool, verb=verb):
+        return
+    with transaction.atomic():
+        audit_record(
+            actor=agent_actor(token),
+            action="action.out_of_scope",
+            domain=token.domain.slug,
+            object_type="token",
+            object_id=token.prefix,
+            summary=f"{tool}:{verb} refused: outside the token's scopes",
+            data={"tool": tool, "verb": verb, "scopes": token.scopes},
+        )
+    raise Refused(
+        403,
+        "Out of scope",
+        f"this token may not {verb} with {tool}; its scopes are {', '.join(token.scopes)}",
+    )
+
+
+def action_explain(*, token: AgentToken, data: ProposalData) -> tuple[Verdict, list[Any]]:
+    """The verdict a proposal would get now, and why, without recording anything."""
+    document, version = policy_current(token.domain)
+    return evaluate(document, version, _proposal(token, data), _facts(token.agent, data))
+
+
+@transaction.atomic
+def action_propose(*, token: AgentToken, data: ProposalData) -> Action:
+    check_scope(token, tool=data.tool, verb=data.verb)
+    # One proposal at a time per agent, so rate rules count exactly.
+    agent = Agent.objects.select_for_update().get(pk=token.agent_id)
+    session, _ = AgentSession.objects.get_or_create(
+        agent=agent, external_id=data.session_id, defaults={"domain": token.domain}
+    )
+    if data.step_index is not None and not session.steps.filter(index=data.step_index).exists():
+        raise Refused(
+            422,
+            "Unknown reasoning step",
+            f"session {data.session_id} has no step {data.step_index}; post it first",
+            field="step_index",
+        )
+    document, version = policy_current(token.domain)
+    verdict, _ = evaluate(document, version, _proposal(token, data), _facts(agent, data))
+    status = STATUS_OF_OUTCOME[verdict.outcome]
+    action = Action.objects.create(
+        agent=agent,
+        token=token,
+        domain=token.domain,
+        session=session,
+        step_index=data.step_index,
+        tool=data.tool,
+        verb=data.verb,
+        params=data.params,
+        target_ids=data.target_ids,
+        amount=data.amount,
+        currency=data.currency,
+        blast_records=data.blast_records,
+        blast_population=data.blast_population,
+        pre_action_state=data.pre_action_state,
+        compensation=data.compensation,
+        status=status,
+        rule=verdict.rule,
+        reason=verdict.reason,
+        policy_version=verdict.version,
+        tier=verdict.tier,
+        expires_at=timezone.now() + timedelta(seconds=settings.ESCALATION_EXPIRY)
+        if status == S.ESCALATED
+        else None,
+    )
+    audit_record(
+        actor=agent_actor(token),
+        action=f"action.{status}",
+        domain=token.domain.slug,
+        object_type="action",
+        object_id=action.pk,
+        summary=f"{data.tool}:{data.verb} {status} by rule {verdict.rule} "
+        f"(policy v{verdict.version}): {verdict.reason}",
+        data={
+            "session": data.session_id,
+            "tool": data.tool,
+            "verb": data.verb,
+            "rule": verdict.rule,
+            "policy_version": verdict.version,
+            "tier": verdict.tier,
+        },
+    )
+    return action
+
+
+def action_report_result(
+    *,
+    token: AgentToken,
+    action_id: Any,
+    ok: bool,
+    result: Any,
+    post_state: Any,
+    error: str,
+) -> Action:
+    with transaction.atomic():
+        action = Action.objects.select_for_update().filter(pk=action_id, agent=token.agent).first()
+        if action is None:
+            raise Refused(404, "No such action", f"no action {action_id} for this agent")
+        if action.status in FINISHED:
+            reported = (S.SUCCEEDED if ok else S.FAILED, result, post_state)
+            if (action.status, action.result, action.post_state) == reported:
+                return action  # a retried report
+            raise Refused(409, "Result already reported", f"action {action.pk} is {action.status}")
+        if action.status in EXECUTABLE:
+            action.status = S.SUCCEEDED if ok else S.FAILED
+            action.result, action.post_state, action.error = result, post_state, error
+            action.save(update_fields=["status", "result", "post_state", "error", "updated_at"])
+            audit_record(
+                actor=agent_actor(token),
+                action=f"action.{action.status}",
+                domain=action.domain.slug,
+                object_type="action",
+                object_id=action.pk,
+                summary=f"{action.tool}:{action.verb} {action.status}"
+                + (f": {error}" if error else ""),
+                data={"ok": ok, "has_post_state": post_state is not None},
+            )
+            return action
+        # The refusal is part of the record: it commits, though the request fails.
+        audit_record(
+            actor=agent_actor(token),
+            action="action.result_refused",
+            domain=action.domain.slug,
+            object_type="action",
+            object_id=action.pk,
+            summary=f"Result reported for an action that is {action.status}",
+            data={"status": action.status, "ok": ok},
+        )
+    raise Refused(
+        409,
+        "Not allowed to run",
+        f"action {action.pk} is {action.status}; only an allowed or approved action runs",
+    )
+
+
+@dataclass(frozen=True)
+class StepData:
+    index: int
+    kind: str
+    content: str
+    data: dict[str, Any]
+
+
+@transaction.atomic
+def steps_record(*, token: AgentToken, session_id: str, steps: list[StepData]) -> AgentSession:
+    """Append reasoning steps in order. Re-sending a step already stored, unchanged, is a no-op."""
+    agent = Agent.objects.select_for_update().get(pk=token.agent_id)
+    session, _ = AgentSession.objects.get_or_create(
+        agent=agent, external_id=session_id, defaults={"domain": token.domain}
+    )
+    existing = {s.index: s for s in session.steps.filter(index__in=[s.index for s in steps])}
+    expected = session.steps.count()
+    new = []
+    for position, step in enumerate(steps):
+        stored = existing.get(step.index)
+        if stored is not None:
+            if (stored.kind, stored.content, stored.data) != (step.kind, step.content, step.data):
+                raise Refused(
+                    409,
+                    "Step already recorded",
+                    f"step {step.index} of session {session_id} was recorded with other content",
+                    field=f"steps.{position}",
+                )
+            continue
+        if step.index != expected:
+            raise Refused(
+                422,
+                "Steps out of order",
+                f"step {step.index} cannot follow: the next step of session {session_id} "
+                f"is {expected}",
+                field=f"steps.{position}.index",
+            )
+        new.append(
+            ReasoningStep(
+                session=session, index=step.index, kind=step.kind, content=step.content,
+                data=step.data,
+            )
+        )  # fmt: skip
+        expected += 1
+    if new:
+        ReasoningStep.objects.bulk_create(new)
+        audit_record(
+            actor=agent_actor(token),
+            action="session.steps_recorded",
+            domain=session.domain.slug,
+            object_type="session",
+            object_id=session_id,
+            summary=f"{len(new)} reasoning steps recorded ({new[0].index}-{new[-1].index})",
+        )
+    return session

@@ -1,0 +1,382 @@
+"""The agent API, v1: token-authenticated JSON, strictly validated, one error shape (RFC 9457)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from functools import wraps
+from typing import Any, Literal
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from approvals import actions, idempotency
+from approvals.actions import ProposalData, Refused, StepData
+from approvals.models import Action, AgentToken
+from approvals.tokens import TokenError, token_allows, token_authenticate
+
+Verb = Literal["read", "create", "update", "delete", "spend", "execute"]
+IDENTIFIER = r"^[A-Za-z0-9_.:-]{1,100}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Amount(Strict):
+    value: Decimal = Field(ge=0, max_digits=18, decimal_places=4)
+    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. USD")
+
+
+class BlastRadius(Strict):
+    records: int = Field(ge=0, description="records the action touches")
+    population: int = Field(gt=0, description="records of that kind in all")
+
+    @model_validator(mode="after")
+    def records_within_population(self) -> BlastRadius:
+        if self.records > self.population:
+            raise ValueError("records cannot exceed population")
+        return self
+
+
+class Compensation(Strict):
+    tool: str = Field(pattern=IDENTIFIER, description="the call that undoes this one")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ActionIn(Strict):
+    session_id: str = Field(pattern=IDENTIFIER)
+    step_index: int | None = Field(default=None, ge=0, description="the reasoning step behind it")
+    tool: str = Field(pattern=IDENTIFIER)
+    verb: Verb
+    params: dict[str, Any] = Field(default_factory=dict)
+    target_ids: list[str] = Field(default_factory=list, max_length=100_000)
+    amount: Amount | None = None
+    blast_radius: BlastRadius | None = None
+    pre_action_state: Any = Field(default=None, description="snapshot of the targets now")
+    compensation: Compensation | None = None
+
+    def data(self) -> ProposalData:
+        return ProposalData(
+            session_id=self.session_id,
+            step_index=self.step_index,
+            tool=self.tool,
+            verb=self.verb,
+            params=self.params,
+            target_ids=self.target_ids,
+            amount=self.amount.value if self.amount else None,
+            currency=self.amount.currency if self.amount else "",
+            blast_records=self.blast_radius.records if self.blast_radius else None,
+            blast_population=self.blast_radius.population if self.blast_radius else None,
+            pre_action_state=self.pre_action_state,
+            compensation=self.compensation.model_dump(mode="json") if self.compensation else None,
+        )
+
+
+class ResultIn(Strict):
+    ok: bool
+    result: Any = None
+    post_state: Any = Field(default=None, description="state of the targets after the call")
+    error: str = Field(default="", max_length=10_000)
+
+
+class StepIn(Strict):
+    index: int = Field(ge=0)
+    kind: Literal["thought", "observation", "tool_call", "tool_result"]
+    content: str = Field(max_length=100_000)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class StepsIn(Strict):
+    steps: list[StepIn] = Field(min_length=1, max_length=1000)
+
+
+class Verdict(Strict):
+    """The desk's answer about one action (responses only)."""
+
+    id: str
+    status: str = Field(
+        description="allowed | denied | pending, then approved | modified | rejected | expired | "
+        "cancelled, then succeeded | failed, then rolled_back | rollback_failed"
+    )
+    may_execute: bool
+    rule: str
+    reason: str
+    policy_version: int
+    tier: int | None
+    expires_at: str | None
+    params: dict[str, Any] = Field(
+        description="the params to run with (an operator's, if modified)"
+    )
+    modified: bool
+
+
+class Problem(Strict):
+    """RFC 9457 problem details (responses only)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, str]] = Field(default_factory=list)
+
+
+PUBLIC_STATUS = {Action.Status.ESCALATED: "pending"}
+
+
+def verdict_body(action: Action) -> dict[str, Any]:
+    params = action.modified_params if action.modified_params is not None else action.params
+    return {
+        "id": str(action.pk),
+        "status": PUBLIC_STATUS.get(action.status, action.status),  # type: ignore[call-overload]
+        "may_execute": action.status in actions.EXECUTABLE,
+        "rule": action.rule,
+        "reason": action.reason,
+        "policy_version": action.policy_version,
+        "tier": action.tier,
+        "expires_at": action.expires_at.isoformat() if action.expires_at else None,
+        "params": params,
+        "modified": action.modified_params is not None,
+    }
+
+
+def problem(
+    status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None
+) -> JsonResponse:
+    slug = title.lower().replace(" ", "-")
+    body = Problem(
+        type=f"urn:incidentdesk:problem:{slug}",
+        title=title,
+        status=status,
+        detail=detail,
+        errors=errors or [],
+    )
+    return JsonResponse(body.model_dump(), status=status, content_type="application/problem+json")
+
+
+def validation_problem(error: ValidationError) -> JsonResponse:
+    errors = [
+        {"field": ".".join(str(part) for part in item["loc"]) or "(body)", "message": item["msg"]}
+        for item in error.errors()
+    ]
+    fields = ", ".join(e["field"] for e in errors)
+    return problem(422, "Invalid request", f"invalid fields: {fields}", errors)
+
+
+def parse[M: BaseModel](model: type[M], request: HttpRequest) -> M:
+    try:
+        raw = json.loads(request.body or b"null", parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadJSON(str(exc)) from None
+    return model.model_validate(raw)
+
+
+class BadJSON(Exception):
+    pass
+
+
+def _rate_limited(token: AgentToken) -> int | None:
+    """Seconds to wait, if this token has used up its requests for the current minute."""
+    now = time.time()
+    window = int(now // 60)
+    key = f"api-rate:{token.pk}:{window}"
+    cache.add(key, 0, timeout=90)
+    try:
+        used = cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, timeout=90)
+        used = 1
+    if used > settings.API_RATE_LIMIT:
+        return max(1, int((window + 1) * 60 - now) + 1)
+    return None
+
+
+AgentView = Callable[..., HttpResponse]
+
+
+def agent_api(view: AgentView) -> Callable[..., HttpResponse]:
+    """Authenticate the bearer token, apply limits, and turn refusals into problem documents."""
+
+    @csrf_exempt
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        header = request.headers.get("Authorization", "")
+        scheme, _, raw = header.partition(" ")
+        if scheme.lower() != "bearer" or not raw:
+            response = problem(401, "Unauthorized", "send Authorization: Bearer <token>")
+            response["WWW-Authenticate"] = 'Bearer realm="incidentdesk"'
+            return response
+        try:
+            token = token_authenticate(raw.strip())
+        except TokenError as exc:
+            response = problem(401, "Unauthorized", f"the token is not valid: {exc}")
+            response["WWW-Authenticate"] = 'Bearer realm="incidentdesk", error="invalid_token"'
+            return response
+        retry_after = _rate_limited(token)
+        if retry_after is not None:
+            response = problem(
+                429,
+                "Too many requests",
+                f"more than {settings.API_RATE_LIMIT} requests a minute with this token",
+            )
+            response["Retry-After"] = str(retry_after)
+            return response
+        length = int(request.headers.get("Content-Length") or 0)
+        if max(length, len(request.body)) > settings.API_MAX_BODY_BYTES:
+            return problem(
+                413,
+                "Request too large",
+                f"the body is over the limit of {settings.API_MAX_BODY_BYTES} bytes",
+            )
+        try:
+            return view(request, token, *args, **kwargs)
+        except BadJSON as exc:
+            return problem(400, "Malformed JSON", f"the body is not JSON: {exc}")
+        except ValidationError as exc:
+            return validation_problem(exc)
+        except Refused as exc:
+            errors = [{"field": exc.field, "message": exc.detail}] if exc.field else None
+            return problem(exc.status, exc.title, exc.detail, errors)
+
+    return wrapped
+
+
+def _method_not_allowed(allowed: str) -> HttpResponse:
+    response = problem(405, "Method not allowed", f"use {allowed}")
+    response["Allow"] = allowed
+    return response
+
+
+@agent_api
+def actions_create(request: HttpRequest, token: AgentToken) -> HttpResponse:
+    if request.method != "POST":
+        return _method_not_allowed("POST")
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if not key:
+        return problem(
+            400, "Idempotency-Key required", "send an Idempotency-Key header with every proposal"
+        )
+    if len(key) > 255:
+        return problem(400, "Idempotency-Key too long", "keep Idempotency-Key to 255 characters")
+    proposal = parse(ActionIn, request)
+    fingerprint = idempotency.request_fingerprint(request.method, request.path, request.body)
+    claimed = idempotency.idempotency_claim(agent=token.agent, key=key, fingerprint=fingerprint)
+    match claimed.claim:
+        case idempotency.Claim.MISMATCH:
+            return problem(
+                422, "Idempotency-Key reused", "this key was used before with another request body"
+            )
+        case idempotency.Claim.IN_FLIGHT:
+            return problem(
+                409, "Request in progress", "a request with this Idempotency-Key is still running"
+            )
+        case idempotency.Claim.REPLAY:
+            response = JsonResponse(
+                claimed.record.response_body, status=claimed.record.response_status
+            )
+            response["Idempotent-Replayed"] = "true"
+            return response
+    try:
+        with transaction.atomic():
+            action = actions.action_propose(token=token, data=proposal.data())
+            body = verdict_body(action)
+            idempotency.idempotency_complete(record=claimed.record, status=201, body=body)
+    except BaseException:
+        idempotency.idempotency_release(record=claimed.record)
+        raise
+    response = JsonResponse(body, status=201)
+    response["Location"] = f"/api/v1/actions/{action.pk}"
+    return response
+
+
+@agent_api
+def actions_explain(request: HttpRequest, token: AgentToken) -> HttpResponse:
+    if request.method != "POST":
+        return _method_not_allowed("POST")
+    proposal = parse(ActionIn, request)
+    verdict, trace = actions.action_explain(token=token, data=proposal.data())
+    return JsonResponse(
+        {
+            "in_scope": token_allows(token, tool=proposal.tool, verb=proposal.verb),
+            "outcome": verdict.outcome,
+            "rule": verdict.rule,
+            "reason": verdict.reason,
+            "tier": verdict.tier,
+            "policy_version": verdict.version,
+            "trace": [{"rule": t.rule, "applies": t.matched, "why": t.why} for t in trace],
+        }
+    )
+
+
+@agent_api
+def action_detail(request: HttpRequest, token: AgentToken, action_id: str) -> HttpResponse:
+    if request.method != "GET":
+        return _method_not_allowed("GET")
+    wait_raw = request.GET.get("wait", "0")
+    if not wait_raw.isdigit() or int(wait_raw) > settings.API_MAX_WAIT:
+        return problem(
+            400,
+            "Invalid wait",
+            f"wait must be a whole number of seconds from 0 to {settings.API_MAX_WAIT}",
+            [{"field": "wait", "message": f"{wait_raw!r} is not 0-{settings.API_MAX_WAIT}"}],
+        )
+    action = _own_action(token, action_id)
+    if action is None:
+        return problem(404, "No such action", f"no action {action_id} for this agent")
+    deadline = time.monotonic() + int(wait_raw)
+    seen = action.status
+    while action.status == seen and time.monotonic() < deadline:
+        time.sleep(0.2)
+        action.refresh_from_db()
+    return JsonResponse(verdict_body(action))
+
+
+def _own_action(token: AgentToken, action_id: str) -> Action | None:
+    try:
+        pk = uuid.UUID(action_id)
+    except ValueError:
+        return None
+    return Action.objects.filter(pk=pk, agent=token.agent).first()
+
+
+@agent_api
+def action_result(request: HttpRequest, token: AgentToken, action_id: str) -> HttpResponse:
+    if request.method != "POST":
+        return _method_not_allowed("POST")
+    report = parse(ResultIn, request)
+    if _own_action(token, action_id) is None:
+        return problem(404, "No such action", f"no action {action_id} for this agent")
+    action = actions.action_report_result(
+        token=token,
+        action_id=action_id,
+        ok=report.ok,
+        result=report.result,
+        post_state=report.post_state,
+        error=report.error,
+    )
+    return JsonResponse(verdict_body(action))
+
+
+@agent_api
+def session_steps(request: HttpRequest, token: AgentToken, session_id: str) -> HttpResponse:
+    if request.method != "POST":
+        return _method_not_allowed("POST")
+    if not re.match(IDENTIFIER, session_id):
+        return problem(
+            400, "Invalid session id", "a session id is 1-100 letters, digits, and _ . : -"
+        )
+    payload = parse(StepsIn, request)
+    session = actions.steps_record(
+        token=token,
+        session_id=session_id,
+        steps=[StepData(s.index, s.kind, s.content, s.data) for s in payload.steps],
+    )
+    return JsonResponse({"session_id": session_id, "steps": session.steps.count()}, status=201)

@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from approvals import api, views
+
+urlpatterns = [
+    path("actions", api.actions_create, name="api-actions"),
+    path("actions/explain", api.actions_explain, name="api-explain"),
+    path("actions/<str:action_id>", api.action_detail, name="api-action"),
+    path("actions/<str:action_id>/result", api.action_result, name="api-action-result"),
+    path("sessions/<str:session_id>/steps", api.session_steps, name="api-session-steps"),
+    path("openapi.json", views.openapi_json, name="api-openapi"),
+]

@@ -1,0 +1,155 @@
+"""The OpenAPI 3.1 document of the agent API, built from the same models that validate it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from approvals import api
+
+PROBLEM = {
+    "description": "RFC 9457 problem details",
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
+    }
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(code): PROBLEM for code in codes}
+
+
+def document() -> dict[str, Any]:
+    _, schemas = models_json_schema(
+        [
+            (model, "validation")
+            for model in (api.ActionIn, api.ResultIn, api.StepsIn, api.Verdict, api.Problem)
+        ],
+        ref_template="#/components/schemas/{model}",
+    )
+    action_id = {
+        "name": "action_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "format": "uuid"},
+    }  # noqa: E501
+    common = (400, 401, 413, 422, 429)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "IncidentDesk agent API",
+            "version": "1",
+            "description": "Agents propose each risky tool call here before they run it.",
+        },
+        "servers": [{"url": "/api/v1"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/actions": {
+                "post": {
+                    "summary": "Propose a tool call and get the verdict",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": True,
+                            "schema": {"type": "string", "maxLength": 255},
+                        },
+                    ],  # fmt: skip
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ActionIn"}
+                            }
+                        },  # noqa: E501
+                    },
+                    "responses": {
+                        "201": _json("Verdict", "the verdict: allowed, denied or pending"),
+                        **_errors(*common, 403, 409),
+                    },
+                }
+            },
+            "/actions/explain": {
+                "post": {
+                    "summary": "Which rule would decide this proposal, without recording it",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ActionIn"}
+                            }
+                        },  # noqa: E501
+                    },
+                    "responses": {
+                        "200": {"description": "outcome, rule and trace"},
+                        **_errors(*common),
+                    },  # noqa: E501
+                }
+            },
+            "/actions/{action_id}": {
+                "get": {
+                    "summary": "The current verdict; with wait=N, long-poll until it changes",
+                    "parameters": [
+                        action_id,
+                        {
+                            "name": "wait",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 30},
+                        },  # noqa: E501
+                    ],
+                    "responses": {
+                        "200": _json("Verdict", "the verdict"),
+                        **_errors(400, 401, 404, 429),
+                    },  # noqa: E501
+                }
+            },
+            "/actions/{action_id}/result": {
+                "post": {
+                    "summary": "Report what running the tool did",
+                    "parameters": [action_id],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ResultIn"}
+                            }
+                        },  # noqa: E501
+                    },
+                    "responses": {
+                        "200": _json("Verdict", "recorded"),
+                        **_errors(*common, 404, 409),
+                    },  # noqa: E501
+                }
+            },
+            "/sessions/{session_id}/steps": {
+                "post": {
+                    "summary": "Record reasoning steps, in order",
+                    "parameters": [
+                        {
+                            "name": "session_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],  # noqa: E501
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/StepsIn"}}
+                        },  # noqa: E501
+                    },
+                    "responses": {"201": {"description": "recorded"}, **_errors(*common, 409)},
+                }
+            },
+        },
+        "components": {
+            "schemas": schemas["$defs"],
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
