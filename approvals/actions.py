@@ -107,6 +107,8 @@ def action_explain(*, token: AgentToken, data: ProposalData) -> tuple[Verdict, l
 
 @transaction.atomic
 def action_propose(*, token: AgentToken, data: ProposalData) -> Action:
+    # Callers check the scope before their transaction, so the refusal's audit event stays;
+    # this is the guard for any caller that did not.
     check_scope(token, tool=data.tool, verb=data.verb)
     # One proposal at a time per agent, so rate rules count exactly.
     agent = Agent.objects.select_for_update().get(pk=token.agent_id)

@@ -267,6 +267,8 @@ def actions_create(request: HttpRequest, token: AgentToken) -> HttpResponse:
     if len(key) > 255:
         return problem(400, "Idempotency-Key too long", "keep Idempotency-Key to 255 characters")
     proposal = parse(ActionIn, request)
+    # Refused before the key is claimed, and recorded whatever happens next.
+    actions.check_scope(token, tool=proposal.tool, verb=proposal.verb)
     fingerprint = idempotency.request_fingerprint(request.method, request.path, request.body)
     claimed = idempotency.idempotency_claim(agent=token.agent, key=key, fingerprint=fingerprint)
     match claimed.claim:

@@ -172,10 +172,11 @@ def _check(rule: Rule, proposal: Proposal, facts: Facts) -> str | None:
     ):
         return "reversible, or a snapshot or compensation was given"
     if when.rate_over is not None:
+        # This proposal would be the agent's (earlier + 1)th with this tool in the window.
         earlier = facts.count_within(when.rate_over.window_seconds)
-        if earlier <= when.rate_over.count:
+        if earlier + 1 <= when.rate_over.count:
             return (
-                f"{earlier} earlier actions in {when.rate_over.window_seconds} s "
+                f"{earlier + 1} actions in {when.rate_over.window_seconds} s "
                 f"is not over {when.rate_over.count}"
             )
     if when.repeat_of_rolled_back and not facts.repeat():

@@ -7,6 +7,7 @@ it, the embedded worker inside the uvicorn process.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from email.message import Message
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
@@ -95,10 +97,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running_desk(log_dir: Path, port: int | None = None) -> Iterator[Desk]:
+def running_desk(log_dir: Path, port: int | None = None, **extra_env: str) -> Iterator[Desk]:
     port = port or free_port()
-    queue = f"incidentdesk-test-{os.getpid()}"
-    env = server_env(CELERY_QUEUE=queue)
+    queue = f"incidentdesk-test-{os.getpid()}-{port}"
+    env = server_env(CELERY_QUEUE=queue, **extra_env)
     processes: list[subprocess.Popen[bytes]] = []
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -207,3 +209,31 @@ class Browser:
                 **headers,
             },
         )
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Message  # case-insensitive
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http(
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+    raw: bytes | None = None, timeout: float = 40,
+) -> Reply:  # fmt: skip
+    """One real HTTP request; JSON in (unless `raw`), the reply whatever its status."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return Reply(response.status, response.headers, response.read())
+    except urllib.error.HTTPError as error:
+        return Reply(error.code, error.headers, error.read())

@@ -1,0 +1,60 @@
+"""Helpers for tests that act as an agent."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from approvals.audit import Actor
+from approvals.default_policies import DEFAULT_POLICIES
+from approvals.domains import domain_ensure
+from approvals.models import Domain
+from approvals.policy import PolicyDocument, policy_publish
+from approvals.tokens import token_issue
+from tests.servers import Desk, Reply, http
+
+
+def demo_domain(slug: str) -> Domain:
+    domain, created = domain_ensure(
+        slug=slug, name=slug.title(), description="", actor=Actor.system("tests")
+    )
+    if created:
+        document = PolicyDocument.model_validate(DEFAULT_POLICIES[slug])
+        policy_publish(domain=domain, document=document, actor=Actor.system("tests"))
+    return domain
+
+
+def agent_token(agent: str, domain: str, *scopes: str, ttl: int | None = None) -> str:
+    demo_domain(domain)
+    issued = token_issue(
+        agent_name=agent, domain_slug=domain, scopes=list(scopes), ttl=ttl,
+        actor=Actor.system("tests"),
+    )  # fmt: skip
+    return issued.token
+
+
+def order(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "session_id": "run-1",
+        "tool": "create_order",
+        "verb": "create",
+        "params": {"sku": "GPU-A100", "qty": 2},
+        "amount": {"value": "180.00", "currency": "USD"},
+        "pre_action_state": {"open_orders": 0},
+        "compensation": {"tool": "cancel_order", "params": {}},
+    }
+    body.update(overrides)
+    return body
+
+
+def propose(desk: Desk, token: str, body: dict[str, Any], key: str | None = None) -> Reply:
+    return http(
+        "POST",
+        f"{desk.url}/api/v1/actions",
+        body,
+        {"Authorization": f"Bearer {token}", "Idempotency-Key": key or uuid.uuid4().hex},
+    )
+
+
+def call(desk: Desk, token: str, method: str, path: str, body: Any = None) -> Reply:
+    return http(method, f"{desk.url}/api/v1{path}", body, {"Authorization": f"Bearer {token}"})
