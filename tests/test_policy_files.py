@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from approvals.actions import ProposalData, action_propose
+from approvals.models import Action, AuditEvent, PolicyVersion
+from approvals.tokens import token_authenticate
+from tests.agents import agent_token, demo_domain
+
+pytestmark = pytest.mark.django_db
+
+
+def test_export_then_import_publishes_the_next_version(tmp_path) -> None:
+    demo_domain("procurement")
+    target = tmp_path / "procurement.json"
+    call_command("policy", "export", "procurement", "-o", str(target))
+    exported = json.loads(target.read_text())
+    assert exported["domain"] == "procurement" and exported["version"] == 1
+    assert [r["id"] for r in exported["rules"]][:3] == ["allow-reads", "flapping", "order-rate"]
+    exported["rules"][3]["when"]["amount_over"] = "250"
+    exported["comment"] = "Tighter cap"
+    target.write_text(json.dumps(exported))
+    out = StringIO()
+    call_command("policy", "import", str(target), stdout=out)
+    assert "procurement: policy v2 published" in out.getvalue()
+    latest = PolicyVersion.objects.get(domain__slug="procurement", version=2)
+    assert latest.rules[3]["when"]["amount_over"] == "250"
+    assert AuditEvent.objects.filter(action="policy.published", object_id="procurement:v2").exists()
+
+
+def test_import_names_the_bad_field_and_publishes_nothing(tmp_path) -> None:
+    demo_domain("billing")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"domain": "billing", "rules": [
+        {"id": "x", "outcome": "escalate", "reason": "r", "tier": 9}]}))  # fmt: skip
+    with pytest.raises(CommandError, match=r"rules\.0\.tier: Input should be less than or equal"):
+        call_command("policy", "import", str(bad))
+    assert PolicyVersion.objects.filter(domain__slug="billing").count() == 1
+    bad.write_text("{not json")
+    with pytest.raises(CommandError, match="bad.json"):
+        call_command("policy", "import", str(bad))
+
+
+def proposal(**overrides) -> ProposalData:
+    fields = {
+        "session_id": "s",
+        "step_index": None,
+        "tool": "create_order",
+        "verb": "create",
+        "params": {},
+        "target_ids": ["PO-1"],
+        "amount": None,
+        "currency": "",
+        "blast_records": None,
+        "blast_population": None,
+        "pre_action_state": {"x": 1},
+        "compensation": None,
+    }
+    fields.update(overrides)
+    return ProposalData(**fields)  # type: ignore[arg-type]
+
+
+def test_rate_window_counts_only_recent_actions() -> None:
+    token = token_authenticate(agent_token("looper", "procurement", "create_order:create"))
+    for _ in range(3):
+        action_propose(token=token, data=proposal())
+    # Push the three past the one-hour window: they no longer count.
+    Action.objects.update(created_at=timezone.now() - timedelta(hours=1, seconds=1))
+    assert action_propose(token=token, data=proposal()).status == "allowed"
+    assert action_propose(token=token, data=proposal()).status == "allowed"
+    assert action_propose(token=token, data=proposal()).status == "allowed"
+    fourth = action_propose(token=token, data=proposal())
+    assert (fourth.status, fourth.rule) == ("escalated", "order-rate")
+
+
+def test_repeat_of_a_rolled_back_action_is_escalated() -> None:
+    token = token_authenticate(agent_token("buyer", "procurement", "create_order:create"))
+    first = action_propose(token=token, data=proposal())
+    assert first.status == "allowed"
+    Action.objects.filter(pk=first.pk).update(status=Action.Status.ROLLED_BACK)
+    repeat = action_propose(token=token, data=proposal())
+    assert (repeat.status, repeat.rule, repeat.tier) == ("escalated", "flapping", 2)
+    elsewhere = action_propose(token=token, data=proposal(target_ids=["PO-2"]))
+    assert elsewhere.status == "allowed"
