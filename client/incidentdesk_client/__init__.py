@@ -1,0 +1,48 @@
+"""IncidentDesk client: ask the desk before an agent runs a risky tool call.
+
+Standard library only, Python 3.9+.
+
+    from incidentdesk_client import Desk
+
+    desk = Desk("https://desk.example.com", token)
+    session = desk.session("restock-2026-11-24")
+    session.thought("A100 stock is below the floor of 4.")
+
+    @session.guard("create_order", "create", snapshot=read_open_orders,
+                   amount=lambda sku, qty: (qty * 90, "USD"))
+    def create_order(sku, qty, idempotency_key):
+        return vendor.order(sku, qty, idempotency_key=idempotency_key)
+
+    create_order(sku="A100", qty=2)   # runs only if allowed or approved
+"""
+
+from __future__ import annotations
+
+from incidentdesk_client.client import Desk, Session
+from incidentdesk_client.errors import (
+    ActionCancelled,
+    ActionDenied,
+    ActionExpired,
+    ActionRejected,
+    DeskError,
+    DeskUnavailable,
+    InvalidRequest,
+    KillSwitchEngaged,
+    OutOfScope,
+    Unauthorized,
+)
+
+__all__ = [
+    "ActionCancelled",
+    "ActionDenied",
+    "ActionExpired",
+    "ActionRejected",
+    "Desk",
+    "DeskError",
+    "DeskUnavailable",
+    "InvalidRequest",
+    "KillSwitchEngaged",
+    "OutOfScope",
+    "Session",
+    "Unauthorized",
+]

@@ -1,0 +1,65 @@
+"""What can stop a guarded tool call. Each carries the desk's reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DeskError(Exception):
+    """Base class: the tool did not run."""
+
+    def __init__(self, message: str, verdict: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.verdict = verdict or {}
+
+    @property
+    def action_id(self) -> str | None:
+        return self.verdict.get("id")
+
+    @property
+    def rule(self) -> str | None:
+        return self.verdict.get("rule")
+
+    @property
+    def reason(self) -> str:
+        return str(self.verdict.get("reason") or self)
+
+
+class ActionDenied(DeskError):
+    """The policy denied the call."""
+
+
+class ActionRejected(DeskError):
+    """An operator rejected the call."""
+
+
+class ActionExpired(DeskError):
+    """Nobody decided in time; an expired escalation counts as denied."""
+
+
+class ActionCancelled(DeskError):
+    """The call was cancelled after it was approved (for example by a kill switch)."""
+
+
+class KillSwitchEngaged(DeskError):
+    """The domain is stopped: no action is admitted until on-call releases it."""
+
+
+class OutOfScope(DeskError):
+    """The token does not cover this tool and verb."""
+
+
+class InvalidRequest(DeskError):
+    """The desk refused the request as malformed; `problem` names the fields."""
+
+    def __init__(self, message: str, problem: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
+class Unauthorized(DeskError):
+    """The token is wrong, expired or revoked."""
+
+
+class DeskUnavailable(DeskError):
+    """The desk could not be reached; the call was not run (fail closed)."""
