@@ -202,12 +202,21 @@ def evaluate(
     return Verdict(document.default_outcome, tier, DEFAULT_RULE, reason, version), trace
 
 
+# Parsed policy versions by id. Versions never change once written, so this never goes stale.
+_parsed: dict[int, PolicyDocument] = {}
+
+
 def policy_current(domain: Domain) -> tuple[PolicyDocument, int]:
     """The domain's newest policy version; a domain without one escalates everything to tier 1."""
-    latest = PolicyVersion.objects.filter(domain=domain).order_by("-version").first()
+    latest = (
+        PolicyVersion.objects.filter(domain=domain).order_by("-version").values("id", "version")
+    ).first()
     if latest is None:
         return PolicyDocument(rules=[], comment="no policy published"), 0
-    return document_of(latest), latest.version
+    document = _parsed.get(latest["id"])
+    if document is None:
+        document = _parsed[latest["id"]] = document_of(PolicyVersion.objects.get(pk=latest["id"]))
+    return document, latest["version"]
 
 
 def document_of(version: PolicyVersion) -> PolicyDocument:
