@@ -105,7 +105,7 @@ def action_explain(*, token: AgentToken, data: ProposalData) -> tuple[Verdict, l
     return evaluate(document, version, _proposal(token, data), _facts(token.agent, data))
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)
 def action_propose(*, token: AgentToken, data: ProposalData) -> Action:
     # Callers check the scope before their transaction, so the refusal's audit event stays;
     # this is the guard for any caller that did not.

@@ -187,13 +187,11 @@ def _rate_limited(token: AgentToken) -> int | None:
     """Seconds to wait, if this token has used up its requests for the current minute."""
     now = time.time()
     window = int(now // 60)
-    key = f"api-rate:{token.pk}:{window}"
-    cache.add(key, 0, timeout=90)
+    key = f"api-rate:{token.prefix}:{window}"
     try:
         used = cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.set(key, 1, timeout=90)
-        used = 1
+    except ValueError:  # the first request of this window
+        used = 1 if cache.add(key, 1, timeout=90) else cache.incr(key)
     if used > settings.API_RATE_LIMIT:
         return max(1, int((window + 1) * 60 - now) + 1)
     return None

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +25,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, transaction
+from django.db import close_old_connections, connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -29,6 +33,7 @@ from approvals import live
 from approvals.models import AuditEvent, ChainVerification
 from incidentdesk.db import relax_durability
 
+log = logging.getLogger(__name__)
 GENESIS_HASH = "0" * 64
 # Key of the PostgreSQL advisory lock that serializes sealing.
 CHAIN_LOCK_KEY = 0x1D_A0D17
@@ -113,7 +118,53 @@ def _seal_after_commit() -> None:
 
 
 def seal_after_commit() -> None:
-    audit_seal(wait=False)
+    if _background is not None and connection.vendor == "postgresql":
+        _background.wake()
+    else:
+        audit_seal(wait=False)
+
+
+class BackgroundSealer:
+    """Seals off the request path: commits wake it, and it seals whatever has gathered.
+
+    One per process, started on first use (so it is started after a server forks its
+    workers). It also looks every few seconds on its own, in case a wake-up was missed.
+    """
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self.event = threading.Event()
+        self.pid = 0
+        self.thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        if self.pid != os.getpid():
+            self.pid = os.getpid()
+            self.event = threading.Event()
+            self.thread = threading.Thread(target=self.run, name="audit-sealer", daemon=True)
+            self.thread.start()
+        self.event.set()
+
+    def run(self) -> None:
+        while True:
+            self.event.wait(timeout=self.interval)
+            self.event.clear()
+            try:
+                audit_seal(wait=False)
+            except Exception:
+                log.exception("sealing audit events failed; retrying")
+                time.sleep(1)
+            finally:
+                close_old_connections()
+
+
+_background: BackgroundSealer | None = None
+
+
+def seal_in_background() -> None:
+    """Web servers call this at start-up; elsewhere events are sealed right after commit."""
+    global _background
+    _background = _background or BackgroundSealer()
 
 
 def _lock_chain(*, wait: bool) -> bool:

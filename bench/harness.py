@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+THREADS = os.environ.get("BENCH_THREADS", "8")  # WSGI threads per process
 LOG = open(Path(tempfile.gettempdir()) / "desk-bench-servers.log", "ab")  # noqa: SIM115
 
 
@@ -74,7 +75,7 @@ def granian(interface: str, app: str, port: int, workers: int) -> list[str]:
         PY, "-m", "granian", "--interface", interface, "--host", "127.0.0.1",
         "--port", str(port), "--workers", str(workers), "--no-access-log",
         "--log-level", "warning",
-        *(["--blocking-threads", "8"] if interface == "wsgi" else []),
+        *(["--blocking-threads", THREADS] if interface == "wsgi" else []),
         app,
     ]  # fmt: skip
 

@@ -15,8 +15,11 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from approvals.audit import seal_in_background  # noqa: E402
 from incidentdesk.embedded import lifespan  # noqa: E402
 from incidentdesk.routing import websocket_urlpatterns  # noqa: E402
+
+seal_in_background()
 
 application = ProtocolTypeRouter(
     {

@@ -7,3 +7,7 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "incidentdesk.settings")
 
 application = get_wsgi_application()
+
+from approvals.audit import seal_in_background  # noqa: E402
+
+seal_in_background()

@@ -7,6 +7,7 @@ import time
 import uuid
 
 import pytest
+from django.db import connections
 from django.utils import timezone
 
 from approvals.models import Action, AuditEvent, IdempotencyRecord, ReasoningStep
@@ -216,6 +217,7 @@ def test_get_and_long_poll_until_an_operator_decides(desk: Desk) -> None:
         Action.objects.filter(pk=verdict["id"]).update(
             status=Action.Status.MODIFIED, modified_params={"sku": "GPU-A100", "qty": 1}
         )
+        connections.close_all()
 
     threading.Thread(target=decide).start()
     started = time.monotonic()
@@ -325,3 +327,13 @@ def test_explain_names_the_rule_and_records_nothing(desk: Desk) -> None:
         "spend-cap",
     ]
     assert not Action.objects.exists()
+
+
+def test_the_server_seals_audit_events_soon_after_commit(desk: Desk) -> None:
+    verdict = propose(desk, agent_token("buyer", "procurement", *ORDERS), order()).json()
+    deadline = time.monotonic() + 10
+    event = AuditEvent.objects.get(action="action.allowed", object_id=verdict["id"])
+    while event.seq is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        event.refresh_from_db()
+    assert event.seq is not None and len(event.hash) == 64

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from django.db import connections
 from incidentdesk_client import (
     ActionDenied,
     ActionExpired,
@@ -55,14 +56,19 @@ def decide_later(status: str, params: dict | None = None, delay: float = 0.5) ->
     """An operator deciding the newest escalation a moment from now."""
 
     def decide() -> None:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            pending = Action.objects.filter(status=Action.Status.ESCALATED).first()
-            if pending:
-                time.sleep(delay)
-                Action.objects.filter(pk=pending.pk).update(status=status, modified_params=params)
-                return
-            time.sleep(0.05)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                pending = Action.objects.filter(status=Action.Status.ESCALATED).first()
+                if pending:
+                    time.sleep(delay)
+                    Action.objects.filter(pk=pending.pk).update(
+                        status=status, modified_params=params
+                    )
+                    return
+                time.sleep(0.05)
+        finally:
+            connections.close_all()
 
     thread = threading.Thread(target=decide)
     thread.start()
