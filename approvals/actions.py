@@ -12,8 +12,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals.audit import Actor, audit_record
-from approvals.models import Action, Agent, AgentSession, AgentToken, ReasoningStep
-from approvals.policy import Facts, Proposal, Verdict, evaluate, policy_current
+from approvals.models import Action, Agent, AgentSession, AgentToken, Domain, ReasoningStep
+from approvals.policy import Facts, Proposal, Trace, Verdict, evaluate, policy_current
 from approvals.tokens import token_allows
 
 S = Action.Status
@@ -65,14 +65,17 @@ def _proposal(token: AgentToken, data: ProposalData) -> Proposal:
     )
 
 
-def _facts(agent: Agent, data: ProposalData) -> Facts:
+def _facts(agent: Agent | None, tool: str, target_ids: list[str]) -> Facts:
+    if agent is None:
+        return Facts()
+
     def recent_count(window_seconds: int) -> int:
         since = timezone.now() - timedelta(seconds=window_seconds)
-        return Action.objects.filter(agent=agent, tool=data.tool, created_at__gte=since).count()
+        return Action.objects.filter(agent=agent, tool=tool, created_at__gte=since).count()
 
     def rolled_back_repeat() -> bool:
         return Action.objects.filter(
-            agent=agent, tool=data.tool, target_ids=data.target_ids, status=S.ROLLED_BACK
+            agent=agent, tool=tool, target_ids=target_ids, status=S.ROLLED_BACK
         ).exists()
 
     return Facts(recent_count=recent_count, rolled_back_repeat=rolled_back_repeat)
@@ -99,10 +102,17 @@ def check_scope(token: AgentToken, *, tool: str, verb: str) -> None:
     )
 
 
-def action_explain(*, token: AgentToken, data: ProposalData) -> tuple[Verdict, list[Any]]:
+def action_explain(*, token: AgentToken, data: ProposalData) -> tuple[Verdict, list[Trace]]:
     """The verdict a proposal would get now, and why, without recording anything."""
-    document, version = policy_current(token.domain)
-    return evaluate(document, version, _proposal(token, data), _facts(token.agent, data))
+    return policy_explain(domain=token.domain, proposal=_proposal(token, data))
+
+
+def policy_explain(*, domain: Domain, proposal: Proposal) -> tuple[Verdict, list[Trace]]:
+    """Which rule of the domain's current policy would decide `proposal` now, and why."""
+    document, version = policy_current(domain)
+    agent = Agent.objects.filter(name=proposal.agent).first()
+    facts = _facts(agent, proposal.tool, list(proposal.target_ids))
+    return evaluate(document, version, proposal, facts)
 
 
 @transaction.atomic(savepoint=False)
@@ -123,7 +133,8 @@ def action_propose(*, token: AgentToken, data: ProposalData) -> Action:
             field="step_index",
         )
     document, version = policy_current(token.domain)
-    verdict, _ = evaluate(document, version, _proposal(token, data), _facts(agent, data))
+    facts = _facts(agent, data.tool, data.target_ids)
+    verdict, _ = evaluate(document, version, _proposal(token, data), facts)
     status = STATUS_OF_OUTCOME[verdict.outcome]
     action = Action.objects.create(
         agent=agent,

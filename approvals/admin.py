@@ -2,10 +2,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
+from pydantic import ValidationError
 
-from approvals.models import AuditEvent, ChainVerification, Domain
+from approvals.audit import Actor
+from approvals.models import (
+    Agent,
+    AgentToken,
+    AuditEvent,
+    ChainVerification,
+    Domain,
+    PolicyVersion,
+)
+from approvals.policy import PolicyDocument, policy_export, policy_publish
+from approvals.tokens import token_revoke
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -37,3 +50,105 @@ class AuditEventAdmin(ReadOnlyAdmin):
 @admin.register(ChainVerification)
 class ChainVerificationAdmin(ReadOnlyAdmin):
     list_display = ["id", "state", "requested_by", "created_at", "checked", "first_broken_seq"]
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    list_display = ["name", "owner", "created_at"]
+    search_fields = ["name"]
+    fields = ["name", "description", "owner"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["name"] if obj else []
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # its actions and audit events refer to it
+
+
+@admin.register(AgentToken)
+class AgentTokenAdmin(ReadOnlyAdmin):
+    """Tokens are issued with `manage.py issue_token` (the secret is shown once, there)."""
+
+    list_display = ["prefix", "agent", "domain", "scopes", "expires_at", "revoked_at"]
+    list_filter = ["domain", "revoked_at"]
+    search_fields = ["prefix", "agent__name"]
+    exclude = ["digest"]
+    actions = ["revoke"]
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[AgentToken]) -> None:
+        for token in queryset:
+            token_revoke(prefix=token.prefix, actor=Actor.user(request.user))
+        self.message_user(request, f"{queryset.count()} tokens revoked")
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Needed for the revoke action; the form itself shows every field read-only.
+        return bool(request.user.is_superuser)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in AgentToken._meta.fields if f.name != "digest"]
+
+
+class PolicyVersionForm(forms.ModelForm):
+    """A new version: the rules as JSON, validated as the policy files are."""
+
+    rules = forms.JSONField(
+        initial=list, help_text="JSON list of rules, as `manage.py policy export` writes them"
+    )
+
+    class Meta:
+        model = PolicyVersion
+        fields = ["domain", "rules", "default_outcome", "default_tier", "comment"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        try:
+            self.document = PolicyDocument.model_validate(
+                {
+                    "rules": data.get("rules"),
+                    "default_outcome": data.get("default_outcome"),
+                    "default_tier": data.get("default_tier")
+                    if data.get("default_outcome") == "escalate"
+                    else None,
+                    "comment": data.get("comment", ""),
+                }
+            )
+        except ValidationError as exc:
+            for error in exc.errors():
+                where = ".".join(str(p) for p in error["loc"])
+                self.add_error(None, f"{where}: {error['msg']}")
+        return data
+
+
+@admin.register(PolicyVersion)
+class PolicyVersionAdmin(admin.ModelAdmin):
+    """Versions are immutable: "Add" publishes the next version of a domain's policy."""
+
+    form = PolicyVersionForm
+    list_display = ["domain", "version", "default_outcome", "created_by", "created_at", "comment"]
+    list_filter = ["domain"]
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        # ?domain=<id> starts the new version from the current one.
+        initial: dict[str, Any] = dict(super().get_changeform_initial_data(request))
+        domain_id = str(initial.get("domain", ""))
+        domain = Domain.objects.filter(pk=domain_id).first() if domain_id.isdigit() else None
+        if domain is not None:
+            exported = policy_export(domain)
+            initial["rules"] = exported["rules"]
+            initial["default_outcome"] = exported["default_outcome"]
+        return initial
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        published = policy_publish(
+            domain=form.cleaned_data["domain"],
+            document=form.document,
+            actor=Actor.user(request.user),
+        )
+        obj.pk, obj.version = published.pk, published.version
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -9,6 +9,7 @@ from approvals.roles import perm, role_names
 # (label, url name, permission codename). Pages appear here as they are built.
 NAVIGATION = [
     ("Dashboard", "dashboard", "view_desk"),
+    ("Policies", "policies", "view_desk"),
     ("Audit", "audit", "view_audit"),
 ]
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from approvals.audit import audit_seal, verification_run
+from approvals.idempotency import idempotency_purge
 
 
 @shared_task
@@ -16,3 +17,8 @@ def audit_seal_task() -> None:
     # A backstop: writers seal their own events after commit; this catches any left by a
     # process that died between its commit and its seal.
     audit_seal(wait=True)
+
+
+@shared_task
+def idempotency_purge_task() -> None:
+    idempotency_purge()

@@ -9,6 +9,7 @@ urlpatterns = [
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", views.LogoutView.as_view(), name="logout"),
     path("audit/", views.audit_list, name="audit"),
+    path("policies/", views.policies, name="policies"),
     path("audit/verify/", views.audit_verify, name="audit-verify"),
     path("audit/export.jsonl", views.audit_export, name="audit-export"),
     path("healthz", views.healthz, name="healthz"),

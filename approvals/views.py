@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.contrib.auth import views as auth_views
@@ -14,11 +15,14 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.middleware import HtmxDetails
 
 from approvals import audit
+from approvals.actions import policy_explain
 from approvals.audit import Actor, AuditFilters
 from approvals.models import Domain
 from approvals.openapi import document
 from approvals.permissions import require
+from approvals.policy import Proposal, policy_current
 from approvals.roles import perm
+from approvals.tokens import VERBS
 
 AUDIT_PAGE_SIZE = 50
 
@@ -170,3 +174,70 @@ def openapi_json(request: HttpRequest) -> HttpResponse:
 @require_GET
 def api_docs(request: HttpRequest) -> HttpResponse:
     return render(request, "approvals/api.html", {"spec": document()})
+
+
+def _explain_form(query: Any) -> tuple[Proposal | None, dict[str, str]]:
+    """A proposal from the explain form's fields, or the errors naming the bad ones."""
+    errors: dict[str, str] = {}
+    tool, verb = query.get("tool", "").strip(), query.get("verb", "").strip()
+    if not tool:
+        errors["tool"] = "name the tool, e.g. create_order"
+    if verb not in VERBS:
+        errors["verb"] = f"choose one of {', '.join(VERBS)}"
+    amount = None
+    if query.get("amount", "").strip():
+        try:
+            amount = Decimal(query["amount"].strip())
+        except InvalidOperation:
+            errors["amount"] = f"{query['amount']!r} is not a number"
+    counts: dict[str, int | None] = {}
+    for name in ("records", "population"):
+        raw = query.get(name, "").strip()
+        counts[name] = int(raw) if raw.isdigit() else None
+        if raw and not raw.isdigit():
+            errors[name] = f"{raw!r} is not a whole number"
+    if errors:
+        return None, errors
+    targets = tuple(t.strip() for t in query.get("targets", "").split(",") if t.strip())
+    proposal = Proposal(
+        agent=query.get("agent", "").strip() or "*",
+        tool=tool,
+        verb=verb,
+        amount=amount,
+        blast_records=counts["records"],
+        blast_population=counts["population"],
+        target_ids=targets,
+        has_snapshot=bool(query.get("snapshot")),
+        has_compensation=bool(query.get("compensation")),
+    )
+    return proposal, errors
+
+
+@require_GET
+@require("view_desk")
+def policies(request: HtmxHttpRequest) -> HttpResponse:
+    domains = list(Domain.objects.all())
+    selected = next((d for d in domains if d.slug == request.GET.get("domain")), None)
+    selected = selected or (domains[0] if domains else None)
+    context: dict[str, Any] = {
+        "domains": domains,
+        "domain": selected,
+        "form": request.GET,
+        "verbs": VERBS,
+    }
+    if selected is not None:
+        document, version = policy_current(selected)
+        context.update(
+            document=document,
+            version=version,
+            history=selected.policy_versions.order_by("-version")[:10],
+        )
+        if "tool" in request.GET:
+            proposal, errors = _explain_form(request.GET)
+            context["errors"] = errors
+            if proposal is not None:
+                context["verdict"], context["trace"] = policy_explain(
+                    domain=selected, proposal=proposal
+                )
+    template = "approvals/policies.html#explain" if request.htmx else "approvals/policies.html"
+    return render(request, template, context, status=400 if context.get("errors") else 200)

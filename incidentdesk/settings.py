@@ -199,6 +199,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "audit-seal": {"task": "approvals.tasks.audit_seal_task", "schedule": 30.0},
+    "idempotency-purge": {"task": "approvals.tasks.idempotency_purge_task", "schedule": 3600.0},
 }
 
 AUTH_PASSWORD_VALIDATORS = [
