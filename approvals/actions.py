@@ -69,9 +69,10 @@ def _facts(agent: Agent | None, tool: str, target_ids: list[str]) -> Facts:
     if agent is None:
         return Facts()
 
-    def recent_count(window_seconds: int) -> int:
+    def recent_count(window_seconds: int, cap: int) -> int:
         since = timezone.now() - timedelta(seconds=window_seconds)
-        return Action.objects.filter(agent=agent, tool=tool, created_at__gte=since).count()
+        recent = Action.objects.filter(agent=agent, tool=tool, created_at__gte=since)
+        return recent[:cap].count()
 
     def rolled_back_repeat() -> bool:
         return Action.objects.filter(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -11,6 +12,7 @@ from decimal import Decimal
 from functools import wraps
 from typing import Any, Literal
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
@@ -200,40 +202,48 @@ def _rate_limited(token: AgentToken) -> int | None:
 AgentView = Callable[..., HttpResponse]
 
 
+def authorize(request: HttpRequest) -> AgentToken | HttpResponse:
+    """The request's live token, or the problem response that refuses it (401, 429, 413)."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, raw = header.partition(" ")
+    if scheme.lower() != "bearer" or not raw:
+        response = problem(401, "Unauthorized", "send Authorization: Bearer <token>")
+        response["WWW-Authenticate"] = 'Bearer realm="incidentdesk"'
+        return response
+    try:
+        token = token_authenticate(raw.strip())
+    except TokenError as exc:
+        response = problem(401, "Unauthorized", f"the token is not valid: {exc}")
+        response["WWW-Authenticate"] = 'Bearer realm="incidentdesk", error="invalid_token"'
+        return response
+    retry_after = _rate_limited(token)
+    if retry_after is not None:
+        response = problem(
+            429,
+            "Too many requests",
+            f"more than {settings.API_RATE_LIMIT} requests a minute with this token",
+        )
+        response["Retry-After"] = str(retry_after)
+        return response
+    length = int(request.headers.get("Content-Length") or 0)
+    if max(length, len(request.body)) > settings.API_MAX_BODY_BYTES:
+        return problem(
+            413,
+            "Request too large",
+            f"the body is over the limit of {settings.API_MAX_BODY_BYTES} bytes",
+        )
+    return token
+
+
 def agent_api(view: AgentView) -> Callable[..., HttpResponse]:
     """Authenticate the bearer token, apply limits, and turn refusals into problem documents."""
 
     @csrf_exempt
     @wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        header = request.headers.get("Authorization", "")
-        scheme, _, raw = header.partition(" ")
-        if scheme.lower() != "bearer" or not raw:
-            response = problem(401, "Unauthorized", "send Authorization: Bearer <token>")
-            response["WWW-Authenticate"] = 'Bearer realm="incidentdesk"'
-            return response
-        try:
-            token = token_authenticate(raw.strip())
-        except TokenError as exc:
-            response = problem(401, "Unauthorized", f"the token is not valid: {exc}")
-            response["WWW-Authenticate"] = 'Bearer realm="incidentdesk", error="invalid_token"'
-            return response
-        retry_after = _rate_limited(token)
-        if retry_after is not None:
-            response = problem(
-                429,
-                "Too many requests",
-                f"more than {settings.API_RATE_LIMIT} requests a minute with this token",
-            )
-            response["Retry-After"] = str(retry_after)
-            return response
-        length = int(request.headers.get("Content-Length") or 0)
-        if max(length, len(request.body)) > settings.API_MAX_BODY_BYTES:
-            return problem(
-                413,
-                "Request too large",
-                f"the body is over the limit of {settings.API_MAX_BODY_BYTES} bytes",
-            )
+        token = authorize(request)
+        if isinstance(token, HttpResponse):
+            return token
         try:
             return view(request, token, *args, **kwargs)
         except BadJSON as exc:
@@ -316,10 +326,18 @@ def actions_explain(request: HttpRequest, token: AgentToken) -> HttpResponse:
     )
 
 
-@agent_api
-def action_detail(request: HttpRequest, token: AgentToken, action_id: str) -> HttpResponse:
+@csrf_exempt
+async def action_detail(request: HttpRequest, action_id: str) -> HttpResponse:
+    """The verdict; with ?wait=N, held open (without a thread) until it changes or N s pass.
+
+    Asynchronous, so that waiting agents cost no worker thread: the production layout sends
+    these requests to the ASGI server.
+    """
     if request.method != "GET":
         return _method_not_allowed("GET")
+    token = await sync_to_async(authorize)(request)
+    if isinstance(token, HttpResponse):
+        return token
     wait_raw = request.GET.get("wait", "0")
     if not wait_raw.isdigit() or int(wait_raw) > settings.API_MAX_WAIT:
         return problem(
@@ -328,14 +346,14 @@ def action_detail(request: HttpRequest, token: AgentToken, action_id: str) -> Ht
             f"wait must be a whole number of seconds from 0 to {settings.API_MAX_WAIT}",
             [{"field": "wait", "message": f"{wait_raw!r} is not 0-{settings.API_MAX_WAIT}"}],
         )
-    action = _own_action(token, action_id)
+    action = await sync_to_async(_own_action)(token, action_id)
     if action is None:
         return problem(404, "No such action", f"no action {action_id} for this agent")
     deadline = time.monotonic() + int(wait_raw)
     seen = action.status
     while action.status == seen and time.monotonic() < deadline:
-        time.sleep(0.2)
-        action.refresh_from_db()
+        await asyncio.sleep(0.2)
+        action = await Action.objects.aget(pk=action.pk)
     return JsonResponse(verdict_body(action))
 
 

@@ -103,15 +103,17 @@ class Proposal:
 class Facts:
     """What the engine may ask the database, asked lazily and at most once each."""
 
-    recent_count: Callable[[int], int] = lambda window_seconds: 0
+    # (window_seconds, cap) -> earlier actions in the window, counted up to cap at most.
+    recent_count: Callable[[int, int], int] = lambda window_seconds, cap: 0
     rolled_back_repeat: Callable[[], bool] = lambda: False
-    _counts: dict[int, int] = field(default_factory=dict)
+    _counts: dict[tuple[int, int], int] = field(default_factory=dict)
     _repeat: bool | None = None
 
-    def count_within(self, window_seconds: int) -> int:
-        if window_seconds not in self._counts:
-            self._counts[window_seconds] = self.recent_count(window_seconds)
-        return self._counts[window_seconds]
+    def count_within(self, window_seconds: int, cap: int) -> int:
+        key = (window_seconds, cap)
+        if key not in self._counts:
+            self._counts[key] = self.recent_count(window_seconds, cap)
+        return self._counts[key]
 
     def repeat(self) -> bool:
         if self._repeat is None:
@@ -173,7 +175,8 @@ def _check(rule: Rule, proposal: Proposal, facts: Facts) -> str | None:
         return "reversible, or a snapshot or compensation was given"
     if when.rate_over is not None:
         # This proposal would be the agent's (earlier + 1)th with this tool in the window.
-        earlier = facts.count_within(when.rate_over.window_seconds)
+        # Counting stops at the limit: the rule only needs to know whether it is reached.
+        earlier = facts.count_within(when.rate_over.window_seconds, when.rate_over.count)
         if earlier + 1 <= when.rate_over.count:
             return (
                 f"{earlier + 1} actions in {when.rate_over.window_seconds} s "

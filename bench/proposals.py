@@ -52,7 +52,7 @@ POLICY = {
          "reason": "protected"},
         {"id": "blast", "when": {"blast_radius_over": 0.01}, "outcome": "escalate", "tier": 2,
          "reason": "wide"},
-        {"id": "rate", "when": {"rate_over": {"count": 1000000, "window_seconds": 3600}},
+        {"id": "rate", "when": {"rate_over": {"count": 1000, "window_seconds": 60}},
          "outcome": "escalate", "tier": 1, "reason": "runaway"},
         {"id": "allow-small", "outcome": "allow", "reason": "small change"},
     ],
@@ -111,14 +111,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--agents", type=int, default=16)
+    parser.add_argument("--agents", type=int, default=64)
     parser.add_argument("--web-workers", type=int, default=2)
     args = parser.parse_args()
     ensure_database(env()["DATABASE_URL"])
     subprocess.run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env(), check=True)
     tokens = setup(args.agents)
     prefix = Path(tempfile.mkdtemp(prefix="desk-bench-"))
-    extra = {"API_RATE_LIMIT": "1000000000", "DB_POOL_MAX": "8"}
+    extra = {"API_RATE_LIMIT": "1000000000"}
     commands = [
         granian("wsgi", "incidentdesk.wsgi:application", 8204, args.web_workers),
         uvicorn(8205, 1),

@@ -151,7 +151,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["OPTIONS"] = {
         "pool": {
             "min_size": env_int("DB_POOL_MIN", 1),
-            "max_size": env_int("DB_POOL_MAX", 8),
+            "max_size": env_int("DB_POOL_MAX", 12),
             "timeout": env_int("DB_POOL_TIMEOUT", 10),
         }
     }

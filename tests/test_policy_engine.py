@@ -153,11 +153,11 @@ def test_two_percent_of_accounts_is_over_one_percent() -> None:
 
 @given(st.integers(0, 50), st.integers(0, 50), st.integers(1, 86_400))
 def test_rate_counts_this_proposal_in_its_window(earlier, limit, window) -> None:
-    asked: list[int] = []
+    asked: list[tuple[int, int]] = []
 
-    def recent(window_seconds: int) -> int:
-        asked.append(window_seconds)
-        return earlier
+    def recent(window_seconds: int, cap: int) -> int:
+        asked.append((window_seconds, cap))
+        return min(earlier, cap)
 
     document = policy(
         Rule.model_validate(
@@ -168,7 +168,7 @@ def test_rate_counts_this_proposal_in_its_window(earlier, limit, window) -> None
     )  # fmt: skip
     verdict = decide(document, Proposal(agent="a", tool="t", verb="create"), Facts(recent))
     assert (verdict.rule == "rate") == (earlier + 1 > limit)
-    assert asked == [window]
+    assert asked == [(window, limit)]
 
 
 def test_database_facts_are_asked_only_when_a_rule_needs_them() -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,7 +50,8 @@ def layout(django_db_setup, tmp_path: Path) -> Iterator[Desk]:
             raise RuntimeError(f"{error}\n{(tmp_path / 'serve.log').read_text()}") from None
         yield Desk(url=url, processes=[process])
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -71,3 +75,28 @@ def test_nginx_serves_pages_static_files_and_websockets(layout: Desk, oncall) ->
         status, fragment = browser.htmx_post("/audit/verify/")
         assert status == 200, fragment
         receive_until(ws, "Chain intact", timeout=30)
+
+
+def test_long_polls_wait_on_the_asgi_server_without_blocking_requests(layout: Desk) -> None:
+    from tests.agents import agent_token, order, propose
+    from tests.servers import http
+
+    token = agent_token("buyer", "procurement", "create_order:create")
+    pending = propose(layout, token, order(amount={"value": "900", "currency": "USD"})).json()
+    assert pending["status"] == "pending"
+    url = f"{layout.url}/api/v1/actions/{pending['id']}?wait=6"
+    auth = {"Authorization": f"Bearer {token}"}
+    waiting = [
+        threading.Thread(target=http, args=("GET", url), kwargs={"headers": auth})
+        for _ in range(24)  # more than the WSGI server's threads
+    ]
+    for thread in waiting:
+        thread.start()
+    time.sleep(1)
+    started = time.monotonic()
+    reply = propose(layout, token, order())
+    took = time.monotonic() - started
+    for thread in waiting:
+        thread.join()
+    assert reply.status == 201
+    assert took < 2, f"a proposal waited {took:.1f} s behind long-polls"
