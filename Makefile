@@ -50,5 +50,6 @@ lint: $(INSTALLED)  ## ruff and mypy
 migrations-check: $(INSTALLED)  ## Fail if a model change has no migration
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
-bench: $(INSTALLED)  ## Serving layouts compared (needs PostgreSQL, Redis, wrk, nginx)
+bench: $(INSTALLED)  ## Serving layouts and proposal throughput (needs PostgreSQL, Redis, wrk, nginx)
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/proposals.py
