@@ -4,6 +4,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -63,7 +64,10 @@ class DeskConsumer(AsyncWebsocketConsumer):
         if perm("view_desk") not in self.permissions:
             await self.close()
             return
-        if perm("view_audit") in self.permissions:
+        # A page asks for the topics it shows (?topics=audit); it gets those its user may see.
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        topics = {t for value in query.get("topics", []) for t in value.split(",")}
+        if "audit" in topics and perm("view_audit") in self.permissions:
             await self.join(live.AUDIT_GROUP)
         await self.accept()
         if live.AUDIT_GROUP in self.joined:

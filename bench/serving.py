@@ -91,7 +91,7 @@ async def fanout(port: int, clients: int, rounds: int) -> list[float]:
     sockets = []
     for _ in range(clients):
         ws = await connect(
-            f"ws://127.0.0.1:{port}/ws/desk/", origin=f"http://127.0.0.1:{port}",  # type: ignore[arg-type]
+            f"ws://127.0.0.1:{port}/ws/desk/?topics=audit", origin=f"http://127.0.0.1:{port}",  # type: ignore[arg-type]
             additional_headers={"Cookie": cookie}, proxy=None, compression=None,
         )  # fmt: skip
         await ws.recv()  # the state sent on connect

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def open_socket(desk: Desk, cookies: dict[str, str], origin: str | None = None) -> ClientConnection:
     header = "; ".join(f"{name}={value}" for name, value in cookies.items())
     return connect(
-        f"{desk.ws_url}/ws/desk/",
+        f"{desk.ws_url}/ws/desk/?topics=audit",
         origin=origin or desk.url,  # type: ignore[arg-type]
         additional_headers={"Cookie": header} if header else None,
         open_timeout=10,
@@ -104,3 +104,13 @@ def test_request_without_csrf_token_is_refused(desk: Desk, oncall) -> None:
     from approvals.models import ChainVerification
 
     assert not ChainVerification.objects.exists()
+
+
+def test_a_page_gets_only_the_topics_it_asks_for(desk: Desk, viewer) -> None:
+    header = "; ".join(f"{k}={v}" for k, v in session_cookie(viewer).items())
+    url = f"{desk.ws_url}/ws/desk/"
+    with (
+        connect(url, origin=desk.url, additional_headers={"Cookie": header}, proxy=None) as ws,
+        pytest.raises(TimeoutError),
+    ):
+        ws.recv(timeout=1)
