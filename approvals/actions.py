@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -12,7 +13,16 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals.audit import Actor, audit_record
-from approvals.models import Action, Agent, AgentSession, AgentToken, Domain, ReasoningStep
+from approvals.idempotency import idempotency_complete
+from approvals.models import (
+    Action,
+    Agent,
+    AgentSession,
+    AgentToken,
+    Domain,
+    IdempotencyRecord,
+    ReasoningStep,
+)
 from approvals.policy import Facts, Proposal, Trace, Verdict, evaluate, policy_current
 from approvals.tokens import token_allows
 
@@ -116,16 +126,26 @@ def policy_explain(*, domain: Domain, proposal: Proposal) -> tuple[Verdict, list
     return evaluate(document, version, proposal, facts)
 
 
-@transaction.atomic(savepoint=False)
-def action_propose(*, token: AgentToken, data: ProposalData) -> Action:
-    # Callers check the scope before their transaction, so the refusal's audit event stays;
-    # this is the guard for any caller that did not.
+def action_propose(
+    *, token: AgentToken, data: ProposalData, claim: IdempotencyRecord | None = None
+) -> Action:
+    """Record a proposed tool call with the policy's verdict on it.
+
+    With `claim`, the verdict is stored as that Idempotency-Key's answer in the same
+    transaction. Call it outside any transaction: a refusal for scope is audited in its own.
+    """
     check_scope(token, tool=data.tool, verb=data.verb)
+    with transaction.atomic():
+        action = _record_proposal(token, data)
+        if claim is not None:
+            idempotency_complete(record=claim, status=201, body=action_verdict(action))
+    return action
+
+
+def _record_proposal(token: AgentToken, data: ProposalData) -> Action:
     # One proposal at a time per agent, so rate rules count exactly.
     agent = Agent.objects.select_for_update().get(pk=token.agent_id)
-    session, _ = AgentSession.objects.get_or_create(
-        agent=agent, external_id=data.session_id, defaults={"domain": token.domain}
-    )
+    session = _session(agent, token, data.session_id)
     if data.step_index is not None and not session.steps.filter(index=data.step_index).exists():
         raise Refused(
             422,
@@ -182,19 +202,62 @@ def action_propose(*, token: AgentToken, data: ProposalData) -> Action:
     return action
 
 
+def _session(agent: Agent, token: AgentToken, session_id: str) -> AgentSession:
+    # A session belongs to its agent; its domain is the one it started in.
+    session, _ = AgentSession.objects.get_or_create(
+        agent=agent, external_id=session_id, defaults={"domain": token.domain}
+    )
+    return session
+
+
+def action_for_token(token: AgentToken, action_id: str, *, lock: bool = False) -> Action:
+    """The action `action_id` if this token may see it: its agent's, in its domain."""
+    try:
+        pk = uuid.UUID(action_id)
+    except ValueError:
+        pk = None
+    actions = Action.objects.select_for_update() if lock else Action.objects.all()
+    action = (
+        actions.filter(pk=pk, agent_id=token.agent_id, domain_id=token.domain_id).first()
+        if pk
+        else None
+    )
+    if action is None:
+        raise Refused(404, "No such action", f"no action {action_id} for this token")
+    return action
+
+
+PUBLIC_STATUS = {S.ESCALATED: "pending"}
+
+
+def action_verdict(action: Action) -> dict[str, Any]:
+    """The desk's answer about an action, as agents see it."""
+    params = action.modified_params if action.modified_params is not None else action.params
+    return {
+        "id": str(action.pk),
+        "status": PUBLIC_STATUS.get(S(action.status), action.status),
+        "may_execute": action.status in EXECUTABLE,
+        "rule": action.rule,
+        "reason": action.reason,
+        "policy_version": action.policy_version,
+        "tier": action.tier,
+        "expires_at": action.expires_at.isoformat() if action.expires_at else None,
+        "params": params,
+        "modified": action.modified_params is not None,
+    }
+
+
 def action_report_result(
     *,
     token: AgentToken,
-    action_id: Any,
+    action_id: str,
     ok: bool,
     result: Any,
     post_state: Any,
     error: str,
 ) -> Action:
     with transaction.atomic():
-        action = Action.objects.select_for_update().filter(pk=action_id, agent=token.agent).first()
-        if action is None:
-            raise Refused(404, "No such action", f"no action {action_id} for this agent")
+        action = action_for_token(token, action_id, lock=True)
         if action.status in FINISHED:
             reported = (S.SUCCEEDED if ok else S.FAILED, result, post_state)
             if (action.status, action.result, action.post_state) == reported:
@@ -244,9 +307,7 @@ class StepData:
 def steps_record(*, token: AgentToken, session_id: str, steps: list[StepData]) -> AgentSession:
     """Append reasoning steps in order. Re-sending a step already stored, unchanged, is a no-op."""
     agent = Agent.objects.select_for_update().get(pk=token.agent_id)
-    session, _ = AgentSession.objects.get_or_create(
-        agent=agent, external_id=session_id, defaults={"domain": token.domain}
-    )
+    session = _session(agent, token, session_id)
     existing = {s.index: s for s in session.steps.filter(index__in=[s.index for s in steps])}
     expected = session.steps.count()
     new = []

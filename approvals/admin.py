@@ -18,7 +18,7 @@ from approvals.models import (
     PolicyVersion,
 )
 from approvals.policy import PolicyDocument, policy_export, policy_publish
-from approvals.tokens import token_revoke
+from approvals.tokens import agent_save, token_revoke
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -63,6 +63,9 @@ class AgentAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # its actions and audit events refer to it
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        agent_save(agent=obj, actor=Actor.user(request.user))
 
 
 @admin.register(AgentToken)

@@ -6,7 +6,6 @@ import asyncio
 import json
 import re
 import time
-import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from functools import wraps
@@ -15,7 +14,7 @@ from typing import Any, Literal
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -131,25 +130,6 @@ class Problem(Strict):
     errors: list[dict[str, str]] = Field(default_factory=list)
 
 
-PUBLIC_STATUS = {Action.Status.ESCALATED: "pending"}
-
-
-def verdict_body(action: Action) -> dict[str, Any]:
-    params = action.modified_params if action.modified_params is not None else action.params
-    return {
-        "id": str(action.pk),
-        "status": PUBLIC_STATUS.get(action.status, action.status),  # type: ignore[call-overload]
-        "may_execute": action.status in actions.EXECUTABLE,
-        "rule": action.rule,
-        "reason": action.reason,
-        "policy_version": action.policy_version,
-        "tier": action.tier,
-        "expires_at": action.expires_at.isoformat() if action.expires_at else None,
-        "params": params,
-        "modified": action.modified_params is not None,
-    }
-
-
 def problem(
     status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None
 ) -> JsonResponse:
@@ -175,7 +155,7 @@ def validation_problem(error: ValidationError) -> JsonResponse:
 
 def parse[M: BaseModel](model: type[M], request: HttpRequest) -> M:
     try:
-        raw = json.loads(request.body or b"null", parse_float=Decimal)
+        raw = json.loads(request.body or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadJSON(str(exc)) from None
     return model.model_validate(raw)
@@ -225,14 +205,24 @@ def authorize(request: HttpRequest) -> AgentToken | HttpResponse:
         )
         response["Retry-After"] = str(retry_after)
         return response
-    length = int(request.headers.get("Content-Length") or 0)
-    if max(length, len(request.body)) > settings.API_MAX_BODY_BYTES:
+    if _body_too_large(request):
         return problem(
             413,
             "Request too large",
             f"the body is over the limit of {settings.API_MAX_BODY_BYTES} bytes",
         )
     return token
+
+
+def _body_too_large(request: HttpRequest) -> bool:
+    # The declared length first, so an oversized body is refused before it is read.
+    declared = request.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > settings.API_MAX_BODY_BYTES:
+        return True
+    try:
+        return len(request.body) > settings.API_MAX_BODY_BYTES
+    except RequestDataTooBig:
+        return True
 
 
 def agent_api(view: AgentView) -> Callable[..., HttpResponse]:
@@ -275,14 +265,12 @@ def actions_create(request: HttpRequest, token: AgentToken) -> HttpResponse:
     if len(key) > 255:
         return problem(400, "Idempotency-Key too long", "keep Idempotency-Key to 255 characters")
     proposal = parse(ActionIn, request)
-    # Refused before the key is claimed, and recorded whatever happens next.
-    actions.check_scope(token, tool=proposal.tool, verb=proposal.verb)
     fingerprint = idempotency.request_fingerprint(request.method, request.path, request.body)
     claimed = idempotency.idempotency_claim(agent=token.agent, key=key, fingerprint=fingerprint)
     match claimed.claim:
         case idempotency.Claim.MISMATCH:
             return problem(
-                422, "Idempotency-Key reused", "this key was used before with another request body"
+                409, "Idempotency-Key reused", "this key was used before with another request body"
             )
         case idempotency.Claim.IN_FLIGHT:
             return problem(
@@ -295,14 +283,15 @@ def actions_create(request: HttpRequest, token: AgentToken) -> HttpResponse:
             response["Idempotent-Replayed"] = "true"
             return response
     try:
-        with transaction.atomic():
-            action = actions.action_propose(token=token, data=proposal.data())
-            body = verdict_body(action)
-            idempotency.idempotency_complete(record=claimed.record, status=201, body=body)
+        action = actions.action_propose(token=token, data=proposal.data(), claim=claimed.record)
+    except idempotency.ClaimLost:
+        return problem(
+            409, "Request in progress", "a request with this Idempotency-Key is still running"
+        )
     except BaseException:
         idempotency.idempotency_release(record=claimed.record)
         raise
-    response = JsonResponse(body, status=201)
+    response = JsonResponse(claimed.record.response_body, status=201)
     response["Location"] = f"/api/v1/actions/{action.pk}"
     return response
 
@@ -346,23 +335,16 @@ async def action_detail(request: HttpRequest, action_id: str) -> HttpResponse:
             f"wait must be a whole number of seconds from 0 to {settings.API_MAX_WAIT}",
             [{"field": "wait", "message": f"{wait_raw!r} is not 0-{settings.API_MAX_WAIT}"}],
         )
-    action = await sync_to_async(_own_action)(token, action_id)
-    if action is None:
-        return problem(404, "No such action", f"no action {action_id} for this agent")
+    try:
+        action = await sync_to_async(actions.action_for_token)(token, action_id)
+    except Refused as exc:
+        return problem(exc.status, exc.title, exc.detail)
     deadline = time.monotonic() + int(wait_raw)
     seen = action.status
     while action.status == seen and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
         action = await Action.objects.aget(pk=action.pk)
-    return JsonResponse(verdict_body(action))
-
-
-def _own_action(token: AgentToken, action_id: str) -> Action | None:
-    try:
-        pk = uuid.UUID(action_id)
-    except ValueError:
-        return None
-    return Action.objects.filter(pk=pk, agent=token.agent).first()
+    return JsonResponse(actions.action_verdict(action))
 
 
 @agent_api
@@ -370,8 +352,6 @@ def action_result(request: HttpRequest, token: AgentToken, action_id: str) -> Ht
     if request.method != "POST":
         return _method_not_allowed("POST")
     report = parse(ResultIn, request)
-    if _own_action(token, action_id) is None:
-        return problem(404, "No such action", f"no action {action_id} for this agent")
     action = actions.action_report_result(
         token=token,
         action_id=action_id,
@@ -380,14 +360,14 @@ def action_result(request: HttpRequest, token: AgentToken, action_id: str) -> Ht
         post_state=report.post_state,
         error=report.error,
     )
-    return JsonResponse(verdict_body(action))
+    return JsonResponse(actions.action_verdict(action))
 
 
 @agent_api
 def session_steps(request: HttpRequest, token: AgentToken, session_id: str) -> HttpResponse:
     if request.method != "POST":
         return _method_not_allowed("POST")
-    if not re.match(IDENTIFIER, session_id):
+    if not re.fullmatch(IDENTIFIER, session_id):
         return problem(
             400, "Invalid session id", "a session id is 1-100 letters, digits, and _ . : -"
         )

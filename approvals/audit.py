@@ -20,13 +20,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import close_old_connections, connection, transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from approvals import live
@@ -38,6 +38,9 @@ GENESIS_HASH = "0" * 64
 # Key of the PostgreSQL advisory lock that serializes sealing.
 CHAIN_LOCK_KEY = 0x1D_A0D17
 SEAL_BATCH = 5000
+# A verification with no end this long after it started lost its worker (the broker
+# redelivers its task after CELERY_VISIBILITY_TIMEOUT, 5 minutes by default).
+VERIFICATION_ABANDONED = timedelta(minutes=4)
 CONTENT_FIELDS = [
     "created_at", "actor_kind", "actor", "action", "domain", "object_type", "object_id",
     "summary", "data",
@@ -114,7 +117,9 @@ def _seal_after_commit() -> None:
     # One seal per transaction, however many events it recorded. (Django drops the callbacks
     # of a transaction or savepoint that rolls back, so this list is the pending truth.)
     if not any(entry[1] is seal_after_commit for entry in connection.run_on_commit):
-        transaction.on_commit(seal_after_commit)
+        # robust: a failed seal must not fail the request whose change already committed;
+        # the next seal, or the beat backstop, picks the events up.
+        transaction.on_commit(seal_after_commit, robust=True)
 
 
 def seal_after_commit() -> None:
@@ -334,10 +339,16 @@ def verification_request(*, actor: Actor) -> ChainVerification:
 
 
 def verification_run(*, verification_id: int) -> ChainVerification | None:
-    """Run a queued verification. Returns None if another worker already claimed it."""
+    """Run a queued verification. Returns None if another worker already claimed it.
+
+    A run still marked running long after it started belonged to a worker that died; the
+    redelivered task takes it over.
+    """
     State = ChainVerification.State
-    claimed = ChainVerification.objects.filter(id=verification_id, state=State.QUEUED).update(
-        state=State.RUNNING, started_at=timezone.now()
+    abandoned = Q(state=State.RUNNING, started_at__lt=timezone.now() - VERIFICATION_ABANDONED)
+    claimed = (
+        ChainVerification.objects.filter(Q(state=State.QUEUED) | abandoned, id=verification_id)
+        .update(state=State.RUNNING, started_at=timezone.now())
     )
     if not claimed:
         return None
@@ -351,11 +362,19 @@ def verification_run(*, verification_id: int) -> ChainVerification | None:
     try:
         report = audit_verify_chain(expected_head=last_intact_head(), progress=progress)
     except Exception as exc:
-        verification.state = State.FAILED
-        verification.problem = f"verification stopped: {exc}"
-        verification.finished_at = timezone.now()
-        verification.save(update_fields=["state", "problem", "finished_at"])
-        live.send(live.AUDIT_GROUP, live.AUDIT_VERIFICATION, verification_id=verification.pk)
+        with transaction.atomic():
+            verification.state = State.FAILED
+            verification.problem = f"verification stopped: {exc}"
+            verification.finished_at = timezone.now()
+            verification.save(update_fields=["state", "problem", "finished_at"])
+            audit_record(
+                actor=Actor.system("audit-verifier"),
+                action="audit.verification_failed",
+                object_type="chain_verification",
+                object_id=verification.pk,
+                summary=verification.problem,
+            )
+            live.audit_verification_changed(verification.pk)
         raise
     with transaction.atomic():
         verification.state = State.INTACT if report.intact else State.BROKEN

@@ -2,12 +2,14 @@
 
 The first request with a key claims it (committed at once, so a concurrent duplicate sees the
 claim); its answer is stored in the same transaction as the work it did. A repeat with the same
-body gets that answer back; with another body, 422; while the first is still at work, 409.
+body gets that answer back; with another body, or while the first is still at work, 409 (each
+with its own problem type, so a client knows which one it may retry).
 """
 
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
@@ -58,21 +60,35 @@ def idempotency_claim(*, agent: Agent, key: str, fingerprint: str) -> Claimed:
         return Claimed(Claim.MISMATCH, record)
     if record.response_status is not None:
         return Claimed(Claim.REPLAY, record)
+    owner = uuid.uuid4()
     taken_over = IdempotencyRecord.objects.filter(
         pk=record.pk, response_status=None, created_at__lt=timezone.now() - ABANDONED_AFTER
-    ).update(created_at=timezone.now())
-    return Claimed(Claim.NEW if taken_over else Claim.IN_FLIGHT, record)
+    ).update(created_at=timezone.now(), owner=owner)
+    if not taken_over:
+        return Claimed(Claim.IN_FLIGHT, record)
+    record.owner = owner
+    return Claimed(Claim.NEW, record)
+
+
+class ClaimLost(Exception):
+    """The claim was taken over by another request while this one worked; its work must not stay."""
 
 
 def idempotency_complete(*, record: IdempotencyRecord, status: int, body: Any) -> None:
-    """Store the answer; call inside the transaction that did the work."""
+    """Store the answer; call inside the transaction that did the work (ClaimLost rolls it back)."""
+    stored = IdempotencyRecord.objects.filter(
+        pk=record.pk, owner=record.owner, response_status=None
+    ).update(response_status=status, response_body=body)
+    if not stored:
+        raise ClaimLost(record.key)
     record.response_status, record.response_body = status, body
-    record.save(update_fields=["response_status", "response_body"])
 
 
 def idempotency_release(*, record: IdempotencyRecord) -> None:
     """Forget a claim whose request was refused before doing anything, so it can be retried."""
-    IdempotencyRecord.objects.filter(pk=record.pk, response_status=None).delete()
+    IdempotencyRecord.objects.filter(
+        pk=record.pk, owner=record.owner, response_status=None
+    ).delete()
 
 
 def idempotency_purge() -> int:

@@ -6,9 +6,10 @@ from approvals.audit import audit_seal, verification_run
 from approvals.idempotency import idempotency_purge
 
 
-@shared_task
+@shared_task(acks_late=True, reject_on_worker_lost=True)
 def audit_verify_task(verification_id: int) -> None:
-    # Safe to run twice: the run claims its row, and a second delivery finds it taken.
+    # Safe to run twice: the run claims its row, and a second delivery finds it taken (or,
+    # if its worker died long ago, takes it over).
     verification_run(verification_id=verification_id)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -53,6 +54,33 @@ def _validate_scopes(scopes: list[str]) -> list[str]:
 
 
 @transaction.atomic
+def agent_save(*, agent: Agent, actor: Actor) -> Agent:
+    """Create or change an agent's record (name, description, owner), audited."""
+    created = agent.pk is None
+    before: dict[str, object] = (
+        {} if created else dict(Agent.objects.values("description", "owner_id").get(pk=agent.pk))
+    )
+    try:
+        agent.full_clean()
+    except ValidationError as exc:
+        raise ValueError(f"agent {agent.name!r}: {'; '.join(exc.messages)}") from None
+    agent.save()
+    after = {"description": agent.description, "owner_id": agent.owner_id}
+    changed = sorted(k for k in after if before.get(k) != after[k])
+    if created or changed:
+        audit_record(
+            actor=actor,
+            action="agent.created" if created else "agent.changed",
+            object_type="agent",
+            object_id=agent.pk,
+            summary=f"Agent {agent.name} "
+            + ("created" if created else f"changed: {', '.join(changed)}"),
+            data={"owner": agent.owner.get_username() if agent.owner else None},
+        )
+    return agent
+
+
+@transaction.atomic
 def token_issue(
     *, agent_name: str, domain_slug: str, scopes: list[str], ttl: int | None, actor: Actor
 ) -> IssuedToken:
@@ -64,12 +92,9 @@ def token_issue(
     domain = Domain.objects.filter(slug=domain_slug).first()
     if domain is None:
         raise ValueError(f"no domain {domain_slug!r}")
-    agent, created = Agent.objects.get_or_create(name=agent_name)
-    if created:
-        audit_record(
-            actor=actor, action="agent.created", object_type="agent", object_id=agent.pk,
-            summary=f"Agent {agent_name} created",
-        )  # fmt: skip
+    agent = Agent.objects.filter(name=agent_name).first() or agent_save(
+        agent=Agent(name=agent_name), actor=actor
+    )
     prefix = PREFIX + secrets.token_hex(6)
     token = f"{prefix}_{secrets.token_urlsafe(32)}"
     record = AgentToken.objects.create(

@@ -142,7 +142,7 @@ def audit_verify(request: HtmxHttpRequest) -> HttpResponse:
     return redirect("audit")
 
 
-@require_GET
+@require_POST
 @require("export_audit")
 def audit_export(request: HttpRequest) -> HttpResponseBase:
     filters, errors = _audit_filters(request)

@@ -136,6 +136,24 @@ def test_body_over_the_limit_is_413(desk: Desk) -> None:
     reply = propose(desk, token, huge)
     assert reply.status == 413
     assert not Action.objects.exists()
+    # Past what the server would read into memory at all: still a problem document.
+    huger = order(pre_action_state={"blob": "x" * (4 * 1024 * 1024)})
+    reply = propose(desk, token, huger)
+    assert reply.status == 413 and reply.json()["title"] == "Request too large"
+
+
+def test_floats_anywhere_in_the_free_form_fields_are_kept(desk: Desk) -> None:
+    token = agent_token("buyer", "procurement", *ORDERS)
+    body = order(
+        params={"sku": "GPU-A100", "qty": 2, "weight_kg": 1.25},
+        amount={"value": 180.5, "currency": "USD"},
+        pre_action_state={"stock": 0.5, "ratio": 1e-3},
+    )
+    reply = propose(desk, token, body)
+    assert reply.status == 201, reply.body
+    action = Action.objects.get()
+    assert action.params["weight_kg"] == 1.25 and action.pre_action_state["ratio"] == 0.001
+    assert str(action.amount) == "180.5000"
 
 
 def test_unknown_reasoning_step_is_422_and_nothing_is_written(desk: Desk) -> None:
@@ -159,12 +177,32 @@ def test_same_key_same_body_replays_the_answer(desk: Desk) -> None:
     assert Action.objects.count() == 1
 
 
-def test_same_key_other_body_is_422(desk: Desk) -> None:
+def test_same_key_other_body_is_409_with_its_own_problem_type(desk: Desk) -> None:
     token = agent_token("buyer", "procurement", *ORDERS)
     propose(desk, token, order(), key="order-1")
     reply = propose(desk, token, order(params={"qty": 999}), key="order-1")
-    assert reply.status == 422 and reply.json()["title"] == "Idempotency-Key reused"
+    assert reply.status == 409 and reply.json()["title"] == "Idempotency-Key reused"
+    # Distinct from "still in flight", which a client may retry.
+    assert reply.json()["type"] == "urn:incidentdesk:problem:idempotency-key-reused"
     assert Action.objects.count() == 1
+
+
+def test_a_claim_taken_over_from_a_dead_request_cannot_be_answered_twice() -> None:
+    from approvals.idempotency import ClaimLost, idempotency_claim, idempotency_complete
+    from approvals.models import Agent
+
+    agent_token("buyer", "procurement", *ORDERS)
+    agent = Agent.objects.get(name="buyer")
+    first = idempotency_claim(agent=agent, key="slow", fingerprint="f").record
+    IdempotencyRecord.objects.filter(pk=first.pk).update(
+        created_at=timezone.now() - timezone.timedelta(minutes=5)
+    )
+    second = idempotency_claim(agent=agent, key="slow", fingerprint="f")
+    assert second.claim.value == "new" and second.record.owner != first.owner
+    idempotency_complete(record=second.record, status=201, body={"by": "second"})
+    with pytest.raises(ClaimLost):
+        idempotency_complete(record=first, status=201, body={"by": "first"})
+    assert IdempotencyRecord.objects.get(pk=first.pk).response_body == {"by": "second"}
 
 
 def test_same_key_while_the_first_is_in_flight_is_409(desk: Desk) -> None:
@@ -236,6 +274,11 @@ def test_bad_wait_and_unknown_action(desk: Desk) -> None:
     assert reply.status == 400 and problem_fields(reply) == ["wait"]
     other = agent_token("stranger", "procurement", *ORDERS)
     assert call(desk, other, "GET", f"/actions/{verdict['id']}").status == 404
+    # The same agent, through a token for another domain, does not see it either.
+    elsewhere = agent_token("buyer", "billing", "*:read", "*:update")
+    assert call(desk, elsewhere, "GET", f"/actions/{verdict['id']}").status == 404
+    report = {"ok": True, "result": {}, "post_state": {}}
+    assert call(desk, elsewhere, "POST", f"/actions/{verdict['id']}/result", report).status == 404
 
 
 # Results

@@ -30,6 +30,7 @@ from incidentdesk_client.errors import (
 log = logging.getLogger("incidentdesk_client")
 F = TypeVar("F", bound=Callable[..., Any])
 RETRYABLE_STATUS = {429, 502, 503, 504}
+IN_FLIGHT_PROBLEM = "urn:incidentdesk:problem:request-in-progress"
 FINAL_STOPS = {
     "denied": ActionDenied,
     "rejected": ActionRejected,
@@ -104,8 +105,14 @@ class Desk:
             except urllib.error.HTTPError as error:
                 status, payload = error.code, _json_or_text(error.read())
                 retry_after = error.headers.get("Retry-After")
-                # 409 on a proposal: our own earlier attempt is still in flight; ask again.
-                in_flight = status == 409 and idempotency_key is not None
+                # Our own earlier attempt with this key is still running; ask again. (A key
+                # reused with another body is also 409, but asking again cannot help that.)
+                in_flight = (
+                    status == 409
+                    and idempotency_key is not None
+                    and isinstance(payload, dict)
+                    and payload.get("type") == IN_FLIGHT_PROBLEM
+                )
                 if (status in RETRYABLE_STATUS or in_flight) and attempt < self.retries:
                     attempt += 1
                     self._sleep(attempt, retry_after)
