@@ -346,10 +346,9 @@ def verification_run(*, verification_id: int) -> ChainVerification | None:
     """
     State = ChainVerification.State
     abandoned = Q(state=State.RUNNING, started_at__lt=timezone.now() - VERIFICATION_ABANDONED)
-    claimed = (
-        ChainVerification.objects.filter(Q(state=State.QUEUED) | abandoned, id=verification_id)
-        .update(state=State.RUNNING, started_at=timezone.now())
-    )
+    claimed = ChainVerification.objects.filter(
+        Q(state=State.QUEUED) | abandoned, id=verification_id
+    ).update(state=State.RUNNING, started_at=timezone.now())
     if not claimed:
         return None
     verification = ChainVerification.objects.get(id=verification_id)

@@ -93,3 +93,18 @@ def test_scopes_are_tool_and_verb_patterns() -> None:
     assert token_allows(token, tool="update_discount", verb="update")
     assert not token_allows(token, tool="create_order", verb="delete")
     assert not token_allows(token, tool="cancel_order", verb="update")
+
+
+def test_changing_an_agent_in_the_admin_is_audited(admin_operator, login) -> None:
+    from approvals.models import Agent
+
+    demo_domain("procurement")
+    issue("buyer", "--domain", "procurement", "--scope", "*:read")
+    agent = Agent.objects.get(name="buyer")
+    response = login(admin_operator).post(
+        f"/admin/approvals/agent/{agent.pk}/change/",
+        {"description": "Restocks GPUs", "owner": admin_operator.pk},
+    )
+    assert response.status_code in (200, 302)
+    changed = AuditEvent.objects.get(action="agent.changed")
+    assert changed.actor == admin_operator.username and "description, owner_id" in changed.summary

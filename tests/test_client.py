@@ -14,6 +14,7 @@ from incidentdesk_client import (
     Desk,
     DeskUnavailable,
     OutOfScope,
+    ReportFailed,
 )
 
 from approvals.models import Action, ReasoningStep
@@ -90,6 +91,31 @@ def test_allowed_call_runs_and_is_reported(desk: RunningDesk) -> None:
         "thought", "tool_call",
     ]  # fmt: skip
     assert action.step_index == 1
+
+
+def test_a_call_that_ran_but_could_not_be_reported_says_so(desk: RunningDesk) -> None:
+    from approvals.audit import Actor
+    from approvals.models import AgentToken
+    from approvals.tokens import token_revoke
+
+    vendor = Vendor()
+    client = Desk(desk.url, agent_token("buyer", "procurement", *ORDERS), retries=0)
+
+    def order_then_lose_the_token(sku: str, qty: int, idempotency_key: str) -> dict:
+        placed = vendor.create_order(sku, qty, idempotency_key)
+        token_revoke(prefix=AgentToken.objects.get().prefix, actor=Actor.system("tests"))
+        return placed
+
+    session = client.session("restock-2")
+    call = session.guard("create_order", "create", snapshot=vendor.open_orders)(
+        order_then_lose_the_token
+    )
+    with pytest.raises(ReportFailed) as failed:
+        call(sku="A100", qty=2)
+    assert failed.value.result == {"order_id": "PO-1"}
+    assert failed.value.post_state == {"open_orders": 1}
+    assert len(vendor.orders) == 1
+    assert Action.objects.get().status == "allowed"  # the desk never heard
 
 
 def test_denied_call_does_not_run(desk: RunningDesk) -> None:

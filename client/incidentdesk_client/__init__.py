@@ -29,6 +29,7 @@ from incidentdesk_client.errors import (
     InvalidRequest,
     KillSwitchEngaged,
     OutOfScope,
+    ReportFailed,
     Unauthorized,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidRequest",
     "KillSwitchEngaged",
     "OutOfScope",
+    "ReportFailed",
     "Session",
     "Unauthorized",
 ]

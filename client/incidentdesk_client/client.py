@@ -24,6 +24,7 @@ from incidentdesk_client.errors import (
     InvalidRequest,
     KillSwitchEngaged,
     OutOfScope,
+    ReportFailed,
     Unauthorized,
 )
 
@@ -252,10 +253,25 @@ class Session:
                     result = function(**run_params)
                 except Exception as error:
                     post = snapshot(**verdict["params"]) if snapshot else None
-                    self.desk.report(verdict["id"], ok=False, post_state=post, error=repr(error))
+                    try:
+                        self.desk.report(
+                            verdict["id"], ok=False, post_state=post, error=repr(error)
+                        )
+                    except DeskError as report_error:
+                        log.error("could not report %s failing: %s", tool, report_error)
                     raise
                 post = snapshot(**verdict["params"]) if snapshot else None
-                self.desk.report(verdict["id"], ok=True, result=_jsonable(result), post_state=post)
+                try:
+                    self.desk.report(
+                        verdict["id"], ok=True, result=_jsonable(result), post_state=post
+                    )
+                except DeskError as report_error:
+                    raise ReportFailed(
+                        f"{tool}:{verb} ran, but its result was not reported: {report_error}",
+                        verdict=verdict,
+                        result=result,
+                        post_state=post,
+                    ) from report_error
                 return result
 
             return guarded  # type: ignore[return-value]

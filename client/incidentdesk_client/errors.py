@@ -63,3 +63,17 @@ class Unauthorized(DeskError):
 
 class DeskUnavailable(DeskError):
     """The desk could not be reached; the call was not run (fail closed)."""
+
+
+class ReportFailed(Exception):
+    """The tool ran, but the desk did not get its report; `.result` is what the tool returned.
+
+    Not a DeskError: the call happened. Report it again with `Desk.report` once the desk is
+    back (the desk accepts the same report twice), or tell a person.
+    """
+
+    def __init__(
+        self, message: str, *, verdict: dict[str, Any], result: Any, post_state: Any
+    ) -> None:
+        super().__init__(message)
+        self.verdict, self.result, self.post_state = verdict, result, post_state
