@@ -13,14 +13,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals.audit import Actor, audit_record
-from approvals.idempotency import idempotency_complete
+from approvals.idempotency import Claim, idempotency_claim, idempotency_complete
 from approvals.models import (
     Action,
     Agent,
     AgentSession,
     AgentToken,
     Domain,
-    IdempotencyRecord,
     ReasoningStep,
 )
 from approvals.policy import Facts, Proposal, Trace, Verdict, evaluate, policy_current
@@ -126,20 +125,36 @@ def policy_explain(*, domain: Domain, proposal: Proposal) -> tuple[Verdict, list
     return evaluate(document, version, proposal, facts)
 
 
-def action_propose(
-    *, token: AgentToken, data: ProposalData, claim: IdempotencyRecord | None = None
-) -> Action:
-    """Record a proposed tool call with the policy's verdict on it.
+@dataclass(frozen=True)
+class Proposed:
+    """What became of a proposal: how its Idempotency-Key was taken, and the answer to give."""
 
-    With `claim`, the verdict is stored as that Idempotency-Key's answer in the same
-    transaction. Call it outside any transaction: a refusal for scope is audited in its own.
+    claim: Claim
+    status: int | None = None
+    body: dict[str, Any] | None = None
+    action: Action | None = None  # only when recorded by this call
+
+
+def action_propose(
+    *, token: AgentToken, data: ProposalData, key: str, fingerprint: str
+) -> Proposed:
+    """Record a proposed tool call with the policy's verdict, once per Idempotency-Key.
+
+    Call it outside any transaction: a refusal for scope is audited in a transaction of its own,
+    and the proposal, its audit event and the key's stored answer commit together.
     """
     check_scope(token, tool=data.tool, verb=data.verb)
     with transaction.atomic():
+        claimed = idempotency_claim(agent_id=token.agent_id, key=key, fingerprint=fingerprint)
+        if claimed.claim is Claim.REPLAY and claimed.record is not None:
+            record = claimed.record
+            return Proposed(claimed.claim, record.response_status, record.response_body)
+        if claimed.claim is not Claim.NEW:
+            return Proposed(claimed.claim)
         action = _record_proposal(token, data)
-        if claim is not None:
-            idempotency_complete(record=claim, status=201, body=action_verdict(action))
-    return action
+        body = action_verdict(action)
+        idempotency_complete(claimed=claimed, status=201, body=body)
+    return Proposed(Claim.NEW, 201, body, action)
 
 
 def _record_proposal(token: AgentToken, data: ProposalData) -> Action:

@@ -265,9 +265,13 @@ def actions_create(request: HttpRequest, token: AgentToken) -> HttpResponse:
     if len(key) > 255:
         return problem(400, "Idempotency-Key too long", "keep Idempotency-Key to 255 characters")
     proposal = parse(ActionIn, request)
-    fingerprint = idempotency.request_fingerprint(request.method, request.path, request.body)
-    claimed = idempotency.idempotency_claim(agent=token.agent, key=key, fingerprint=fingerprint)
-    match claimed.claim:
+    proposed = actions.action_propose(
+        token=token,
+        data=proposal.data(),
+        key=key,
+        fingerprint=idempotency.request_fingerprint(request.method, request.path, request.body),
+    )
+    match proposed.claim:
         case idempotency.Claim.MISMATCH:
             return problem(
                 409, "Idempotency-Key reused", "this key was used before with another request body"
@@ -276,23 +280,11 @@ def actions_create(request: HttpRequest, token: AgentToken) -> HttpResponse:
             return problem(
                 409, "Request in progress", "a request with this Idempotency-Key is still running"
             )
-        case idempotency.Claim.REPLAY:
-            response = JsonResponse(
-                claimed.record.response_body, status=claimed.record.response_status
-            )
-            response["Idempotent-Replayed"] = "true"
-            return response
-    try:
-        action = actions.action_propose(token=token, data=proposal.data(), claim=claimed.record)
-    except idempotency.ClaimLost:
-        return problem(
-            409, "Request in progress", "a request with this Idempotency-Key is still running"
-        )
-    except BaseException:
-        idempotency.idempotency_release(record=claimed.record)
-        raise
-    response = JsonResponse(claimed.record.response_body, status=201)
-    response["Location"] = f"/api/v1/actions/{action.pk}"
+    response = JsonResponse(proposed.body, status=proposed.status)
+    if proposed.claim is idempotency.Claim.REPLAY:
+        response["Idempotent-Replayed"] = "true"
+    elif proposed.action is not None:
+        response["Location"] = f"/api/v1/actions/{proposed.action.pk}"
     return response
 
 

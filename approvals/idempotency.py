@@ -1,29 +1,26 @@
 """Idempotency-Key handling, after the IETF draft and Stripe.
 
-The first request with a key claims it (committed at once, so a concurrent duplicate sees the
-claim); its answer is stored in the same transaction as the work it did. A repeat with the same
-body gets that answer back; with another body, or while the first is still at work, 409 (each
-with its own problem type, so a client knows which one it may retry).
+A request with a key runs in one transaction that first takes the key (a transaction-scoped
+lock on agent and key), then looks for a stored answer, does its work and stores its answer
+before it commits. A repeat with the same body gets that answer back; with another body, or
+while the first still holds the key, 409 (each with its own problem type, so a client knows
+which one it may retry). A request that dies rolls back and lets go of the key with it: no
+claim is left behind to expire.
 """
 
 from __future__ import annotations
 
 import hashlib
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from enum import Enum
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection
 from django.utils import timezone
 
-from approvals.models import Agent, IdempotencyRecord
-from incidentdesk.db import relax_durability
-
-# A claim with no answer this old belongs to a request that died; another may take it over.
-ABANDONED_AFTER = timedelta(seconds=60)
+from approvals.models import IdempotencyRecord
 
 
 class Claim(Enum):
@@ -36,59 +33,57 @@ class Claim(Enum):
 @dataclass(frozen=True)
 class Claimed:
     claim: Claim
-    record: IdempotencyRecord
+    agent_id: int
+    key: str
+    fingerprint: str
+    record: IdempotencyRecord | None = None
 
 
 def request_fingerprint(method: str, path: str, body: bytes) -> str:
     return hashlib.sha256(b"\0".join([method.encode(), path.encode(), body])).hexdigest()
 
 
-def idempotency_claim(*, agent: Agent, key: str, fingerprint: str) -> Claimed:
-    try:
-        with transaction.atomic():
-            # The claim need not wait for its own flush to disk: the transaction that stores
-            # the answer commits synchronously, and that flushes the claim before it.
-            relax_durability()
-            record = IdempotencyRecord.objects.create(
-                agent=agent, key=key, request_hash=fingerprint
-            )
-        return Claimed(Claim.NEW, record)
-    except IntegrityError:
-        pass
-    record = IdempotencyRecord.objects.get(agent=agent, key=key)
+def _key_lock_id(agent_id: int, key: str) -> int:
+    digest = hashlib.blake2b(f"{agent_id}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _take_key(agent_id: int, key: str) -> bool:
+    """Hold the key until the transaction ends, unless another request holds it now."""
+    if connection.vendor != "postgresql":
+        # SQLite transactions begin IMMEDIATE (see settings): writers already take turns,
+        # so the first request's answer is stored before a repeat can look for it.
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_key_lock_id(agent_id, key)])
+        return bool(cursor.fetchone()[0])
+
+
+def idempotency_claim(*, agent_id: int, key: str, fingerprint: str) -> Claimed:
+    """Take `key` for this transaction, or say why not. Call inside the transaction that
+    will do the work and store the answer with `idempotency_complete`."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("idempotency_claim must run inside the transaction that does the work")
+    new = Claimed(Claim.NEW, agent_id, key, fingerprint)
+    if not _take_key(agent_id, key):
+        return replace(new, claim=Claim.IN_FLIGHT)
+    record = IdempotencyRecord.objects.filter(agent_id=agent_id, key=key).first()
+    if record is None:
+        return new
     if record.request_hash != fingerprint:
-        return Claimed(Claim.MISMATCH, record)
-    if record.response_status is not None:
-        return Claimed(Claim.REPLAY, record)
-    owner = uuid.uuid4()
-    taken_over = IdempotencyRecord.objects.filter(
-        pk=record.pk, response_status=None, created_at__lt=timezone.now() - ABANDONED_AFTER
-    ).update(created_at=timezone.now(), owner=owner)
-    if not taken_over:
-        return Claimed(Claim.IN_FLIGHT, record)
-    record.owner = owner
-    return Claimed(Claim.NEW, record)
+        return replace(new, claim=Claim.MISMATCH, record=record)
+    return replace(new, claim=Claim.REPLAY, record=record)
 
 
-class ClaimLost(Exception):
-    """The claim was taken over by another request while this one worked; its work must not stay."""
-
-
-def idempotency_complete(*, record: IdempotencyRecord, status: int, body: Any) -> None:
-    """Store the answer; call inside the transaction that did the work (ClaimLost rolls it back)."""
-    stored = IdempotencyRecord.objects.filter(
-        pk=record.pk, owner=record.owner, response_status=None
-    ).update(response_status=status, response_body=body)
-    if not stored:
-        raise ClaimLost(record.key)
-    record.response_status, record.response_body = status, body
-
-
-def idempotency_release(*, record: IdempotencyRecord) -> None:
-    """Forget a claim whose request was refused before doing anything, so it can be retried."""
-    IdempotencyRecord.objects.filter(
-        pk=record.pk, owner=record.owner, response_status=None
-    ).delete()
+def idempotency_complete(*, claimed: Claimed, status: int, body: Any) -> IdempotencyRecord:
+    """Store the answer to a NEW claim, in the transaction that did the work."""
+    return IdempotencyRecord.objects.create(
+        agent_id=claimed.agent_id,
+        key=claimed.key,
+        request_hash=claimed.fingerprint,
+        response_status=status,
+        response_body=body,
+    )
 
 
 def idempotency_purge() -> int:

@@ -282,10 +282,6 @@ class IdempotencyRecord(models.Model):
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="idempotency_keys")
     key = models.CharField(max_length=255)
     request_hash = models.CharField(max_length=64)
-    # Which request holds the claim: a request that takes over an abandoned claim gets a new one,
-    # so the abandoned request, if it wakes up, cannot store its answer too.
-    owner = models.UUIDField(default=uuid.uuid4)
-    # Null while the first request is still being worked on.
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
     response_body = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

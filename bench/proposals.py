@@ -8,7 +8,9 @@ cores, spread over several agents (proposals are serialized per agent, as rate r
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/incidentdesk_bench \\
     REDIS_URL=redis://127.0.0.1:6379/3 python bench/proposals.py [--seconds 10] [--agents 16]
 
-Target: at least 1,000 proposals/s with p99 under 25 ms.
+Target: at least 1,000 proposals/s with p99 under 25 ms. The last line, the "floor", sends the
+same requests without an Idempotency-Key: authenticated, rate-counted and refused (400) before
+any work, it is the most this layout can serve of any agent API request on this machine.
 """
 
 from __future__ import annotations
@@ -82,10 +84,13 @@ def setup(agents: int) -> list[str]:
     ]  # fmt: skip
 
 
-def lua(tokens: list[str]) -> str:
+def lua(tokens: list[str], *, with_key: bool = True) -> str:
     return (
         "local tokens = {" + ",".join(json.dumps(t) for t in tokens) + "}\n"
-        "local body = " + json.dumps(json.dumps(PROPOSAL)) + "\n"
+        "local body = "
+        + json.dumps(json.dumps(PROPOSAL))
+        + "\n"
+        + f"local WITH_KEY = {'true' if with_key else 'false'}\n"
         """
 local thread_count = 0
 function setup(thread)
@@ -99,7 +104,7 @@ request = function()
   local key = string.format("%d-%d-%d", run, tid or 0, n)
   return wrk.format("POST", "/api/v1/actions", {
     ["Authorization"] = "Bearer " .. token,
-    ["Idempotency-Key"] = key,
+    ["Idempotency-Key"] = WITH_KEY and key or nil,
     ["Content-Type"] = "application/json",
   }, body)
 end
@@ -132,9 +137,11 @@ def main() -> None:
     results = {}
     with processes(commands, extra):
         wait_http("http://127.0.0.1:8200/healthz")
-        for phase, seconds in (("warm-up", 3), ("measured", args.seconds)):
+        phases = (("warm-up", 3, True), ("measured", args.seconds, True), ("floor", 5, False))
+        for phase, seconds, with_key in phases:
             script = prefix / f"{phase}.lua"
-            script.write_text(f"run = {abs(hash((phase, os.getpid()))) % 10**9}\n" + lua(tokens))
+            run_id = f"run = {abs(hash((phase, os.getpid()))) % 10**9}\n"
+            script.write_text(run_id + lua(tokens, with_key=with_key))
             results[phase] = wrk(8200, seconds, args.connections, script, path="/api/v1/actions")
     statuses = dict(
         Action.objects.filter(domain__slug="bench")
@@ -152,6 +159,11 @@ def main() -> None:
         f"non-2xx {r['non2xx']:.0f}"
     )
     print(f"actions written this run: {sum(statuses.values()) - before}; by status: {statuses}")
+    floor = results["floor"]
+    print(
+        f"floor (same requests without Idempotency-Key: token check and rate limit, then 400): "
+        f"{floor['rps']:.0f}/s   p50 {floor['p50_ms']:.1f} ms   p99 {floor['p99_ms']:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from approvals.actions import ProposalData, action_propose
 from approvals.audit import Actor
 from approvals.default_policies import DEFAULT_POLICIES
 from approvals.domains import domain_ensure
-from approvals.models import Domain
+from approvals.models import Action, AgentToken, Domain
 from approvals.policy import PolicyDocument, policy_publish
 from approvals.tokens import token_issue
 from tests.servers import Desk, Reply, http
@@ -58,3 +59,10 @@ def propose(desk: Desk, token: str, body: dict[str, Any], key: str | None = None
 
 def call(desk: Desk, token: str, method: str, path: str, body: Any = None) -> Reply:
     return http(method, f"{desk.url}/api/v1{path}", body, {"Authorization": f"Bearer {token}"})
+
+
+def record_proposal(token: AgentToken, data: ProposalData) -> Action:
+    """Propose through the service, as the API does, with a fresh Idempotency-Key."""
+    proposed = action_propose(token=token, data=data, key=uuid.uuid4().hex, fingerprint="")
+    assert proposed.action is not None
+    return proposed.action

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from approvals.idempotency import idempotency_purge
 from approvals.models import Agent, AgentToken, AuditEvent, IdempotencyRecord, PolicyVersion
-from tests.agents import agent_token, demo_domain
+from tests.agents import agent_token, demo_domain, record_proposal
 
 pytestmark = pytest.mark.django_db
 
@@ -39,12 +39,12 @@ def test_explain_in_the_ui_names_the_rule(viewer, login) -> None:
 
 
 def test_explain_counts_the_agents_recent_actions(viewer, login) -> None:
-    from approvals.actions import ProposalData, action_propose
+    from approvals.actions import ProposalData
     from approvals.tokens import token_authenticate
 
     token = token_authenticate(agent_token("looper", "procurement", "create_order:create"))
     for _ in range(3):
-        action_propose(token=token, data=ProposalData(
+        record_proposal(token, ProposalData(
             session_id="s", step_index=None, tool="create_order", verb="create", params={},
             target_ids=[], amount=None, currency="", blast_records=None, blast_population=None,
             pre_action_state={}, compensation=None,

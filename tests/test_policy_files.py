@@ -8,10 +8,10 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from approvals.actions import ProposalData, action_propose
+from approvals.actions import ProposalData
 from approvals.models import Action, AuditEvent, PolicyVersion
 from approvals.tokens import token_authenticate
-from tests.agents import agent_token, demo_domain
+from tests.agents import agent_token, demo_domain, record_proposal
 
 pytestmark = pytest.mark.django_db
 
@@ -69,22 +69,22 @@ def proposal(**overrides) -> ProposalData:
 def test_rate_window_counts_only_recent_actions() -> None:
     token = token_authenticate(agent_token("looper", "procurement", "create_order:create"))
     for _ in range(3):
-        action_propose(token=token, data=proposal())
+        record_proposal(token, proposal())
     # Push the three past the one-hour window: they no longer count.
     Action.objects.update(created_at=timezone.now() - timedelta(hours=1, seconds=1))
-    assert action_propose(token=token, data=proposal()).status == "allowed"
-    assert action_propose(token=token, data=proposal()).status == "allowed"
-    assert action_propose(token=token, data=proposal()).status == "allowed"
-    fourth = action_propose(token=token, data=proposal())
+    assert record_proposal(token, proposal()).status == "allowed"
+    assert record_proposal(token, proposal()).status == "allowed"
+    assert record_proposal(token, proposal()).status == "allowed"
+    fourth = record_proposal(token, proposal())
     assert (fourth.status, fourth.rule) == ("escalated", "order-rate")
 
 
 def test_repeat_of_a_rolled_back_action_is_escalated() -> None:
     token = token_authenticate(agent_token("buyer", "procurement", "create_order:create"))
-    first = action_propose(token=token, data=proposal())
+    first = record_proposal(token, proposal())
     assert first.status == "allowed"
     Action.objects.filter(pk=first.pk).update(status=Action.Status.ROLLED_BACK)
-    repeat = action_propose(token=token, data=proposal())
+    repeat = record_proposal(token, proposal())
     assert (repeat.status, repeat.rule, repeat.tier) == ("escalated", "flapping", 2)
-    elsewhere = action_propose(token=token, data=proposal(target_ids=["PO-2"]))
+    elsewhere = record_proposal(token, proposal(target_ids=["PO-2"]))
     assert elsewhere.status == "allowed"
