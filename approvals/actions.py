@@ -8,11 +8,12 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from approvals.audit import Actor, audit_record
+from approvals.errors import Refused
+from approvals.escalations import escalation_open, escalation_opened
 from approvals.idempotency import Claim, idempotency_claim, idempotency_complete
 from approvals.models import (
     Action,
@@ -30,14 +31,6 @@ STATUS_OF_OUTCOME = {"allow": S.ALLOWED, "deny": S.DENIED, "escalate": S.ESCALAT
 # What an agent may run: the verdict said yes, or a person did.
 EXECUTABLE = frozenset({S.ALLOWED, S.APPROVED, S.MODIFIED})
 FINISHED = frozenset({S.SUCCEEDED, S.FAILED})
-
-
-class Refused(Exception):
-    """A request the desk will not carry out; `status` is the HTTP status that says so."""
-
-    def __init__(self, status: int, title: str, detail: str, field: str | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.title, self.detail, self.field = status, title, detail, field
 
 
 def agent_actor(token: AgentToken) -> Actor:
@@ -172,7 +165,7 @@ def _record_proposal(token: AgentToken, data: ProposalData) -> Action:
     facts = _facts(agent, data.tool, data.target_ids)
     verdict, _ = evaluate(document, version, _proposal(token, data), facts)
     status = STATUS_OF_OUTCOME[verdict.outcome]
-    action = Action.objects.create(
+    action = Action(
         agent=agent,
         token=token,
         domain=token.domain,
@@ -193,10 +186,12 @@ def _record_proposal(token: AgentToken, data: ProposalData) -> Action:
         reason=verdict.reason,
         policy_version=verdict.version,
         tier=verdict.tier,
-        expires_at=timezone.now() + timedelta(seconds=settings.ESCALATION_EXPIRY)
-        if status == S.ESCALATED
-        else None,
     )
+    if status == S.ESCALATED:
+        escalation_open(action)
+    action.save(force_insert=True)
+    if status == S.ESCALATED:
+        escalation_opened(action)
     audit_record(
         actor=agent_actor(token),
         action=f"action.{status}",

@@ -20,7 +20,8 @@ from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from approvals import actions, idempotency
-from approvals.actions import ProposalData, Refused, StepData
+from approvals.actions import ProposalData, StepData
+from approvals.errors import Refused
 from approvals.models import Action, AgentToken
 from approvals.tokens import TokenError, token_allows, token_authenticate
 

@@ -16,9 +16,16 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 AUDIT_GROUP = "audit"
+QUEUE_GROUP = "approvals.queue"
 
 # Event types: the consumer method that handles "audit.verification" is audit_verification.
 AUDIT_VERIFICATION = "audit.verification"
+ESCALATION_UPDATED = "escalation.updated"
+
+
+def action_group(action_id: object) -> str:
+    return f"action.{action_id}"
+
 
 _server_loop: asyncio.AbstractEventLoop | None = None
 
@@ -57,3 +64,9 @@ def send_on_commit(group: str, event_type: str, **payload: Any) -> None:
 
 def audit_verification_changed(verification_id: int) -> None:
     send_on_commit(AUDIT_GROUP, AUDIT_VERIFICATION, verification_id=verification_id)
+
+
+def escalation_changed(action_id: object) -> None:
+    """An escalation was opened, approved in part, decided, raised a tier or expired."""
+    for group in (QUEUE_GROUP, action_group(action_id)):
+        send_on_commit(group, ESCALATION_UPDATED, action_id=str(action_id))

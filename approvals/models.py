@@ -256,9 +256,17 @@ class Action(models.Model):
     rule = models.CharField(max_length=100)
     reason = models.CharField(max_length=500, blank=True)
     policy_version = models.PositiveIntegerField()
+    # While escalated: the tier it waits at, when that tier's SLA ends (then it moves up a tier),
+    # and when it expires past the last tier. `timer_id` names the one timer task that may act
+    # on it; a task carrying another id is stale and does nothing.
     tier = models.PositiveSmallIntegerField(null=True, blank=True)
+    sla_due_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    timer_id = models.CharField(max_length=32, blank=True)
     modified_params = models.JSONField(null=True, blank=True)
+    decided_by = models.CharField(max_length=150, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_reason = models.TextField(blank=True)
     result = models.JSONField(null=True, blank=True)
     post_state = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
@@ -270,10 +278,65 @@ class Action(models.Model):
         indexes = [
             models.Index(fields=["agent", "tool", "created_at"]),
             models.Index(fields=["domain", "status"]),
+            # The queue: open escalations, most urgent first.
+            models.Index(
+                fields=["tier", "sla_due_at"],
+                name="open_escalations",
+                condition=models.Q(status="escalated"),
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.tool}:{self.verb} ({self.status})"
+
+
+class Approval(models.Model):
+    """One operator's yes to an escalated action at one tier (a tier may need several)."""
+
+    action = models.ForeignKey(Action, on_delete=models.CASCADE, related_name="approvals")
+    tier = models.PositiveSmallIntegerField()
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT)
+    senior = models.BooleanField(default=False, help_text="given with the senior permission")
+    modified_params = models.JSONField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["action", "tier", "user"], name="one_approval_per_person_and_tier"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} approved {self.action_id} at tier {self.tier}"
+
+
+class Tier(models.Model):
+    """An approval level of a domain. Without rows, a domain uses the default tiers."""
+
+    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="tiers")
+    level = models.PositiveSmallIntegerField()
+    approvals_needed = models.PositiveSmallIntegerField(default=1)
+    decide_permission = models.CharField(
+        max_length=50, help_text="codename every approver at this tier needs"
+    )
+    senior_permission = models.CharField(
+        max_length=50, blank=True, help_text="codename at least one approver needs, if any"
+    )
+    sla_seconds = models.PositiveIntegerField(
+        help_text="time to decide before the item moves up a tier (or expires, at the last)"
+    )
+
+    class Meta:
+        ordering = ["domain", "level"]
+        constraints = [
+            models.UniqueConstraint(fields=["domain", "level"], name="one_tier_per_level")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.domain_id} tier {self.level}"
 
 
 class IdempotencyRecord(models.Model):

@@ -11,7 +11,7 @@ import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from django.db import transaction
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -206,19 +206,23 @@ def evaluate(
 
 
 # Parsed policy versions by id. Versions never change once written, so this never goes stale.
-_parsed: dict[int, PolicyDocument] = {}
+_parsed: dict[tuple[int, Any], PolicyDocument] = {}
 
 
 def policy_current(domain: Domain) -> tuple[PolicyDocument, int]:
     """The domain's newest policy version; a domain without one escalates everything to tier 1."""
     latest = (
-        PolicyVersion.objects.filter(domain=domain).order_by("-version").values("id", "version")
+        PolicyVersion.objects.filter(domain=domain)
+        .order_by("-version")
+        .values("id", "version", "created_at")
     ).first()
     if latest is None:
         return PolicyDocument(rules=[], comment="no policy published"), 0
-    document = _parsed.get(latest["id"])
+    # Keyed by creation time too: SQLite may give a new row the id of one rolled back.
+    key = (latest["id"], latest["created_at"])
+    document = _parsed.get(key)
     if document is None:
-        document = _parsed[latest["id"]] = document_of(PolicyVersion.objects.get(pk=latest["id"]))
+        document = _parsed[key] = document_of(PolicyVersion.objects.get(pk=latest["id"]))
     return document, latest["version"]
 
 

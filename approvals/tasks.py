@@ -3,6 +3,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from approvals.audit import audit_seal, verification_run
+from approvals.escalations import escalation_timer_fired, escalations_sweep
 from approvals.idempotency import idempotency_purge
 
 
@@ -23,3 +24,14 @@ def audit_seal_task() -> None:
 @shared_task
 def idempotency_purge_task() -> None:
     idempotency_purge()
+
+
+@shared_task
+def escalation_timer_task(action_id: str, timer_id: str) -> None:
+    # Safe to run late, early or twice: only the timer the action still names acts.
+    escalation_timer_fired(action_id=action_id, timer_id=timer_id)
+
+
+@shared_task
+def escalations_sweep_task() -> None:
+    escalations_sweep()

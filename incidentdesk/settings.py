@@ -200,6 +200,8 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "audit-seal": {"task": "approvals.tasks.audit_seal_task", "schedule": 30.0},
     "idempotency-purge": {"task": "approvals.tasks.idempotency_purge_task", "schedule": 3600.0},
+    # Backstop for escalation timers that were lost (a broker restart, say).
+    "escalations-sweep": {"task": "approvals.tasks.escalations_sweep_task", "schedule": 15.0},
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -280,14 +282,13 @@ TOKEN_DEFAULT_TTL = env_int("TOKEN_DEFAULT_TTL", 3600)
 TOKEN_MAX_TTL = env_int("TOKEN_MAX_TTL", 30 * 24 * 3600)
 
 # Agent API: largest request body accepted (bigger gets 413), requests per token per minute
-# (more gets 429), how long Idempotency-Keys are kept, the longest long-poll, and how long an
-# escalation waits for a decision before it expires.
+# (more gets 429), how long Idempotency-Keys are kept, and the longest long-poll. (How long an
+# escalation waits is set per domain by its tiers.)
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES + 1024, 2_621_440)
 API_RATE_LIMIT = env_int("API_RATE_LIMIT", 600)
 IDEMPOTENCY_KEEP_HOURS = env_int("IDEMPOTENCY_KEEP_HOURS", 48)
 API_MAX_WAIT = env_int("API_MAX_WAIT", 30)
-ESCALATION_EXPIRY = env_int("ESCALATION_EXPIRY", 4 * 3600)
 
 # Audit: how many events the verifier reads per batch (progress is pushed after each batch).
 AUDIT_VERIFY_BATCH = env_int("AUDIT_VERIFY_BATCH", 2000)

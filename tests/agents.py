@@ -11,7 +11,7 @@ from approvals.default_policies import DEFAULT_POLICIES
 from approvals.domains import domain_ensure
 from approvals.models import Action, AgentToken, Domain
 from approvals.policy import PolicyDocument, policy_publish
-from approvals.tokens import token_issue
+from approvals.tokens import token_authenticate, token_issue
 from tests.servers import Desk, Reply, http
 
 
@@ -66,3 +66,28 @@ def record_proposal(token: AgentToken, data: ProposalData) -> Action:
     proposed = action_propose(token=token, data=data, key=uuid.uuid4().hex, fingerprint="")
     assert proposed.action is not None
     return proposed.action
+
+
+def escalated_action(*, tier: int = 1, agent: str = "buyer") -> Action:
+    """An action the default policies escalate: a $900 order (tier 1) or a deletion (tier 2)."""
+    from decimal import Decimal
+
+    if tier == 1:
+        token = token_authenticate(agent_token(agent, "procurement", "create_order:create"))
+        data = ProposalData(
+            session_id="run-1", step_index=None, tool="create_order", verb="create",
+            params={"sku": "GPU-A100", "qty": 10}, target_ids=[], amount=Decimal("900"),
+            currency="USD", blast_records=None, blast_population=None,
+            pre_action_state={"open_orders": 0, "qty": 0}, compensation=None,
+        )  # fmt: skip
+    else:
+        token = token_authenticate(agent_token(agent, "devops", "delete_snapshot:delete"))
+        data = ProposalData(
+            session_id="run-1", step_index=None, tool="delete_snapshot", verb="delete",
+            params={"snapshot_id": "snap-dev-7"}, target_ids=["snap-dev-7"], amount=None,
+            currency="", blast_records=1, blast_population=40,
+            pre_action_state={"snapshot_id": "snap-dev-7", "exists": True}, compensation=None,
+        )  # fmt: skip
+    action = record_proposal(token, data)
+    assert action.status == Action.Status.ESCALATED and action.tier == tier, action.rule
+    return action

@@ -1,0 +1,339 @@
+"""Escalated actions: tiers, decisions by people, and the timers that move them up or expire them.
+
+An escalation waits at a tier until enough people of that tier approve it, one rejects it, or
+its SLA passes: then it moves up a tier, and past the last tier it expires (the agent is told it
+is denied). Timers are Celery tasks carrying the action's current `timer_id`; a task whose id no
+longer matches (the item was decided, or moved on) is stale and does nothing, so duplicated and
+late tasks are harmless. A periodic sweep catches any timer that was lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from approvals import live
+from approvals.audit import Actor, audit_record
+from approvals.errors import Refused
+from approvals.models import Action, Approval, Tier
+from approvals.roles import perm
+
+S = Action.Status
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    level: int
+    approvals_needed: int
+    decide_permission: str
+    senior_permission: str
+    sla_seconds: int
+
+    def describe(self) -> str:
+        people = (
+            "one approver"
+            if self.approvals_needed == 1
+            else (f"{self.approvals_needed} different approvers")
+        )
+        senior = f", one with {self.senior_permission}" if self.senior_permission else ""
+        return f"tier {self.level}: {people}{senior} ({self.decide_permission})"
+
+
+DEFAULT_TIERS = (
+    TierSpec(1, 1, "decide_tier1", "", 15 * 60),
+    TierSpec(2, 2, "decide_tier1", "decide_tier2", 30 * 60),
+    TierSpec(3, 1, "decide_tier3", "", 60 * 60),
+)
+
+
+def tiers_of(domain_id: int) -> tuple[TierSpec, ...]:
+    rows = Tier.objects.filter(domain_id=domain_id).order_by("level")
+    configured = tuple(
+        TierSpec(t.level, t.approvals_needed, t.decide_permission, t.senior_permission,
+                 t.sla_seconds)
+        for t in rows
+    )  # fmt: skip
+    return configured or DEFAULT_TIERS
+
+
+def _tier(tiers: tuple[TierSpec, ...], level: int) -> TierSpec:
+    # A policy may name a tier the domain does not have: the nearest one takes it.
+    return min(tiers, key=lambda t: (abs(t.level - level), -t.level))
+
+
+def _from_tier(tiers: tuple[TierSpec, ...], level: int) -> tuple[TierSpec, ...]:
+    return tuple(t for t in tiers if t.level >= level)
+
+
+def escalation_open(action: Action, *, now: datetime | None = None) -> None:
+    """Set up a new escalation's tier and timers; call in the transaction that creates it."""
+    now = now or timezone.now()
+    tiers = tiers_of(action.domain_id)
+    tier = _tier(tiers, action.tier or 1)
+    action.tier = tier.level
+    action.sla_due_at = now + timedelta(seconds=tier.sla_seconds)
+    action.expires_at = now + timedelta(
+        seconds=sum(t.sla_seconds for t in _from_tier(tiers, tier.level))
+    )
+    action.timer_id = uuid.uuid4().hex
+
+
+def escalation_opened(action: Action) -> None:
+    """After the action row is written: schedule its timer and tell the open queues."""
+    _schedule_timer(action)
+    live.escalation_changed(action.pk)
+
+
+def _schedule_timer(action: Action) -> None:
+    from approvals.tasks import escalation_timer_task
+
+    assert action.sla_due_at is not None
+    action_id, timer_id, due = str(action.pk), action.timer_id, action.sla_due_at
+    transaction.on_commit(lambda: escalation_timer_task.apply_async((action_id, timer_id), eta=due))
+
+
+def may_decide(user: Any, action: Action) -> bool:
+    """Whether `user` may take part in deciding `action` at its current tier."""
+    if action.tier is None:
+        return False
+    tier = _tier(tiers_of(action.domain_id), action.tier)
+    return user.has_perm(perm(tier.decide_permission))
+
+
+class AlreadyDecided(Refused):
+    def __init__(self, action: Action) -> None:
+        when = (
+            timezone.localtime(action.decided_at).strftime("%H:%M:%S") if action.decided_at else ""
+        )
+        who = f" by {action.decided_by}" if action.decided_by else ""
+        super().__init__(
+            409,
+            "Already decided",
+            f"this action was already {action.get_status_display().lower()}{who}"
+            + (f" at {when}" if when else ""),
+        )
+        self.action = action
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    final: bool  # False: an approval was recorded, and the tier needs more
+    waiting_for: str = ""
+
+
+def escalation_decide(
+    *,
+    action_id: Any,
+    user: Any,
+    verdict: str,
+    reason: str = "",
+    params: dict[str, Any] | None = None,
+) -> Decision:
+    """Approve, reject or modify an escalated action, as `user`.
+
+    Exactly one decision counts: the row is locked, and a second decider finds it decided and
+    is told by whom. Four-eyes: approvals at a tier come from different people, none of them the
+    agent's owner, and a tier with a senior permission needs one approver who holds it.
+    """
+    if verdict not in ("approve", "reject", "modify"):
+        raise Refused(400, "Unknown decision", f"decide approve, reject or modify, not {verdict!r}")
+    reason = reason.strip()
+    if verdict == "reject" and not reason:
+        raise Refused(422, "Reason required", "say why you reject it", field="reason")
+    if verdict == "modify" and not isinstance(params, dict):
+        raise Refused(422, "Invalid params", "modified params must be a JSON object",
+                      field="params")  # fmt: skip
+    with transaction.atomic():
+        action = (
+            Action.objects.select_for_update().select_related("agent", "domain").get(pk=action_id)
+        )
+        if action.status != S.ESCALATED:
+            raise AlreadyDecided(action)
+        tier = _tier(tiers_of(action.domain_id), action.tier or 1)
+        if not user.has_perm(perm(tier.decide_permission)):
+            raise Refused(
+                403, "Not your tier", f"deciding {tier.describe()} needs {tier.decide_permission}"
+            )
+        actor = Actor.user(user)
+        if verdict == "reject":
+            return Decision(_finish(action, S.REJECTED, actor, reason), final=True)
+        if action.agent.owner_id == user.pk:
+            raise Refused(
+                403, "Owner may not approve",
+                f"you own agent {action.agent.name}; someone else must approve its actions",
+            )  # fmt: skip
+        if verdict == "modify":
+            assert params is not None
+            if params == (action.modified_params or action.params):
+                raise Refused(422, "Nothing modified", "the params are unchanged; approve instead",
+                              field="params")  # fmt: skip
+            before = action.modified_params or action.params
+            action.modified_params = params
+            action.save(update_fields=["modified_params", "updated_at"])
+            audit_record(
+                actor=actor,
+                action="escalation.modified",
+                domain=action.domain.slug,
+                object_type="action",
+                object_id=action.pk,
+                summary=f"{action.tool} params modified: {params_diff_text(before, params)}",
+                data={"before": before, "after": params, "reason": reason},
+            )
+        if Approval.objects.filter(action=action, tier=action.tier or 1, user=user).exists():
+            raise Refused(
+                409, "Already approved by you",
+                f"you already approved this at tier {action.tier}; "
+                "the next approval must come from someone else",
+            )  # fmt: skip
+        senior = bool(tier.senior_permission) and user.has_perm(perm(tier.senior_permission))
+        Approval.objects.create(
+            action=action, tier=action.tier or 1, user=user, senior=senior,
+            modified_params=params if verdict == "modify" else None, reason=reason,
+        )  # fmt: skip
+        level = action.tier or 1
+        approvals = list(Approval.objects.filter(action=action, tier=level))
+        missing = _missing(tier, approvals)
+        if missing:
+            audit_record(
+                actor=actor,
+                action="escalation.approval_recorded",
+                domain=action.domain.slug,
+                object_type="action",
+                object_id=action.pk,
+                summary=f"Approval {len(approvals)} of {tier.approvals_needed} at tier "
+                f"{action.tier}; waiting for {missing}",
+                data={"tier": action.tier, "senior": senior, "reason": reason},
+            )
+            live.escalation_changed(action.pk)
+            return Decision(action, final=False, waiting_for=missing)
+        status = S.MODIFIED if action.modified_params is not None else S.APPROVED
+        return Decision(_finish(action, status, actor, reason), final=True)
+
+
+def _missing(tier: TierSpec, approvals: list[Approval]) -> str:
+    if len(approvals) < tier.approvals_needed:
+        more = tier.approvals_needed - len(approvals)
+        need = f"{more} more approver{'s' if more > 1 else ''}"
+        if tier.senior_permission and not any(a.senior for a in approvals):
+            need += f", one with {tier.senior_permission}"
+        return need
+    if tier.senior_permission and not any(a.senior for a in approvals):
+        return f"an approver with {tier.senior_permission}"
+    return ""
+
+
+def _finish(action: Action, status: str, actor: Actor, reason: str) -> Action:
+    action.status = status
+    action.decided_by, action.decided_at = actor.name, timezone.now()
+    action.decision_reason = reason
+    action.timer_id = ""  # any timer still queued for it is now stale
+    action.save(
+        update_fields=["status", "decided_by", "decided_at", "decision_reason", "timer_id",
+                       "updated_at"]
+    )  # fmt: skip
+    audit_record(
+        actor=actor,
+        action=f"action.{status}",
+        domain=action.domain.slug,
+        object_type="action",
+        object_id=action.pk,
+        summary=f"{action.tool}:{action.verb} {status} at tier {action.tier}"
+        + (f": {reason}" if reason else ""),
+        data={"tier": action.tier, "reason": reason, "params": action.modified_params},
+    )
+    live.escalation_changed(action.pk)
+    return action
+
+
+def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | None = None) -> str:
+    """A tier's SLA timer went off: move the item up a tier, or expire it past the last.
+
+    Returns what it did: "stale" (decided, moved on, or another timer's), "early" (rescheduled
+    for its due time), "escalated" or "expired".
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        action = (
+            Action.objects.select_for_update()
+            .select_related("domain")
+            .filter(pk=action_id, status=S.ESCALATED, timer_id=timer_id)
+            .first()
+        )
+        if action is None or not timer_id:
+            return "stale"
+        if action.sla_due_at and now < action.sla_due_at:
+            _schedule_timer(action)
+            return "early"
+        tiers = tiers_of(action.domain_id)
+        higher = [t for t in tiers if t.level > (action.tier or 0)]
+        system = Actor.system("escalation-timer")
+        if not higher:
+            action.status = S.EXPIRED
+            action.decided_by, action.decided_at = system.name, now
+            action.decision_reason = f"no decision within the SLA of every tier up to {action.tier}"
+            action.timer_id = ""
+            action.save(update_fields=["status", "decided_by", "decided_at", "decision_reason",
+                                       "timer_id", "updated_at"])  # fmt: skip
+            audit_record(
+                actor=system,
+                action="action.expired",
+                domain=action.domain.slug,
+                object_type="action",
+                object_id=action.pk,
+                summary=f"{action.tool}:{action.verb} expired undecided at tier {action.tier}; "
+                "the agent is told it is denied",
+                data={"tier": action.tier},
+            )
+            live.escalation_changed(action.pk)
+            return "expired"
+        before, nxt = action.tier, higher[0]
+        action.tier = nxt.level
+        action.sla_due_at = now + timedelta(seconds=nxt.sla_seconds)
+        action.timer_id = uuid.uuid4().hex
+        action.save(update_fields=["tier", "sla_due_at", "timer_id", "updated_at"])
+        audit_record(
+            actor=system,
+            action="escalation.tier_raised",
+            domain=action.domain.slug,
+            object_type="action",
+            object_id=action.pk,
+            summary=f"SLA of tier {before} passed: moved to {nxt.describe()}",
+            data={"from": before, "to": nxt.level},
+        )
+        _schedule_timer(action)
+        live.escalation_changed(action.pk)
+        return "escalated"
+
+
+def escalations_sweep(*, now: datetime | None = None) -> int:
+    """Fire every timer that is overdue: the backstop for timer tasks that were lost."""
+    now = now or timezone.now()
+    overdue = Action.objects.filter(status=S.ESCALATED, sla_due_at__lte=now).values_list(
+        "pk", "timer_id"
+    )
+    fired = 0
+    for action_id, timer_id in overdue[:500]:
+        if escalation_timer_fired(action_id=action_id, timer_id=timer_id, now=now) != "stale":
+            fired += 1
+    return fired
+
+
+def params_diff(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, before, after) for every top-level key whose value differs."""
+    keys = sorted(set(before) | set(after))
+    missing = object()
+    return [
+        (k, before.get(k), after.get(k))
+        for k in keys
+        if before.get(k, missing) != after.get(k, missing)
+    ]
+
+
+def params_diff_text(before: dict[str, Any], after: dict[str, Any]) -> str:
+    return ", ".join(f"{k}: {b!r} -> {a!r}" for k, b, a in params_diff(before, after)) or "none"
