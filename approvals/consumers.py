@@ -1,25 +1,35 @@
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
+from django.utils import timezone
 
 from approvals import audit, live
+from approvals.models import Action
+from approvals.queue import (
+    QueueFilters,
+    decision_context,
+    open_escalations,
+    queue_count,
+    queue_groups,
+)
 from approvals.roles import perm
 
 # One rendering per message and permission variant, shared by every socket in this process:
 # a push to 500 open pages renders its fragment once, not 500 times.
 _RENDERS_KEPT = 256
-_renders: OrderedDict[tuple[Any, ...], asyncio.Future[str | None]] = OrderedDict()
+_renders: OrderedDict[tuple[Any, ...], asyncio.Future[Any]] = OrderedDict()
 
 
-async def render_once(key: tuple[Any, ...], render: Callable[[], str | None]) -> str | None:
+async def render_once(key: tuple[Any, ...], render: Callable[[], Any]) -> Any:
     future = _renders.get(key)
     if future is None:
         future = asyncio.get_running_loop().create_future()
@@ -42,6 +52,57 @@ def chain_status_html(verification_id: int | None, *, can_verify: bool) -> str |
     return render_to_string(
         "approvals/audit.html#chain_status", {"verification": latest, "can_verify": can_verify}
     )
+
+
+@dataclass(frozen=True)
+class QueueChange:
+    """One escalation change, loaded once per message for every page in this process."""
+
+    action: Action | None  # None once it left the queue
+    queue_count: int
+
+
+def queue_change(action_id: str) -> QueueChange:
+    return QueueChange(open_escalations().filter(pk=action_id).first(), queue_count())
+
+
+def queue_push_html(action_id: str, change: QueueChange, *, rows: bool, insert: bool,
+                    count: bool) -> str:  # fmt: skip
+    return render_to_string(
+        "approvals/queue_push.html",
+        {"action_id": action_id, "a": change.action, "rows": rows, "insert": insert,
+         "count": count, "queue_count": change.queue_count, "oob": True},
+    )  # fmt: skip
+
+
+def queue_groups_html(filters: QueueFilters) -> str:
+    groups, total = queue_groups(filters)
+    context = {"groups": groups, "total": total, "filters": filters, "oob": True}
+    return render_to_string("approvals/queue.html#groups", context)
+
+
+def count_html() -> str:
+    return render_to_string(
+        "approvals/queue_count.html", {"queue_count": queue_count(), "oob": True}
+    )
+
+
+class Permissions:
+    """Stands in for the user where a rule asks `has_perm` (renders for live pushes)."""
+
+    def __init__(self, granted: frozenset[str]) -> None:
+        self.granted = granted
+
+    def has_perm(self, name: str) -> bool:
+        return name in self.granted
+
+
+def decision_html(action_id: str, permissions: Permissions) -> str:
+    action = Action.objects.select_related("agent", "domain").filter(pk=action_id).first()
+    if action is None:
+        return ""
+    context = {**decision_context(action, permissions), "oob": True}
+    return render_to_string("approvals/review.html#decision", context)
 
 
 class DeskConsumer(AsyncWebsocketConsumer):
@@ -69,9 +130,29 @@ class DeskConsumer(AsyncWebsocketConsumer):
         topics = {t for value in query.get("topics", []) for t in value.split(",")}
         if "audit" in topics and perm("view_audit") in self.permissions:
             await self.join(live.AUDIT_GROUP)
+        self.rows = "queue" in topics
+        self.count = "count" in topics
+        self.filters, _ = QueueFilters.from_query({k: v[0] for k, v in query.items()})
+        self.action_id = next((t[7:] for t in topics if t.startswith("action-")), "")
+        self.seen: deque[str] = deque(maxlen=64)
+        if self.rows or self.count:
+            await self.join(live.QUEUE_GROUP)
+        if self.action_id:
+            await self.join(live.action_group(self.action_id))
         await self.accept()
+        # Catch up: a page that was disconnected gets the whole current state.
         if live.AUDIT_GROUP in self.joined:
             html = await database_sync_to_async(chain_status_html)(None, can_verify=self.can_verify)
+            await self.send(text_data=html)
+        if self.rows:
+            html = await database_sync_to_async(queue_groups_html)(self.filters)
+            await self.send(text_data=html)
+        if self.count:
+            await self.send(text_data=await database_sync_to_async(count_html)())
+        if self.action_id:
+            html = await database_sync_to_async(decision_html)(
+                self.action_id, Permissions(frozenset(self.permissions))
+            )
             await self.send(text_data=html)
 
     @property
@@ -89,6 +170,39 @@ class DeskConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         # The desk channel is one-way; operators act through permission-checked views.
         return
+
+    async def escalation_updated(self, event: dict[str, Any]) -> None:
+        if event["message_id"] in self.seen:
+            return  # the same message through another group this page joined
+        self.seen.append(event["message_id"])
+        action_id = event["action_id"]
+        parts = []
+        if self.rows or self.count:
+            change: QueueChange = await render_once(
+                (event["message_id"], "load"), lambda: queue_change(action_id)
+            )
+            insert = (
+                self.rows
+                and change.action is not None
+                and self.filters.matches(change.action, timezone.now())
+            )
+            variant = (self.rows, insert, self.count)
+            parts.append(
+                await render_once(
+                    (event["message_id"], "queue", variant),
+                    lambda: queue_push_html(action_id, change, rows=self.rows, insert=insert,
+                                            count=self.count),
+                )
+            )  # fmt: skip
+        if action_id == self.action_id:
+            granted = frozenset(self.permissions)
+            html = await render_once(
+                (event["message_id"], "decision", granted),
+                lambda: decision_html(action_id, Permissions(granted)),
+            )
+            parts.append(html)
+        if parts:
+            await self.send(text_data="".join(parts))
 
     async def audit_verification(self, event: dict[str, Any]) -> None:
         verification_id, can_verify = event["verification_id"], self.can_verify

@@ -45,21 +45,28 @@ def message(event_type: str, **payload: Any) -> dict[str, Any]:
     return {"type": event_type, "message_id": uuid.uuid4().hex, **payload}
 
 
-def send(group: str, event_type: str, **payload: Any) -> None:
+def send(group: str | tuple[str, ...], event_type: str, **payload: Any) -> None:
+    """Send one message to one group, or the same message (one id) to several."""
     layer = get_channel_layer()
     if layer is None:
         return
     event = message(event_type, **payload)
+    groups = (group,) if isinstance(group, str) else group
+
+    async def send_all() -> None:
+        for name in groups:
+            await layer.group_send(name, event)
+
     loop = _server_loop
     if loop is not None and loop.is_running():
-        asyncio.run_coroutine_threadsafe(layer.group_send(group, event), loop).result(timeout=5)
+        asyncio.run_coroutine_threadsafe(send_all(), loop).result(timeout=5)
     else:
-        async_to_sync(layer.group_send)(group, event)
+        async_to_sync(send_all)()
 
 
-def send_on_commit(group: str, event_type: str, **payload: Any) -> None:
+def send_on_commit(group: str | tuple[str, ...], event_type: str, **payload: Any) -> None:
     """Send once the current transaction commits; never for a change that rolled back."""
-    transaction.on_commit(lambda: send(group, event_type, **payload))
+    transaction.on_commit(lambda: send(group, event_type, **payload), robust=True)
 
 
 def audit_verification_changed(verification_id: int) -> None:
@@ -68,5 +75,6 @@ def audit_verification_changed(verification_id: int) -> None:
 
 def escalation_changed(action_id: object) -> None:
     """An escalation was opened, approved in part, decided, raised a tier or expired."""
-    for group in (QUEUE_GROUP, action_group(action_id)):
-        send_on_commit(group, ESCALATION_UPDATED, action_id=str(action_id))
+    # One message to both groups: a page in both handles it once.
+    groups = (QUEUE_GROUP, action_group(action_id))
+    send_on_commit(groups, ESCALATION_UPDATED, action_id=str(action_id))

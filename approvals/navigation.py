@@ -4,11 +4,13 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from approvals.queue import queue_count
 from approvals.roles import perm, role_names
 
 # (label, url name, permission codename). Pages appear here as they are built.
 NAVIGATION = [
     ("Dashboard", "dashboard", "view_desk"),
+    ("Queue", "queue", "view_desk"),
     ("Policies", "policies", "view_desk"),
     ("Audit", "audit", "view_audit"),
 ]
@@ -23,4 +25,5 @@ def context(request: HttpRequest) -> dict[str, Any]:
             (label, name) for label, name, codename in NAVIGATION if user.has_perm(perm(codename))
         ],
         "user_roles": role_names(user),
+        "queue_count": queue_count() if user.has_perm(perm("view_desk")) else None,
     }

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import json
+import uuid
 from datetime import datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth import views as auth_views
+from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.dateparse import parse_date
 from django.views.decorators.http import require_GET, require_POST
@@ -17,10 +21,21 @@ from django_htmx.middleware import HtmxDetails
 from approvals import audit
 from approvals.actions import policy_explain
 from approvals.audit import Actor, AuditFilters
-from approvals.models import Domain
+from approvals.errors import Refused
+from approvals.escalations import escalation_decide, may_decide
+from approvals.models import Action, Domain
 from approvals.openapi import document
 from approvals.permissions import require
 from approvals.policy import Proposal, policy_current
+from approvals.queue import (
+    SNAPSHOT_LINES_SHOWN,
+    QueueFilters,
+    decision_context,
+    flatten,
+    modification,
+    queue_groups,
+    would_change,
+)
 from approvals.roles import perm
 from approvals.tokens import VERBS
 
@@ -241,3 +256,86 @@ def policies(request: HtmxHttpRequest) -> HttpResponse:
                 )
     template = "approvals/policies.html#explain" if request.htmx else "approvals/policies.html"
     return render(request, template, context, status=400 if context.get("errors") else 200)
+
+
+@require_GET
+@require("view_desk")
+def queue(request: HtmxHttpRequest) -> HttpResponse:
+    filters, errors = QueueFilters.from_query(request.GET)
+    groups, total = queue_groups(filters) if not errors else ([], 0)
+    context = {
+        "groups": groups,
+        "total": total,
+        "filters": filters,
+        "errors": errors,
+        "form": request.GET,
+        "domains": Domain.objects.values_list("slug", flat=True),
+    }
+    template = "approvals/queue.html#groups" if request.htmx else "approvals/queue.html"
+    return render(request, template, context, status=400 if errors else 200)
+
+
+@require_GET
+@require("view_desk")
+def review(request: HtmxHttpRequest, action_id: uuid.UUID) -> HttpResponse:
+    action = get_object_or_404(
+        Action.objects.select_related("agent", "domain", "session"), pk=action_id
+    )
+    steps = action.session.steps.all() if action.session else []
+    snapshot_lines = flatten(action.pre_action_state) if action.pre_action_state is not None else []
+    context = {
+        **decision_context(action, request.user),
+        "steps": steps,
+        "changes": would_change(action),
+        "modification": modification(action),
+        "snapshot_lines": snapshot_lines[:SNAPSHOT_LINES_SHOWN],
+        "snapshot_more": max(0, len(snapshot_lines) - SNAPSHOT_LINES_SHOWN),
+        "targets_shown": action.target_ids[:50],
+        "targets_more": max(0, len(action.target_ids) - 50),
+    }
+    return render(request, "approvals/review.html", context)
+
+
+@require_POST
+@require("view_desk")
+def decide(request: HtmxHttpRequest, action_id: uuid.UUID) -> HttpResponse:
+    action = get_object_or_404(Action.objects.select_related("agent", "domain"), pk=action_id)
+    if not may_decide(request.user, action) and action.status == Action.Status.ESCALATED:
+        raise PermissionDenied(f"Deciding tier {action.tier} needs its permission.")
+    verdict = request.POST.get("verdict", "")
+    params = None
+    if verdict == "modify":
+        try:
+            params = json.loads(request.POST.get("params", ""))
+        except ValueError as exc:
+            return _decision_error(request, action, f"params: not JSON ({exc})", 422)
+    try:
+        decision = escalation_decide(
+            action_id=action.pk,
+            user=request.user,
+            verdict=verdict,
+            reason=request.POST.get("reason", ""),
+            params=params,
+        )
+    except Refused as exc:
+        action.refresh_from_db()
+        field = f"{exc.field}: " if exc.field else ""
+        return _decision_error(request, action, field + exc.detail, exc.status)
+    if request.htmx:
+        return render(request, "approvals/review.html#decision",
+                      decision_context(decision.action, request.user))  # fmt: skip
+    if decision.final:
+        messages.success(request, f"{decision.action.tool} {decision.action.status}.")
+        return redirect("queue")
+    messages.info(request, f"Approval recorded; waiting for {decision.waiting_for}.")
+    return redirect("review", action_id=action.pk)
+
+
+def _decision_error(
+    request: HtmxHttpRequest, action: Action, error: str, status: int
+) -> HttpResponse:
+    if request.htmx:
+        return render(request, "approvals/review.html#decision",
+                      decision_context(action, request.user, error), status=status)  # fmt: skip
+    messages.error(request, error)
+    return redirect("review", action_id=action.pk)

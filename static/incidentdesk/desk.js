@@ -16,3 +16,80 @@
   document.addEventListener("htmx:wsClose", function () { setState("closed", "Live: disconnected, reconnecting"); });
   document.addEventListener("htmx:wsError", function () { setState("closed", "Live: connection error, retrying"); });
 })();
+
+// The queue and the review page: SLA countdowns, tier counts after live changes, the
+// snapshot search, and keys for working without the mouse.
+(function () {
+  function left(due) {
+    var seconds = Math.round((new Date(due) - new Date()) / 1000);
+    if (isNaN(seconds)) return null;
+    if (seconds <= 0) return { text: "overdue", overdue: true };
+    var m = Math.floor(seconds / 60), s = seconds % 60;
+    return { text: m + ":" + (s < 10 ? "0" : "") + s + " left", overdue: false };
+  }
+  function tick() {
+    document.querySelectorAll("time.countdown").forEach(function (el) {
+      var state = left(el.getAttribute("datetime"));
+      if (!state) return;
+      el.textContent = state.text;
+      el.classList.toggle("overdue", state.overdue);
+    });
+  }
+  function recount() {
+    document.querySelectorAll("ol.queue[data-tier]").forEach(function (list) {
+      var tier = list.dataset.tier, n = list.querySelectorAll("li.item").length;
+      var count = document.querySelector('[data-tier-count="' + tier + '"]');
+      var empty = document.querySelector('[data-empty-for="' + tier + '"]');
+      if (count) count.textContent = n;
+      if (empty) empty.hidden = n > 0;
+    });
+  }
+  setInterval(tick, 1000);
+  document.addEventListener("DOMContentLoaded", function () { tick(); recount(); });
+  document.addEventListener("htmx:wsAfterMessage", function () { tick(); recount(); });
+  document.addEventListener("htmx:afterSwap", function () { tick(); recount(); });
+
+  document.addEventListener("input", function (event) {
+    var box = event.target;
+    if (!box.dataset || !box.dataset.filter) return;
+    var needle = box.value.toLowerCase();
+    document.querySelectorAll(box.dataset.filter + " > li").forEach(function (li) {
+      li.hidden = needle !== "" && li.textContent.toLowerCase().indexOf(needle) === -1;
+    });
+  });
+
+  function typing(el) {
+    return el && (el.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(el.tagName));
+  }
+  document.addEventListener("keydown", function (event) {
+    if (event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) return;
+    var rows = Array.prototype.slice.call(document.querySelectorAll("ol.queue a.open"));
+    if (rows.length && (event.key === "j" || event.key === "k")) {
+      var at = rows.indexOf(document.activeElement);
+      var next = event.key === "j" ? Math.min(at + 1, rows.length - 1) : Math.max(at - 1, 0);
+      rows[at === -1 ? 0 : next].focus();
+      event.preventDefault();
+      return;
+    }
+    if (event.key === "q" && document.querySelector("#decision")) {
+      window.location.href = "/queue/";
+      return;
+    }
+    var target = document.querySelector('#decision [data-key="' + event.key + '"]');
+    if (!target) return;
+    event.preventDefault();
+    if (target.tagName === "TEXTAREA") {
+      var details = target.closest("details");
+      if (details) details.open = true;
+      target.focus();
+    } else {
+      target.click();
+    }
+  });
+  // In the reason box, Enter rejects (Shift+Enter for a new line).
+  document.addEventListener("keydown", function (event) {
+    if (event.key !== "Enter" || event.shiftKey || event.target.id !== "d-reason") return;
+    var reject = document.querySelector('#decision button[value="reject"]');
+    if (reject) { event.preventDefault(); reject.click(); }
+  });
+})();

@@ -1,0 +1,174 @@
+"""Selectors for the approval queue and the review page: what operators see, never what changes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Count, QuerySet
+from django.http import QueryDict
+from django.utils import timezone
+
+from approvals.escalations import may_decide, params_diff
+from approvals.models import Action
+
+S = Action.Status
+SNAPSHOT_LINES_SHOWN = 2000
+
+
+@dataclass(frozen=True)
+class QueueFilters:
+    domain: str = ""
+    agent: str = ""
+    tier: int | None = None
+    min_age_minutes: int | None = None
+
+    @classmethod
+    def from_query(cls, query: QueryDict | dict[str, str]) -> tuple[QueueFilters, dict[str, str]]:
+        errors: dict[str, str] = {}
+
+        def number(name: str, low: int, high: int) -> int | None:
+            raw = str(query.get(name, "") or "").strip()
+            if not raw:
+                return None
+            if not raw.isdigit() or not low <= int(raw) <= high:
+                errors[name] = f"{raw!r} is not a whole number from {low} to {high}"
+                return None
+            return int(raw)
+
+        filters = cls(
+            domain=str(query.get("domain", "") or "").strip(),
+            agent=str(query.get("agent", "") or "").strip(),
+            tier=number("tier", 1, 9),
+            min_age_minutes=number("age", 0, 10_000),
+        )
+        return filters, errors
+
+    def apply(self, actions: QuerySet[Action], now: datetime) -> QuerySet[Action]:
+        if self.domain:
+            actions = actions.filter(domain__slug=self.domain)
+        if self.agent:
+            actions = actions.filter(agent__name=self.agent)
+        if self.tier is not None:
+            actions = actions.filter(tier=self.tier)
+        if self.min_age_minutes:
+            actions = actions.filter(created_at__lte=now - timedelta(minutes=self.min_age_minutes))
+        return actions
+
+    def matches(self, action: Action, now: datetime) -> bool:
+        """The same test as `apply`, for one loaded action (live updates)."""
+        return (
+            (not self.domain or action.domain.slug == self.domain)
+            and (not self.agent or action.agent.name == self.agent)
+            and (self.tier is None or action.tier == self.tier)
+            and (
+                not self.min_age_minutes
+                or action.created_at <= now - timedelta(minutes=self.min_age_minutes)
+            )
+        )
+
+    def query(self) -> str:
+        pairs = {"domain": self.domain, "agent": self.agent, "tier": self.tier,
+                 "age": self.min_age_minutes}  # fmt: skip
+        return "&".join(f"{k}={v}" for k, v in pairs.items() if v not in ("", None))
+
+
+def open_escalations() -> QuerySet[Action]:
+    return (
+        Action.objects.filter(status=S.ESCALATED)
+        .select_related("agent", "domain")
+        .defer("pre_action_state", "params", "result", "post_state", "compensation")
+        .order_by("tier", "sla_due_at", "created_at")
+    )
+
+
+@dataclass
+class TierGroup:
+    level: int
+    items: list[Action] = field(default_factory=list)
+
+
+def queue_groups(filters: QueueFilters, *, limit: int = 500) -> tuple[list[TierGroup], int]:
+    """Open escalations grouped by tier, most urgent first, and how many match in all."""
+    now = timezone.now()
+    matching = filters.apply(open_escalations(), now)
+    counts = dict(
+        filters.apply(Action.objects.filter(status=S.ESCALATED), now)
+        .values_list("tier")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    groups = {level: TierGroup(level) for level in sorted({1, 2, 3, *counts})}
+    for action in matching[:limit]:
+        groups.setdefault(action.tier or 1, TierGroup(action.tier or 1)).items.append(action)
+    return list(groups.values()), sum(counts.values())
+
+
+def queue_count() -> int:
+    return Action.objects.filter(status=S.ESCALATED).count()
+
+
+def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """A JSON value as (path, value) lines: `orders.0.qty = 2`."""
+    if isinstance(value, dict):
+        if not value:
+            return [(prefix or "(root)", "{}")]
+        return [
+            line
+            for k, v in value.items()
+            for line in flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        ]
+    if isinstance(value, list):
+        if not value:
+            return [(prefix or "(root)", "[]")]
+        return [
+            line
+            for i, v in enumerate(value)
+            for line in flatten(v, f"{prefix}.{i}" if prefix else str(i))
+        ]
+    return [(prefix or "(root)", json.dumps(value))]
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    field: str
+    before: str
+    after: str
+    changes: bool
+
+
+def would_change(action: Action) -> list[FieldChange]:
+    """Per field of the snapshot the params name: its value now, and what the action sets."""
+    params = action.modified_params if action.modified_params is not None else action.params
+    snapshot = action.pre_action_state if isinstance(action.pre_action_state, dict) else {}
+    missing = object()
+    rows = []
+    for key, after in params.items():
+        before = snapshot.get(key, missing)
+        if before is missing:
+            continue
+        rows.append(FieldChange(key, json.dumps(before), json.dumps(after), before != after))
+    return rows
+
+
+def modification(action: Action) -> list[tuple[str, Any, Any]]:
+    """What an operator changed in the agent's params, if anyone did."""
+    if action.modified_params is None:
+        return []
+    return params_diff(action.params, action.modified_params)
+
+
+def decision_context(action: Action, user: Any, error: str = "") -> dict[str, Any]:
+    """What the decision panel of the review page shows `user` (a page load, or a push)."""
+    return {
+        "action": action,
+        "approvals": action.approvals.select_related("user").all(),
+        "can_decide": action.status == S.ESCALATED and may_decide(user, action),
+        "error": error,
+        "params_json": json.dumps(
+            action.modified_params if action.modified_params is not None else action.params,
+            indent=2,
+        ),
+    }
