@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -198,14 +199,17 @@ class Browser:
             for name, morsel in cookie.items():
                 self.cookies[name] = morsel.value
 
-    def htmx_post(self, path: str, **headers: Any) -> tuple[int, str]:
+    def htmx_post(
+        self, path: str, form: dict[str, str] | None = None, **headers: Any
+    ) -> tuple[int, str]:
         return self.request(
             "POST",
             path,
-            data=b"",
+            data=urllib.parse.urlencode(form or {}).encode(),
             headers={
                 "HX-Request": "true",
                 "X-CSRFToken": self.cookies.get("csrftoken", ""),
+                "Content-Type": "application/x-www-form-urlencoded",
                 **headers,
             },
         )
