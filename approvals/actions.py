@@ -254,6 +254,8 @@ def action_verdict(action: Action) -> dict[str, Any]:
         "expires_at": action.expires_at.isoformat() if action.expires_at else None,
         "params": params,
         "modified": action.modified_params is not None,
+        "decided_by": action.decided_by or None,
+        "decision_reason": action.decision_reason,
     }
 
 

@@ -119,6 +119,10 @@ class Verdict(Strict):
         description="the params to run with (an operator's, if modified)"
     )
     modified: bool
+    decided_by: str | None = Field(
+        description="who decided an escalation: an operator, or escalation-timer when it expired"
+    )
+    decision_reason: str = Field(description="why, in the decider's words (empty if none given)")
 
 
 class Problem(Strict):

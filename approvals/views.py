@@ -290,6 +290,7 @@ def review(request: HtmxHttpRequest, action_id: uuid.UUID) -> HttpResponse:
         "modification": modification(action),
         "snapshot_lines": snapshot_lines[:SNAPSHOT_LINES_SHOWN],
         "snapshot_more": max(0, len(snapshot_lines) - SNAPSHOT_LINES_SHOWN),
+        "compensation_params": json.dumps((action.compensation or {}).get("params", {})),
         "targets_shown": action.target_ids[:50],
         "targets_more": max(0, len(action.target_ids) - 50),
     }

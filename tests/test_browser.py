@@ -6,77 +6,18 @@ loop on the main thread, which Django would otherwise refuse to touch the databa
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.hashers import make_password
 
 from approvals.audit import Actor
 from approvals.demo import DEMO_DOMAINS
 from approvals.domains import domain_ensure
-from tests.conftest import PASSWORD
-from tests.servers import ROOT, Desk, free_port, running_desk
+from tests.browser import SCREENSHOTS, operator_with_real_password, sign_in
+from tests.servers import Desk, free_port, running_desk
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-SCREENSHOTS = ROOT / "var" / "screenshots"
-
-
-@pytest.fixture(scope="session")
-def chromium() -> Iterator[Any]:
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        raise RuntimeError(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(chromium: Any) -> Iterator[Any]:
-    context = chromium.new_context(viewport={"width": 1366, "height": 800})
-    page = context.new_page()
-    page.csp_violations = []
-    page.on(
-        "console",
-        lambda msg: (
-            page.csp_violations.append(msg.text) if "Content Security Policy" in msg.text else None
-        ),
-    )
-    yield page
-    context.close()
-
-
-def operator_with_real_password(make_operator: Any, username: str, role: str) -> Any:
-    """An operator the separately running server can sign in (PBKDF2, not the tests' MD5)."""
-    user = make_operator(username, role)
-    user.password = make_password(PASSWORD, hasher="pbkdf2_sha256")
-    user.save(update_fields=["password"])
-    return user
-
-
-def sign_in(page: Any, desk: Desk, username: str) -> None:
-    page.goto(desk.url + "/")
-    assert "/login/" in page.url
-    # The username field takes the focus by itself; the rest is typed.
-    page.wait_for_function("document.activeElement?.id === 'id_username'")
-    page.keyboard.type(username)
-    page.keyboard.press("Tab")
-    page.keyboard.type(PASSWORD)
-    with page.expect_navigation():
-        page.keyboard.press("Enter")
-    assert page.url == desk.url + "/", page.content()[:3000]
 
 
 def test_operator_signs_in_with_the_keyboard_and_sees_the_dashboard(

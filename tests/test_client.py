@@ -17,6 +17,7 @@ from incidentdesk_client import (
     ReportFailed,
 )
 
+from approvals.audit import Actor
 from approvals.models import Action, ReasoningStep
 from tests.agents import agent_token
 from tests.servers import Desk as RunningDesk
@@ -54,7 +55,18 @@ def guarded_order(desk: Desk, vendor: Vendor, session_id: str = "restock-1"):
 
 
 def decide_later(status: str, params: dict | None = None, delay: float = 0.5) -> threading.Thread:
-    """An operator deciding the newest escalation a moment from now."""
+    """An operator (or, for "expired", the SLA timers) deciding the newest escalation soon."""
+    from datetime import timedelta
+
+    from django.contrib.auth import get_user_model
+
+    from approvals.escalations import escalation_decide, escalation_timer_fired
+    from approvals.operators import operator_ensure
+
+    operator, _ = operator_ensure(
+        username="decider", role="approver", password="x" * 20, actor=Actor.system("tests")
+    )
+    user_id = operator.pk
 
     def decide() -> None:
         try:
@@ -63,9 +75,20 @@ def decide_later(status: str, params: dict | None = None, delay: float = 0.5) ->
                 pending = Action.objects.filter(status=Action.Status.ESCALATED).first()
                 if pending:
                     time.sleep(delay)
-                    Action.objects.filter(pk=pending.pk).update(
-                        status=status, modified_params=params
-                    )
+                    user = get_user_model().objects.get(pk=user_id)
+                    if status == "expired":
+                        while pending.status == Action.Status.ESCALATED:
+                            late = pending.sla_due_at + timedelta(seconds=1)
+                            escalation_timer_fired(
+                                action_id=pending.pk, timer_id=pending.timer_id, now=late
+                            )
+                            pending.refresh_from_db()
+                        return
+                    verdict = {"approved": "approve", "modified": "modify"}.get(status, "reject")
+                    escalation_decide(
+                        action_id=pending.pk, user=user, verdict=verdict, params=params,
+                        reason="decided in the test",
+                    )  # fmt: skip
                     return
                 time.sleep(0.05)
         finally:

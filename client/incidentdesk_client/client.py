@@ -243,7 +243,9 @@ class Session:
                 verdict = self.desk.wait_for_decision(verdict)
                 stop = FINAL_STOPS.get(verdict["status"])
                 if stop is not None:
-                    raise stop(f"{tool}:{verb} {verdict['status']}: {verdict['reason']}", verdict)
+                    why = verdict.get("decision_reason") or verdict["reason"]
+                    by = f" by {verdict['decided_by']}" if verdict.get("decided_by") else ""
+                    raise stop(f"{tool}:{verb} {verdict['status']}{by}: {why}", verdict)
                 if not verdict.get("may_execute"):
                     raise DeskError(f"{tool}:{verb} may not run: {verdict['status']}", verdict)
                 run_params = dict(verdict["params"])

@@ -22,7 +22,8 @@ class DeskError(Exception):
 
     @property
     def reason(self) -> str:
-        return str(self.verdict.get("reason") or self)
+        """Why: the operator's words if a person decided, else the policy rule's reason."""
+        return str(self.verdict.get("decision_reason") or self.verdict.get("reason") or self)
 
 
 class ActionDenied(DeskError):

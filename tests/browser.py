@@ -1,0 +1,33 @@
+"""Helpers for the headless Chromium tests (the fixtures are in conftest)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.hashers import make_password
+
+from tests.conftest import PASSWORD
+from tests.servers import ROOT, Desk
+
+SCREENSHOTS = ROOT / "var" / "screenshots"
+
+
+def operator_with_real_password(make_operator: Any, username: str, role: str) -> Any:
+    """An operator the separately running server can sign in (PBKDF2, not the tests' MD5)."""
+    user = make_operator(username, role)
+    user.password = make_password(PASSWORD, hasher="pbkdf2_sha256")
+    user.save(update_fields=["password"])
+    return user
+
+
+def sign_in(page: Any, desk: Desk, username: str) -> None:
+    page.goto(desk.url + "/")
+    assert "/login/" in page.url
+    # The username field takes the focus by itself; the rest is typed.
+    page.wait_for_function("document.activeElement?.id === 'id_username'")
+    page.keyboard.type(username)
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.url == desk.url + "/", page.content()[:3000]
