@@ -8,7 +8,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from pydantic import ValidationError
 
-from approvals.audit import Actor
+from approvals.audit import Actor, audit_record
 from approvals.models import (
     Agent,
     AgentToken,
@@ -16,9 +16,87 @@ from approvals.models import (
     ChainVerification,
     Domain,
     PolicyVersion,
+    Tier,
+    Webhook,
+    WebhookDelivery,
 )
 from approvals.policy import PolicyDocument, policy_export, policy_publish
+from approvals.roles import PERMISSIONS
 from approvals.tokens import agent_save, token_revoke
+
+
+class AuditedAdmin(admin.ModelAdmin):
+    """Admin edits of configuration, recorded in the audit trail in the same transaction."""
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        name = obj._meta.verbose_name
+        audit_record(
+            actor=Actor.user(request.user),
+            action=f"admin.{obj._meta.model_name}_{'changed' if change else 'added'}",
+            domain=getattr(getattr(obj, "domain", None), "slug", ""),
+            object_type=obj._meta.model_name,
+            object_id=obj.pk,
+            summary=f"{name} {obj} {'changed' if change else 'added'}"
+            + (f": {', '.join(form.changed_data)}" if change else ""),
+            data={field: str(form.cleaned_data.get(field)) for field in form.changed_data},
+        )
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        audit_record(
+            actor=Actor.user(request.user),
+            action=f"admin.{obj._meta.model_name}_deleted",
+            domain=getattr(getattr(obj, "domain", None), "slug", ""),
+            object_type=obj._meta.model_name,
+            object_id=obj.pk,
+            summary=f"{obj._meta.verbose_name} {obj} deleted",
+        )
+        super().delete_model(request, obj)
+
+    # Bulk deletion would skip delete_model, and so the audit trail.
+    actions = None
+
+
+DECIDING = [(codename, codename) for codename, _ in PERMISSIONS if codename.startswith("decide_")]
+
+
+class TierForm(forms.ModelForm):
+    decide_permission = forms.ChoiceField(choices=DECIDING)
+    senior_permission = forms.ChoiceField(choices=[("", "none"), *DECIDING], required=False)
+
+    class Meta:
+        model = Tier
+        fields = ["domain", "level", "approvals_needed", "decide_permission",
+                  "senior_permission", "sla_seconds"]  # fmt: skip
+
+    def clean_approvals_needed(self) -> int:
+        value = self.cleaned_data["approvals_needed"]
+        if not 1 <= value <= 5:
+            raise forms.ValidationError("a tier needs from 1 to 5 approvals")
+        return int(value)
+
+    def clean_sla_seconds(self) -> int:
+        value = self.cleaned_data["sla_seconds"]
+        if value < 60:
+            raise forms.ValidationError("an SLA shorter than a minute leaves no time to decide")
+        return int(value)
+
+
+@admin.register(Tier)
+class TierAdmin(AuditedAdmin):
+    """Without rows, a domain uses the default tiers (1 approver / 15 min, two with one
+    senior / 30 min, an incident commander / 60 min)."""
+
+    form = TierForm
+    list_display = ["domain", "level", "approvals_needed", "decide_permission",
+                    "senior_permission", "sla_seconds"]  # fmt: skip
+    list_filter = ["domain"]
+
+
+@admin.register(Webhook)
+class WebhookAdmin(AuditedAdmin):
+    list_display = ["domain", "url", "active", "created_at"]
+    list_filter = ["domain", "active"]
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -155,3 +233,9 @@ class PolicyVersionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "event", "webhook", "state", "attempts", "last_error"]
+    list_filter = ["state", "event"]

@@ -21,6 +21,7 @@ from approvals import live
 from approvals.audit import Actor, audit_record
 from approvals.errors import Refused
 from approvals.models import Action, Approval, Tier
+from approvals.notifications import notify
 from approvals.roles import perm
 
 S = Action.Status
@@ -84,9 +85,12 @@ def escalation_open(action: Action, *, now: datetime | None = None) -> None:
 
 
 def escalation_opened(action: Action) -> None:
-    """After the action row is written: schedule its timer and tell the open queues."""
+    """After the action row is written: schedule its timer, tell the open queues, and notify
+    the domain's webhooks of anything above tier 1."""
     _schedule_timer(action)
     live.escalation_changed(action.pk)
+    if (action.tier or 1) >= 2:
+        notify(action=action, event="escalation.opened")
 
 
 def _schedule_timer(action: Action) -> None:
@@ -261,7 +265,7 @@ def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | Non
     with transaction.atomic():
         action = (
             Action.objects.select_for_update()
-            .select_related("domain")
+            .select_related("domain", "agent")
             .filter(pk=action_id, status=S.ESCALATED, timer_id=timer_id)
             .first()
         )
@@ -291,6 +295,7 @@ def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | Non
                 data={"tier": action.tier},
             )
             live.escalation_changed(action.pk)
+            notify(action=action, event="escalation.expired")
             return "expired"
         before, nxt = action.tier, higher[0]
         action.tier = nxt.level
@@ -308,6 +313,7 @@ def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | Non
         )
         _schedule_timer(action)
         live.escalation_changed(action.pk)
+        notify(action=action, event="escalation.sla_breached")
         return "escalated"
 
 

@@ -357,3 +357,42 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent_id}:{self.key}"
+
+
+class Webhook(models.Model):
+    """An outgoing notification endpoint of a domain (Slack-compatible JSON body)."""
+
+    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="webhooks")
+    url = models.URLField(max_length=500)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["domain", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.domain_id}: {self.url}"
+
+
+class WebhookDelivery(models.Model):
+    class State(models.TextChoices):
+        PENDING = "pending"
+        SENT = "sent"
+        FAILED = "failed"
+
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=50)
+    action = models.ForeignKey(Action, on_delete=models.CASCADE, null=True, blank=True)
+    body = models.JSONField()
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["state", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.event} -> {self.webhook_id} ({self.state})"

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from celery import shared_task
+from celery.app.task import Task
 
 from approvals.audit import audit_seal, verification_run
 from approvals.escalations import escalation_timer_fired, escalations_sweep
 from approvals.idempotency import idempotency_purge
+from approvals.notifications import webhook_deliver
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
@@ -35,3 +37,11 @@ def escalation_timer_task(action_id: str, timer_id: str) -> None:
 @shared_task
 def escalations_sweep_task() -> None:
     escalations_sweep()
+
+
+@shared_task(bind=True, max_retries=None)
+def webhook_deliver_task(self: Task, delivery_id: int) -> None:
+    # Safe to run twice: a delivery is claimed under a row lock and sent at most once per try.
+    if not webhook_deliver(delivery_id=delivery_id):
+        attempt = self.request.retries
+        raise self.retry(countdown=min(2**attempt * 5, 300))

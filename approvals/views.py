@@ -24,6 +24,7 @@ from approvals.audit import Actor, AuditFilters
 from approvals.errors import Refused
 from approvals.escalations import escalation_decide, may_decide
 from approvals.models import Action, Domain
+from approvals.notifications import failed_deliveries
 from approvals.openapi import document
 from approvals.permissions import require
 from approvals.policy import Proposal, policy_current
@@ -87,6 +88,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "domains": Domain.objects.all(),
             "recent_events": audit.AuditEvent.objects.all()[:8],
             "verification": audit.latest_verification(),
+            "failed_notifications": failed_deliveries(5),
         },
     )
 
@@ -270,6 +272,7 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
         "errors": errors,
         "form": request.GET,
         "domains": Domain.objects.values_list("slug", flat=True),
+        "failed_notifications": failed_deliveries(5),
     }
     template = "approvals/queue.html#groups" if request.htmx else "approvals/queue.html"
     return render(request, template, context, status=400 if errors else 200)

@@ -290,5 +290,8 @@ API_RATE_LIMIT = env_int("API_RATE_LIMIT", 600)
 IDEMPOTENCY_KEEP_HOURS = env_int("IDEMPOTENCY_KEEP_HOURS", 48)
 API_MAX_WAIT = env_int("API_MAX_WAIT", 30)
 
+# The desk's own address, for links in outgoing notifications.
+DESK_URL = env_str("DESK_URL", "http://127.0.0.1:8000")
+
 # Audit: how many events the verifier reads per batch (progress is pushed after each batch).
 AUDIT_VERIFY_BATCH = env_int("AUDIT_VERIFY_BATCH", 2000)

@@ -1,0 +1,95 @@
+"""Outgoing webhooks: new tier 2+ escalations, SLA breaches and expiries, per domain.
+
+A notification is recorded in the transaction of the change it reports and sent after commit
+by a Celery task with retries and backoff; a request never waits for it. Deliveries that keep
+failing are marked failed and shown on the dashboard and the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from functools import partial
+
+from django.conf import settings
+from django.db import transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from approvals.models import Action, Webhook, WebhookDelivery
+
+MAX_ATTEMPTS = 5
+TIMEOUT_SECONDS = 5
+
+EVENTS = {
+    "escalation.opened": "needs a decision",
+    "escalation.sla_breached": "passed its SLA and moved up",
+    "escalation.expired": "expired undecided; the agent was told it is denied",
+}
+
+
+def notify(*, action: Action, event: str) -> int:
+    """Queue a delivery of `event` about `action` to each active webhook of its domain."""
+    from approvals.tasks import webhook_deliver_task
+
+    hooks = list(Webhook.objects.filter(domain_id=action.domain_id, active=True))
+    link = settings.DESK_URL.rstrip("/") + reverse("review", args=[action.pk])
+    amount = f" ({action.amount:.2f} {action.currency})" if action.amount is not None else ""
+    text = (
+        f"[{action.domain.slug}] {action.agent.name}: {action.tool}:{action.verb}{amount} "
+        f"{EVENTS[event]} at tier {action.tier} (rule {action.rule}). {link}"
+    )
+    body = {
+        "text": text,
+        "event": event,
+        "action_id": str(action.pk),
+        "domain": action.domain.slug,
+        "tier": action.tier,
+    }
+    for hook in hooks:
+        delivery = WebhookDelivery.objects.create(webhook=hook, event=event, action=action,
+                                                  body=body)  # fmt: skip
+        transaction.on_commit(partial(webhook_deliver_task.delay, delivery.pk), robust=True)
+    return len(hooks)
+
+
+def webhook_deliver(*, delivery_id: int) -> bool:
+    """Try one delivery. Returns True when it is done (sent, failed for good, or gone); False
+    when it should be tried again later."""
+    with transaction.atomic():
+        delivery = (
+            WebhookDelivery.objects.select_for_update(skip_locked=True)
+            .select_related("webhook")
+            .filter(pk=delivery_id, state=WebhookDelivery.State.PENDING)
+            .first()
+        )
+        if delivery is None:
+            return True  # sent already, given up on, or another worker has it now
+        delivery.attempts += 1
+        request = urllib.request.Request(
+            delivery.webhook.url,
+            data=json.dumps(delivery.body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": "IncidentDesk"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
+                response.read(1024)
+            delivery.state, delivery.last_error = WebhookDelivery.State.SENT, ""
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            delivery.last_error = f"attempt {delivery.attempts}: {exc}"[:1000]
+            if delivery.attempts >= MAX_ATTEMPTS:
+                delivery.state = WebhookDelivery.State.FAILED
+        if delivery.state != WebhookDelivery.State.PENDING:
+            delivery.finished_at = timezone.now()
+        delivery.save(update_fields=["attempts", "state", "last_error", "finished_at"])
+        return delivery.state != WebhookDelivery.State.PENDING
+
+
+def failed_deliveries(limit: int = 10) -> list[WebhookDelivery]:
+    return list(
+        WebhookDelivery.objects.filter(state=WebhookDelivery.State.FAILED)
+        .select_related("webhook", "webhook__domain")
+        .order_by("-finished_at")[:limit]
+    )
