@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -20,9 +21,13 @@ log = logging.getLogger(__name__)
 
 
 class EmbeddedWorker:
+    """The worker, and beat in a thread beside it (the periodic backstops: sealing, the
+    escalation sweep, the idempotency purge)."""
+
     def __init__(self) -> None:
         self.controller: Any = None
         self.thread: threading.Thread | None = None
+        self.beat: Any = None
 
     def start(self) -> None:
         # Celery's Worker class installs signal handlers, which only the main thread may do;
@@ -45,9 +50,18 @@ class EmbeddedWorker:
             target=self.controller.start, name="celery-embedded", daemon=True
         )
         self.thread.start()
-        log.info("embedded Celery worker started")
+        from celery.beat import EmbeddedService
+
+        schedule = Path(settings.CELERY_BEAT_SCHEDULE_FILENAME)
+        schedule.parent.mkdir(parents=True, exist_ok=True)
+        self.beat = EmbeddedService(app, thread=True, schedule_filename=str(schedule))
+        self.beat.start()
+        log.info("embedded Celery worker and beat started")
 
     def stop(self) -> None:
+        if self.beat is not None:
+            self.beat.stop()
+            self.beat = None
         if self.controller is None:
             return
         self.controller.stop(in_sighandler=False)

@@ -201,8 +201,12 @@ CELERY_BEAT_SCHEDULE = {
     "audit-seal": {"task": "approvals.tasks.audit_seal_task", "schedule": 30.0},
     "idempotency-purge": {"task": "approvals.tasks.idempotency_purge_task", "schedule": 3600.0},
     # Backstop for escalation timers that were lost (a broker restart, say).
-    "escalations-sweep": {"task": "approvals.tasks.escalations_sweep_task", "schedule": 15.0},
+    "escalations-sweep": {
+        "task": "approvals.tasks.escalations_sweep_task",
+        "schedule": float(env_int("ESCALATION_SWEEP_SECONDS", 15)),
+    },
 }
+CELERY_BEAT_SCHEDULE_FILENAME = env_str("BEAT_SCHEDULE_FILE", str(VAR_DIR / "beat-schedule"))
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -101,7 +101,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def running_desk(log_dir: Path, port: int | None = None, **extra_env: str) -> Iterator[Desk]:
     port = port or free_port()
     queue = f"incidentdesk-test-{os.getpid()}-{port}"
-    env = server_env(CELERY_QUEUE=queue, **extra_env)
+    env = server_env(
+        CELERY_QUEUE=queue,
+        BEAT_SCHEDULE_FILE=str(log_dir / "beat-schedule"),
+        ESCALATION_SWEEP_SECONDS="1",
+        **extra_env,
+    )
     processes: list[subprocess.Popen[bytes]] = []
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -149,6 +154,9 @@ def running_desk(log_dir: Path, port: int | None = None, **extra_env: str) -> It
                             "--without-heartbeat",
                             "--without-mingle",
                             "--without-gossip",
+                            "--beat",
+                            "--schedule",
+                            str(log_dir / "beat-schedule"),
                         ],
                         cwd=ROOT,
                         env=env,

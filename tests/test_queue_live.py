@@ -72,3 +72,27 @@ def test_a_reconnecting_queue_page_catches_up(desk: Desk, approver) -> None:
     with page_socket(desk, session_cookie(approver), "count,queue") as ws:
         catch_up = receive_until(ws, 'id="queue-groups"')[-1]
     assert f'id="esc-{verdict["id"]}"' in catch_up
+
+
+def test_the_running_desk_sweeps_overdue_escalations_up_a_tier(desk: Desk, approver) -> None:
+    """Beat runs beside the worker (inside the server in embedded mode): an escalation whose
+    timer task was lost still moves up when its SLA has passed."""
+    import time
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    token = agent_token("buyer", "procurement", *ORDERS)
+    verdict = propose(desk, token, order(amount={"value": "900", "currency": "USD"})).json()
+    with page_socket(desk, session_cookie(approver), "count,queue") as ws:
+        receive_until(ws, 'id="queue-groups"')
+        # Its SLA passed, and its timer task is gone (another id): only the sweep can act.
+        Action.objects.filter(pk=verdict["id"]).update(
+            sla_due_at=timezone.now() - timedelta(seconds=1), timer_id="lost-timer"
+        )
+        moved = receive_until(ws, 'hx-swap-oob="beforeend:#tier-2-rows"', timeout=30)[-1]
+        assert f'id="esc-{verdict["id"]}"' in moved
+    deadline = time.monotonic() + 5
+    while Action.objects.get(pk=verdict["id"]).tier != 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert Action.objects.get(pk=verdict["id"]).tier == 2
