@@ -280,8 +280,13 @@ class Action(models.Model):
             models.Index(fields=["domain", "status"]),
             # The queue: open escalations, most urgent first.
             models.Index(
-                fields=["tier", "sla_due_at"],
+                fields=["tier", "sla_due_at", "created_at"],
                 name="open_escalations",
+                condition=models.Q(status="escalated"),
+            ),
+            models.Index(
+                fields=["domain", "tier", "sla_due_at", "created_at"],
+                name="open_escalations_by_domain",
                 condition=models.Q(status="escalated"),
             ),
         ]

@@ -16,6 +16,7 @@ from approvals.models import Action
 
 S = Action.Status
 SNAPSHOT_LINES_SHOWN = 2000
+PER_TIER = 50  # rows shown per tier; the rest are counted, and filters narrow them
 
 
 @dataclass(frozen=True)
@@ -87,23 +88,25 @@ def open_escalations() -> QuerySet[Action]:
 @dataclass
 class TierGroup:
     level: int
+    total: int
     items: list[Action] = field(default_factory=list)
 
 
-def queue_groups(filters: QueueFilters, *, limit: int = 500) -> tuple[list[TierGroup], int]:
-    """Open escalations grouped by tier, most urgent first, and how many match in all."""
+def queue_groups(filters: QueueFilters) -> tuple[list[TierGroup], int]:
+    """Open escalations grouped by tier, the most urgent PER_TIER of each, and how many match
+    in all. Its query count depends on the number of tiers, never on the size of the queue."""
     now = timezone.now()
-    matching = filters.apply(open_escalations(), now)
     counts = dict(
         filters.apply(Action.objects.filter(status=S.ESCALATED), now)
         .values_list("tier")
         .annotate(n=Count("id"))
         .order_by()
     )
-    groups = {level: TierGroup(level) for level in sorted({1, 2, 3, *counts})}
-    for action in matching[:limit]:
-        groups.setdefault(action.tier or 1, TierGroup(action.tier or 1)).items.append(action)
-    return list(groups.values()), sum(counts.values())
+    groups = []
+    for level in sorted({1, 2, 3, *counts}):
+        items = list(filters.apply(open_escalations().filter(tier=level), now)[:PER_TIER])
+        groups.append(TierGroup(level, counts.get(level, 0), items))
+    return groups, sum(counts.values())
 
 
 def queue_count() -> int:

@@ -40,7 +40,8 @@
       var tier = list.dataset.tier, n = list.querySelectorAll("li.item").length;
       var count = document.querySelector('[data-tier-count="' + tier + '"]');
       var empty = document.querySelector('[data-empty-for="' + tier + '"]');
-      if (count) count.textContent = n;
+      // A truncated list shows only the most urgent rows: its count comes from the server.
+      if (count && !("truncated" in list.dataset)) count.textContent = n;
       if (empty) empty.hidden = n > 0;
     });
   }
