@@ -50,6 +50,8 @@ lint: $(INSTALLED)  ## ruff and mypy
 migrations-check: $(INSTALLED)  ## Fail if a model change has no migration
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
-bench: $(INSTALLED)  ## Serving layouts and proposal throughput (needs PostgreSQL, Redis, wrk, nginx)
+bench: $(INSTALLED)  ## All benchmarks (need PostgreSQL, Redis, wrk, nginx, Chromium)
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/proposals.py
+	$(BIN)/python bench/queue_page.py
+	$(BIN)/python bench/escalation_latency.py
