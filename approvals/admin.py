@@ -20,9 +20,15 @@ from approvals.models import (
     Webhook,
     WebhookDelivery,
 )
+from approvals.notifications import endpoint_host
 from approvals.policy import PolicyDocument, policy_export, policy_publish
 from approvals.roles import PERMISSIONS
 from approvals.tokens import agent_save, token_revoke
+
+
+def _shown(field: str, value: Any) -> str:
+    # URLs of webhooks work as passwords: the audit trail (which viewers read) keeps the host.
+    return endpoint_host(str(value)) if field == "url" else str(value)
 
 
 class AuditedAdmin(admin.ModelAdmin):
@@ -39,7 +45,9 @@ class AuditedAdmin(admin.ModelAdmin):
             object_id=obj.pk,
             summary=f"{name} {obj} {'changed' if change else 'added'}"
             + (f": {', '.join(form.changed_data)}" if change else ""),
-            data={field: str(form.cleaned_data.get(field)) for field in form.changed_data},
+            data={
+                field: _shown(field, form.cleaned_data.get(field)) for field in form.changed_data
+            },  # fmt: skip
         )
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:

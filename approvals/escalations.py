@@ -9,6 +9,8 @@ late tasks are harmless. A periodic sweep catches any timer that was lost.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -138,12 +140,16 @@ def escalation_decide(
     verdict: str,
     reason: str = "",
     params: dict[str, Any] | None = None,
+    params_seen: str | None = None,
 ) -> Decision:
     """Approve, reject or modify an escalated action, as `user`.
 
     Exactly one decision counts: the row is locked, and a second decider finds it decided and
     is told by whom. Four-eyes: approvals at a tier come from different people, none of them the
-    agent's owner, and a tier with a senior permission needs one approver who holds it.
+    agent's owner, and a tier with a senior permission needs one approver who holds it. An
+    approval is of the params the approver saw (`params_seen`, their fingerprint): if someone
+    modified them meanwhile, the decider is asked to look again, and a modification sets aside
+    the approvals given to the params before it.
     """
     if verdict not in ("approve", "reject", "modify"):
         raise Refused(400, "Unknown decision", f"decide approve, reject or modify, not {verdict!r}")
@@ -155,10 +161,17 @@ def escalation_decide(
                       field="params")  # fmt: skip
     with transaction.atomic():
         action = (
-            Action.objects.select_for_update().select_related("agent", "domain").get(pk=action_id)
+            Action.objects.select_for_update(of=("self",))
+            .select_related("agent", "domain")
+            .get(pk=action_id)
         )
         if action.status != S.ESCALATED:
             raise AlreadyDecided(action)
+        if params_seen is not None and params_seen != params_fingerprint(effective_params(action)):
+            raise Refused(
+                409, "Params changed",
+                "someone modified the params since you opened this item; review them again",
+            )  # fmt: skip
         tier = _tier(tiers_of(action.domain_id), action.tier or 1)
         if not user.has_perm(perm(tier.decide_permission)):
             raise Refused(
@@ -174,21 +187,25 @@ def escalation_decide(
             )  # fmt: skip
         if verdict == "modify":
             assert params is not None
-            if params == (action.modified_params or action.params):
+            before = effective_params(action)
+            if params == before:
                 raise Refused(422, "Nothing modified", "the params are unchanged; approve instead",
                               field="params")  # fmt: skip
-            before = action.modified_params or action.params
             action.modified_params = params
             action.save(update_fields=["modified_params", "updated_at"])
+            # Approvals given so far were of other params: they no longer count.
+            set_aside, _ = Approval.objects.filter(action=action, tier=action.tier or 1).delete()
             audit_record(
                 actor=actor,
                 action="escalation.modified",
                 domain=action.domain.slug,
                 object_type="action",
                 object_id=action.pk,
-                summary=f"{action.tool} params modified: {params_diff_text(before, params)}",
-                data={"before": before, "after": params, "reason": reason},
-            )
+                summary=f"{action.tool} params modified: {params_diff_text(before, params)}"
+                + (f"; {set_aside} earlier approval(s) set aside" if set_aside else ""),
+                data={"before": before, "after": params, "reason": reason,
+                      "approvals_set_aside": set_aside},
+            )  # fmt: skip
         if Approval.objects.filter(action=action, tier=action.tier or 1, user=user).exists():
             raise Refused(
                 409, "Already approved by you",
@@ -218,6 +235,16 @@ def escalation_decide(
             return Decision(action, final=False, waiting_for=missing)
         status = S.MODIFIED if action.modified_params is not None else S.APPROVED
         return Decision(_finish(action, status, actor, reason), final=True)
+
+
+def effective_params(action: Action) -> dict[str, Any]:
+    """The params the agent will run if approved: an operator's, if modified."""
+    return action.modified_params if action.modified_params is not None else action.params
+
+
+def params_fingerprint(params: dict[str, Any]) -> str:
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def _missing(tier: TierSpec, approvals: list[Approval]) -> str:
@@ -264,7 +291,7 @@ def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | Non
     now = now or timezone.now()
     with transaction.atomic():
         action = (
-            Action.objects.select_for_update()
+            Action.objects.select_for_update(of=("self",))
             .select_related("domain", "agent")
             .filter(pk=action_id, status=S.ESCALATED, timer_id=timer_id)
             .first()
@@ -300,8 +327,10 @@ def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | Non
         before, nxt = action.tier, higher[0]
         action.tier = nxt.level
         action.sla_due_at = now + timedelta(seconds=nxt.sla_seconds)
+        remaining = sum(t.sla_seconds for t in _from_tier(tiers, nxt.level))
+        action.expires_at = now + timedelta(seconds=remaining)
         action.timer_id = uuid.uuid4().hex
-        action.save(update_fields=["tier", "sla_due_at", "timer_id", "updated_at"])
+        action.save(update_fields=["tier", "sla_due_at", "expires_at", "timer_id", "updated_at"])
         audit_record(
             actor=system,
             action="escalation.tier_raised",

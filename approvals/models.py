@@ -376,7 +376,9 @@ class Webhook(models.Model):
         ordering = ["domain", "id"]
 
     def __str__(self) -> str:
-        return f"{self.domain_id}: {self.url}"
+        from urllib.parse import urlsplit
+
+        return f"{self.domain_id}: {urlsplit(self.url).netloc}"
 
 
 class WebhookDelivery(models.Model):
@@ -391,6 +393,7 @@ class WebhookDelivery(models.Model):
     body = models.JSONField()
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
     attempts = models.PositiveSmallIntegerField(default=0)
+    attempted_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -8,12 +8,14 @@ failing are marked failed and shown on the dashboard and the queue.
 from __future__ import annotations
 
 import json
-import urllib.error
 import urllib.request
+from datetime import timedelta
 from functools import partial
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -59,7 +61,7 @@ def webhook_deliver(*, delivery_id: int) -> bool:
     when it should be tried again later."""
     with transaction.atomic():
         delivery = (
-            WebhookDelivery.objects.select_for_update(skip_locked=True)
+            WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("webhook")
             .filter(pk=delivery_id, state=WebhookDelivery.State.PENDING)
             .first()
@@ -67,6 +69,7 @@ def webhook_deliver(*, delivery_id: int) -> bool:
         if delivery is None:
             return True  # sent already, given up on, or another worker has it now
         delivery.attempts += 1
+        delivery.attempted_at = timezone.now()
         request = urllib.request.Request(
             delivery.webhook.url,
             data=json.dumps(delivery.body).encode(),
@@ -77,19 +80,39 @@ def webhook_deliver(*, delivery_id: int) -> bool:
             with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
                 response.read(1024)
             delivery.state, delivery.last_error = WebhookDelivery.State.SENT, ""
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of the endpoint is recorded
             delivery.last_error = f"attempt {delivery.attempts}: {exc}"[:1000]
             if delivery.attempts >= MAX_ATTEMPTS:
                 delivery.state = WebhookDelivery.State.FAILED
         if delivery.state != WebhookDelivery.State.PENDING:
             delivery.finished_at = timezone.now()
-        delivery.save(update_fields=["attempts", "state", "last_error", "finished_at"])
+        delivery.save(
+            update_fields=["attempts", "attempted_at", "state", "last_error", "finished_at"]
+        )
         return delivery.state != WebhookDelivery.State.PENDING
 
 
-def failed_deliveries(limit: int = 10) -> list[WebhookDelivery]:
+def stalled_deliveries(*, older_than: timedelta = timedelta(minutes=10)) -> list[int]:
+    """Pending deliveries nobody has tried for a while (their task was lost): to try again."""
+    cutoff = timezone.now() - older_than
     return list(
+        WebhookDelivery.objects.filter(state=WebhookDelivery.State.PENDING)
+        .filter(Q(attempted_at__lt=cutoff) | Q(attempted_at=None, created_at__lt=cutoff))
+        .values_list("pk", flat=True)[:500]
+    )
+
+
+def endpoint_host(url: str) -> str:
+    """A webhook URL is a secret (whoever has it may post); people are shown its host only."""
+    return urlsplit(url).netloc or "(invalid URL)"
+
+
+def failed_deliveries(limit: int = 10) -> list[WebhookDelivery]:
+    failed = list(
         WebhookDelivery.objects.filter(state=WebhookDelivery.State.FAILED)
         .select_related("webhook", "webhook__domain")
         .order_by("-finished_at")[:limit]
     )
+    for delivery in failed:
+        delivery.host = endpoint_host(delivery.webhook.url)  # type: ignore[attr-defined]
+    return failed

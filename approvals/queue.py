@@ -6,12 +6,13 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from django.db.models import Count, QuerySet
 from django.http import QueryDict
 from django.utils import timezone
 
-from approvals.escalations import may_decide, params_diff
+from approvals.escalations import effective_params, may_decide, params_diff, params_fingerprint
 from approvals.models import Action
 
 S = Action.Status
@@ -73,7 +74,7 @@ class QueueFilters:
     def query(self) -> str:
         pairs = {"domain": self.domain, "agent": self.agent, "tier": self.tier,
                  "age": self.min_age_minutes}  # fmt: skip
-        return "&".join(f"{k}={v}" for k, v in pairs.items() if v not in ("", None))
+        return urlencode({k: v for k, v in pairs.items() if v not in ("", None)})
 
 
 def open_escalations() -> QuerySet[Action]:
@@ -144,7 +145,7 @@ class FieldChange:
 
 def would_change(action: Action) -> list[FieldChange]:
     """Per field of the snapshot the params name: its value now, and what the action sets."""
-    params = action.modified_params if action.modified_params is not None else action.params
+    params = effective_params(action)
     snapshot = action.pre_action_state if isinstance(action.pre_action_state, dict) else {}
     missing = object()
     rows = []
@@ -170,8 +171,6 @@ def decision_context(action: Action, user: Any, error: str = "") -> dict[str, An
         "approvals": action.approvals.select_related("user").all(),
         "can_decide": action.status == S.ESCALATED and may_decide(user, action),
         "error": error,
-        "params_json": json.dumps(
-            action.modified_params if action.modified_params is not None else action.params,
-            indent=2,
-        ),
+        "params_json": json.dumps(effective_params(action), indent=2),
+        "params_seen": params_fingerprint(effective_params(action)),
     }

@@ -6,7 +6,7 @@ from celery.app.task import Task
 from approvals.audit import audit_seal, verification_run
 from approvals.escalations import escalation_timer_fired, escalations_sweep
 from approvals.idempotency import idempotency_purge
-from approvals.notifications import webhook_deliver
+from approvals.notifications import stalled_deliveries, webhook_deliver
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
@@ -37,6 +37,9 @@ def escalation_timer_task(action_id: str, timer_id: str) -> None:
 @shared_task
 def escalations_sweep_task() -> None:
     escalations_sweep()
+    # The same backstop for webhook deliveries whose task was lost.
+    for delivery_id in stalled_deliveries():
+        webhook_deliver_task.delay(delivery_id)
 
 
 @shared_task(bind=True, max_retries=None)

@@ -320,6 +320,7 @@ def decide(request: HtmxHttpRequest, action_id: uuid.UUID) -> HttpResponse:
             verdict=verdict,
             reason=request.POST.get("reason", ""),
             params=params,
+            params_seen=request.POST.get("params_seen") or None,
         )
     except Refused as exc:
         action.refresh_from_db()

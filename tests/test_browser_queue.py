@@ -119,9 +119,12 @@ def test_rejected_with_a_reason_the_agent_is_told(
     wait_for_row(ben)
     wait_for_row(ann).first.locator("a.open").click()
     ann.locator("#decision").wait_for()
+    # Rejecting without a reason is refused, and the page says why.
+    ann.get_by_role("button", name="Reject").click()
+    ann.get_by_role("alert").filter(has_text="say why").wait_for(timeout=10_000)
     ann.keyboard.press("r")
     ann.keyboard.type("ten GPUs is a runaway order")
-    ann.keyboard.press("Enter")
+    ann.keyboard.press("Control+Enter")
     ann.locator("#decision .status-rejected").wait_for(timeout=10_000)
     ben.locator("ol#tier-1-rows li.item").wait_for(state="detached", timeout=10_000)
     agent.join(timeout=20)

@@ -127,6 +127,44 @@ def test_tier_two_needs_two_different_people_one_senior(approver, senior_approve
     assert Approval.objects.filter(action=action).count() == 3
 
 
+def test_a_modification_sets_earlier_approvals_aside(approver, senior_approver,
+                                                     make_operator) -> None:  # fmt: skip
+    action = escalated_action(tier=2)
+    escalation_decide(action_id=action.pk, user=approver, verdict="approve")
+    # The senior changes the params: the first approval was of other params.
+    changed = escalation_decide(
+        action_id=action.pk, user=senior_approver, verdict="modify",
+        params={"snapshot_id": "snap-dev-8"}, reason="the other one",
+    )  # fmt: skip
+    assert not changed.final and "1 more approver" in changed.waiting_for
+    assert list(Approval.objects.filter(action=action).values_list("user", flat=True)) == [
+        senior_approver.pk
+    ]
+    event = AuditEvent.objects.get(action="escalation.modified")
+    assert "1 earlier approval(s) set aside" in event.summary
+    # The first approver approves again, now of the modified params: that completes it.
+    escalation_decide(action_id=action.pk, user=approver, verdict="approve")
+    action = fresh(action)
+    assert action.status == S.MODIFIED and action.modified_params == {"snapshot_id": "snap-dev-8"}
+
+
+def test_an_approval_is_of_the_params_the_approver_saw(approver, senior_approver,
+                                                       make_operator) -> None:  # fmt: skip
+    from approvals.escalations import effective_params, params_fingerprint
+
+    action = escalated_action(tier=2)
+    seen = params_fingerprint(effective_params(action))
+    escalation_decide(
+        action_id=action.pk, user=senior_approver, verdict="modify",
+        params={"snapshot_id": "snap-dev-9"}, params_seen=seen,
+    )  # fmt: skip
+    with pytest.raises(Refused, match="review them again"):
+        escalation_decide(action_id=action.pk, user=approver, verdict="approve", params_seen=seen)
+    now_seen = params_fingerprint(effective_params(fresh(action)))
+    escalation_decide(action_id=action.pk, user=approver, verdict="approve", params_seen=now_seen)
+    assert fresh(action).status == S.MODIFIED
+
+
 def test_the_agents_owner_may_not_approve_but_may_reject(approver) -> None:
     action = escalated_action(tier=1)
     action.agent.owner = approver
@@ -159,6 +197,7 @@ def test_sla_moves_it_up_a_tier_then_it_expires() -> None:
     action = fresh(action)
     assert action.tier == 2 and action.timer_id != first_timer
     assert action.sla_due_at == at + timedelta(minutes=30)
+    assert action.expires_at == at + timedelta(minutes=30 + 60)  # what is left: tiers 2 and 3
     # The first timer again (a duplicate delivery) is stale now.
     assert escalation_timer_fired(action_id=action.pk, timer_id=first_timer, now=at) == "stale"
     at = action.sla_due_at + timedelta(seconds=1)

@@ -13,7 +13,16 @@
     el.textContent = text;
   }
   document.addEventListener("htmx:wsOpen", function () { setState("open", "Live"); });
-  document.addEventListener("htmx:wsClose", function () { setState("closed", "Live: disconnected, reconnecting"); });
+  // The ws extension reconnects after abnormal closes only; after a normal one, say to reload.
+  var RECONNECTS = [1006, 1011, 1012, 1013];
+  document.addEventListener("htmx:wsClose", function (event) {
+    var code = event.detail && event.detail.event ? event.detail.event.code : 1006;
+    if (RECONNECTS.indexOf(code) === -1) {
+      setState("closed", "Live: disconnected; reload the page");
+    } else {
+      setState("closed", "Live: disconnected, reconnecting");
+    }
+  });
   document.addEventListener("htmx:wsError", function () { setState("closed", "Live: connection error, retrying"); });
 })();
 
@@ -35,8 +44,18 @@
       el.classList.toggle("overdue", state.overdue);
     });
   }
+  // Live rows arrive at the end of their tier: put them in SLA order, and keep a truncated
+  // list to the number of rows it was given.
+  function reorder(list) {
+    var rows = Array.prototype.slice.call(list.querySelectorAll(":scope > li.item"));
+    rows.sort(function (a, b) { return Number(a.dataset.due) - Number(b.dataset.due); });
+    rows.forEach(function (row) { list.appendChild(row); });
+    var keep = parseInt(list.dataset.shown || "0", 10);
+    if ("truncated" in list.dataset && keep) rows.slice(keep).forEach(function (row) { row.remove(); });
+  }
   function recount() {
     document.querySelectorAll("ol.queue[data-tier]").forEach(function (list) {
+      reorder(list);
       var tier = list.dataset.tier, n = list.querySelectorAll("li.item").length;
       var count = document.querySelector('[data-tier-count="' + tier + '"]');
       var empty = document.querySelector('[data-empty-for="' + tier + '"]');
@@ -87,9 +106,11 @@
       target.click();
     }
   });
-  // In the reason box, Enter rejects (Shift+Enter for a new line).
+  // In the reason box, Ctrl+Enter (Cmd+Enter) rejects; a plain Enter is a new line, so a note
+  // written to go with an approval never rejects by accident.
   document.addEventListener("keydown", function (event) {
-    if (event.key !== "Enter" || event.shiftKey || event.target.id !== "d-reason") return;
+    if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
+    if (event.target.id !== "d-reason") return;
     var reject = document.querySelector('#decision button[value="reject"]');
     if (reject) { event.preventDefault(); reject.click(); }
   });
