@@ -15,6 +15,14 @@ from approvals.audit import Actor, audit_record
 from approvals.errors import Refused
 from approvals.escalations import escalation_open, escalation_opened
 from approvals.idempotency import Claim, idempotency_claim, idempotency_complete
+from approvals.killswitches import (
+    Killed,
+    admission_check,
+    engaged_over,
+    flag_ran_during_kill,
+    ran_during_kill,
+    switch_info,
+)
 from approvals.models import (
     Action,
     Agent,
@@ -137,16 +145,34 @@ def action_propose(
     and the proposal, its audit event and the key's stored answer commit together.
     """
     check_scope(token, tool=data.tool, verb=data.verb)
-    with transaction.atomic():
-        claimed = idempotency_claim(agent_id=token.agent_id, key=key, fingerprint=fingerprint)
-        if claimed.claim is Claim.REPLAY and claimed.record is not None:
-            record = claimed.record
-            return Proposed(claimed.claim, record.response_status, record.response_body)
-        if claimed.claim is not Claim.NEW:
-            return Proposed(claimed.claim)
-        action = _record_proposal(token, data)
-        body = action_verdict(action)
-        idempotency_complete(claimed=claimed, status=201, body=body)
+    try:
+        with transaction.atomic():
+            claimed = idempotency_claim(agent_id=token.agent_id, key=key, fingerprint=fingerprint)
+            if claimed.claim is Claim.IN_FLIGHT:
+                return Proposed(claimed.claim)
+            # Before any stored answer: a replayed "allowed" must not reach an agent under a kill.
+            admission_check(token.domain)
+            if claimed.claim is Claim.REPLAY and claimed.record is not None:
+                record = claimed.record
+                return Proposed(claimed.claim, record.response_status, record.response_body)
+            if claimed.claim is not Claim.NEW:
+                return Proposed(claimed.claim)
+            action = _record_proposal(token, data)
+            body = action_verdict(action)
+            idempotency_complete(claimed=claimed, status=201, body=body)
+    except Killed as killed:
+        with transaction.atomic():
+            audit_record(
+                actor=agent_actor(token),
+                action="action.refused_killed",
+                domain=token.domain.slug,
+                object_type="token",
+                object_id=token.prefix,
+                summary=f"{data.tool}:{data.verb} refused: kill switch {killed.switch.scope} "
+                "is engaged",
+                data={"tool": data.tool, "verb": data.verb, "session": data.session_id},
+            )
+        raise
     return Proposed(Claim.NEW, 201, body, action)
 
 
@@ -240,13 +266,16 @@ def action_for_token(token: AgentToken, action_id: str, *, lock: bool = False) -
 PUBLIC_STATUS = {S.ESCALATED: "pending"}
 
 
-def action_verdict(action: Action) -> dict[str, Any]:
-    """The desk's answer about an action, as agents see it."""
+def action_verdict(action: Action, *, check_kill: bool = False) -> dict[str, Any]:
+    """The desk's answer about an action, as agents see it. With `check_kill`, it also says
+    whether a kill switch over its domain is engaged (then nothing may run)."""
     params = action.modified_params if action.modified_params is not None else action.params
+    switch = engaged_over(action.domain.slug) if check_kill else None
     return {
         "id": str(action.pk),
         "status": PUBLIC_STATUS.get(S(action.status), action.status),
-        "may_execute": action.status in EXECUTABLE,
+        "may_execute": action.status in EXECUTABLE and switch is None,
+        "kill_switch": switch_info(switch) if switch else None,
         "rule": action.rule,
         "reason": action.reason,
         "policy_version": action.policy_version,
@@ -275,20 +304,27 @@ def action_report_result(
             if (action.status, action.result, action.post_state) == reported:
                 return action  # a retried report
             raise Refused(409, "Result already reported", f"action {action.pk} is {action.status}")
-        if action.status in EXECUTABLE:
+        killed = ran_during_kill(action)
+        # A call cancelled by a kill switch may still have run: what it did must be recorded.
+        if action.status in EXECUTABLE or killed and action.status == S.CANCELLED:
             action.status = S.SUCCEEDED if ok else S.FAILED
             action.result, action.post_state, action.error = result, post_state, error
-            action.save(update_fields=["status", "result", "post_state", "error", "updated_at"])
+            if killed:
+                flag_ran_during_kill(action)
+            action.save(update_fields=["status", "result", "post_state", "error",
+                                       "ran_during_kill", "updated_at"])  # fmt: skip
             audit_record(
                 actor=agent_actor(token),
-                action=f"action.{action.status}",
+                action="action.ran_during_kill" if killed else f"action.{action.status}",
                 domain=action.domain.slug,
                 object_type="action",
                 object_id=action.pk,
                 summary=f"{action.tool}:{action.verb} {action.status}"
+                + (" while a kill switch was engaged: RAN DURING KILL" if killed else "")
                 + (f": {error}" if error else ""),
-                data={"ok": ok, "has_post_state": post_state is not None},
-            )
+                data={"ok": ok, "has_post_state": post_state is not None,
+                      "ran_during_kill": killed},
+            )  # fmt: skip
             return action
         # The refusal is part of the record: it commits, though the request fails.
         audit_record(

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from approvals import actions, idempotency
 from approvals.actions import ProposalData, StepData
 from approvals.errors import Refused
+from approvals.killswitches import killswitch_state
 from approvals.models import Action, AgentToken
 from approvals.tokens import TokenError, token_allows, token_authenticate
 
@@ -123,6 +124,11 @@ class Verdict(Strict):
         description="who decided an escalation: an operator, or escalation-timer when it expired"
     )
     decision_reason: str = Field(description="why, in the decider's words (empty if none given)")
+    kill_switch: dict[str, Any] | None = Field(
+        default=None,
+        description="on reads: the engaged kill switch over the action's domain, if any "
+        "(then may_execute is false)",
+    )
 
 
 class Problem(Strict):
@@ -136,7 +142,11 @@ class Problem(Strict):
 
 
 def problem(
-    status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None
+    status: int,
+    title: str,
+    detail: str,
+    errors: list[dict[str, str]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JsonResponse:
     slug = title.lower().replace(" ", "-")
     body = Problem(
@@ -146,7 +156,11 @@ def problem(
         detail=detail,
         errors=errors or [],
     )
-    return JsonResponse(body.model_dump(), status=status, content_type="application/problem+json")
+    return JsonResponse(
+        {**body.model_dump(), **(extra or {})},
+        status=status,
+        content_type="application/problem+json",
+    )
 
 
 def validation_problem(error: ValidationError) -> JsonResponse:
@@ -247,7 +261,7 @@ def agent_api(view: AgentView) -> Callable[..., HttpResponse]:
             return validation_problem(exc)
         except Refused as exc:
             errors = [{"field": exc.field, "message": exc.detail}] if exc.field else None
-            return problem(exc.status, exc.title, exc.detail, errors)
+            return problem(exc.status, exc.title, exc.detail, errors, exc.extra)
 
     return wrapped
 
@@ -335,13 +349,14 @@ async def action_detail(request: HttpRequest, action_id: str) -> HttpResponse:
     try:
         action = await sync_to_async(actions.action_for_token)(token, action_id)
     except Refused as exc:
-        return problem(exc.status, exc.title, exc.detail)
+        return problem(exc.status, exc.title, exc.detail, extra=exc.extra)
     deadline = time.monotonic() + int(wait_raw)
-    seen = action.status
-    while action.status == seen and time.monotonic() < deadline:
+    seen = action.updated_at  # a decision, a move, or a kill switch freezing it
+    while action.updated_at == seen and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-        action = await Action.objects.aget(pk=action.pk)
-    return JsonResponse(actions.action_verdict(action))
+        action = await Action.objects.select_related("domain").aget(pk=action.pk)
+    verdict = await sync_to_async(actions.action_verdict)(action, check_kill=True)
+    return JsonResponse(verdict)
 
 
 @agent_api
@@ -375,3 +390,12 @@ def session_steps(request: HttpRequest, token: AgentToken, session_id: str) -> H
         steps=[StepData(s.index, s.kind, s.content, s.data) for s in payload.steps],
     )
     return JsonResponse({"session_id": session_id, "steps": session.steps.count()}, status=201)
+
+
+@agent_api
+def killswitches(request: HttpRequest, token: AgentToken) -> HttpResponse:
+    """The switches over this token's domain (its own and the global one), with their version:
+    what /ws/agent/ pushes, for clients whose socket is down."""
+    if request.method != "GET":
+        return _method_not_allowed("GET")
+    return JsonResponse(killswitch_state([token.domain.slug]))

@@ -10,5 +10,6 @@ urlpatterns = [
     path("actions/<str:action_id>", api.action_detail, name="api-action"),
     path("actions/<str:action_id>/result", api.action_result, name="api-action-result"),
     path("sessions/<str:session_id>/steps", api.session_steps, name="api-session-steps"),
+    path("killswitches", api.killswitches, name="api-killswitches"),
     path("openapi.json", views.openapi_json, name="api-openapi"),
 ]

@@ -13,10 +13,12 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from approvals import audit, live
+from approvals.killswitches import engaged_switches
 from approvals.models import Action
 from approvals.queue import (
     QueueFilters,
     decision_context,
+    frozen_context,
     open_escalations,
     queue_count,
     queue_groups,
@@ -71,14 +73,22 @@ def queue_push_html(action_id: str, change: QueueChange, *, rows: bool, insert: 
     return render_to_string(
         "approvals/queue_push.html",
         {"action_id": action_id, "a": change.action, "rows": rows, "insert": insert,
-         "count": count, "queue_count": change.queue_count, "oob": True},
+         "count": count, "queue_count": change.queue_count, "oob": True, **frozen_context()},
     )  # fmt: skip
 
 
 def queue_groups_html(filters: QueueFilters) -> str:
     groups, total = queue_groups(filters)
-    context = {"groups": groups, "total": total, "filters": filters, "oob": True}
+    context = {"groups": groups, "total": total, "filters": filters, "oob": True,
+               **frozen_context()}  # fmt: skip
     return render_to_string("approvals/queue.html#groups", context)
+
+
+def banner_html() -> str:
+    return render_to_string(
+        "approvals/killswitch_banner.html",
+        {"engaged_switches": engaged_switches(), "oob": True},
+    )
 
 
 def count_html() -> str:
@@ -137,6 +147,7 @@ class DeskConsumer(AsyncWebsocketConsumer):
         self.seen: deque[str] = deque(maxlen=64)
         if self.rows or self.count:
             await self.join(live.QUEUE_GROUP)
+        await self.join(live.KILLSWITCH_GROUP)  # the banner, on every page
         if self.action_id:
             await self.join(live.action_group(self.action_id))
         await self.accept()
@@ -203,6 +214,10 @@ class DeskConsumer(AsyncWebsocketConsumer):
             parts.append(html)
         if parts:
             await self.send(text_data="".join(parts))
+
+    async def killswitch_changed(self, event: dict[str, Any]) -> None:
+        html = await render_once((event["message_id"], "banner"), banner_html)
+        await self.send(text_data=html)
 
     async def audit_verification(self, event: dict[str, Any]) -> None:
         verification_id, can_verify = event["verification_id"], self.can_verify

@@ -22,6 +22,7 @@ from django.utils import timezone
 from approvals import live
 from approvals.audit import Actor, audit_record
 from approvals.errors import Refused
+from approvals.killswitches import engaged_over, killed_domain_ids
 from approvals.models import Action, Approval, Tier
 from approvals.notifications import notify
 from approvals.roles import perm
@@ -167,6 +168,13 @@ def escalation_decide(
         )
         if action.status != S.ESCALATED:
             raise AlreadyDecided(action)
+        switch = engaged_over(action.domain.slug)
+        if switch is not None:
+            raise Refused(
+                423, "Frozen",
+                f"the {switch.scope} kill switch is engaged: escalations under it wait, "
+                "undecidable, until it is released",
+            )  # fmt: skip
         if params_seen is not None and params_seen != params_fingerprint(effective_params(action)):
             raise Refused(
                 409, "Params changed",
@@ -301,6 +309,8 @@ def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | Non
         if action.sla_due_at and now < action.sla_due_at:
             _schedule_timer(action)
             return "early"
+        if engaged_over(action.domain.slug) is not None:
+            return "frozen"  # the sweep takes it up again once the switch is released
         tiers = tiers_of(action.domain_id)
         higher = [t for t in tiers if t.level > (action.tier or 0)]
         system = Actor.system("escalation-timer")
@@ -349,12 +359,19 @@ def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | Non
 def escalations_sweep(*, now: datetime | None = None) -> int:
     """Fire every timer that is overdue: the backstop for timer tasks that were lost."""
     now = now or timezone.now()
-    overdue = Action.objects.filter(status=S.ESCALATED, sla_due_at__lte=now).values_list(
-        "pk", "timer_id"
+    killed = killed_domain_ids()
+    if killed is None:
+        return 0  # the global switch: everything is frozen
+    overdue = (
+        Action.objects.filter(status=S.ESCALATED, sla_due_at__lte=now)
+        .exclude(domain_id__in=killed)
+        .values_list("pk", "timer_id")
     )
     fired = 0
     for action_id, timer_id in overdue[:500]:
-        if escalation_timer_fired(action_id=action_id, timer_id=timer_id, now=now) != "stale":
+        if escalation_timer_fired(action_id=action_id, timer_id=timer_id, now=now) in (
+            "escalated", "expired",
+        ):  # fmt: skip
             fired += 1
     return fired
 

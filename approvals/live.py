@@ -17,10 +17,12 @@ from django.db import transaction
 
 AUDIT_GROUP = "audit"
 QUEUE_GROUP = "approvals.queue"
+KILLSWITCH_GROUP = "killswitches"  # agents' sockets and every desk page (the banner)
 
 # Event types: the consumer method that handles "audit.verification" is audit_verification.
 AUDIT_VERIFICATION = "audit.verification"
 ESCALATION_UPDATED = "escalation.updated"
+KILLSWITCH_CHANGED = "killswitch.changed"
 
 
 def action_group(action_id: object) -> str:
@@ -78,3 +80,7 @@ def escalation_changed(action_id: object) -> None:
     # One message to both groups: a page in both handles it once.
     groups = (QUEUE_GROUP, action_group(action_id))
     send_on_commit(groups, ESCALATION_UPDATED, action_id=str(action_id))
+
+
+def killswitch_changed(version: int) -> None:
+    send_on_commit(KILLSWITCH_GROUP, KILLSWITCH_CHANGED, version=version)

@@ -127,6 +127,9 @@ class Agent(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Quarantined: its tokens are revoked and its open work stopped, as a kill switch would.
+    quarantined_at = models.DateTimeField(null=True, blank=True)
+    quarantine_reason = models.TextField(blank=True)
 
     class Meta:
         ordering = ["name"]
@@ -162,6 +165,9 @@ class AgentSession(models.Model):
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="sessions")
     domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="sessions")
     external_id = models.CharField(max_length=100)
+    ran_during_kill = models.BooleanField(
+        default=False, help_text="an action of this session ran while a kill switch was engaged"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -267,6 +273,8 @@ class Action(models.Model):
     decided_by = models.CharField(max_length=150, blank=True)
     decided_at = models.DateTimeField(null=True, blank=True)
     decision_reason = models.TextField(blank=True)
+    # Its result was reported while a kill switch over it was engaged.
+    ran_during_kill = models.BooleanField(default=False)
     result = models.JSONField(null=True, blank=True)
     post_state = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
@@ -404,3 +412,42 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} -> {self.webhook_id} ({self.state})"
+
+
+class KillSwitch(models.Model):
+    """One per domain, and one global (no domain). While engaged, nothing in scope is admitted."""
+
+    GLOBAL = "global"
+
+    scope = models.CharField(max_length=50, unique=True, help_text="a domain's slug, or global")
+    domain = models.OneToOneField(
+        Domain, on_delete=models.CASCADE, null=True, blank=True, related_name="kill_switch"
+    )
+    engaged = models.BooleanField(default=False)
+    changed_by = models.CharField(max_length=150, blank=True)
+    changed_at = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["scope"]
+
+    def __str__(self) -> str:
+        return f"{self.scope} ({'engaged' if self.engaged else 'released'})"
+
+
+class KillSwitchChange(models.Model):
+    """A switch's history. Its id is the version agents see: it only grows."""
+
+    switch = models.ForeignKey(KillSwitch, on_delete=models.PROTECT, related_name="changes")
+    engaged = models.BooleanField()
+    actor = models.CharField(max_length=150)
+    reason = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    effects_done_at = models.DateTimeField(null=True, blank=True)
+    effects_summary = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.switch.scope} {'engaged' if self.engaged else 'released'} by {self.actor}"

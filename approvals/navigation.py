@@ -4,6 +4,7 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from approvals.killswitches import engaged_switches
 from approvals.queue import queue_count
 from approvals.roles import perm, role_names
 
@@ -11,6 +12,7 @@ from approvals.roles import perm, role_names
 NAVIGATION = [
     ("Dashboard", "dashboard", "view_desk"),
     ("Queue", "queue", "view_desk"),
+    ("Kill switches", "killswitches", "view_desk"),
     ("Policies", "policies", "view_desk"),
     ("Audit", "audit", "view_audit"),
 ]
@@ -26,4 +28,5 @@ def context(request: HttpRequest) -> dict[str, Any]:
         ],
         "user_roles": role_names(user),
         "queue_count": queue_count() if user.has_perm(perm("view_desk")) else None,
+        "engaged_switches": engaged_switches(),
     }

@@ -11,6 +11,7 @@ import json
 import urllib.request
 from datetime import timedelta
 from functools import partial
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -19,7 +20,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-from approvals.models import Action, Webhook, WebhookDelivery
+from approvals.models import Action, KillSwitchChange, Webhook, WebhookDelivery
 
 MAX_ATTEMPTS = 5
 TIMEOUT_SECONDS = 5
@@ -33,8 +34,6 @@ EVENTS = {
 
 def notify(*, action: Action, event: str) -> int:
     """Queue a delivery of `event` about `action` to each active webhook of its domain."""
-    from approvals.tasks import webhook_deliver_task
-
     hooks = list(Webhook.objects.filter(domain_id=action.domain_id, active=True))
     link = settings.DESK_URL.rstrip("/") + reverse("review", args=[action.pk])
     amount = f" ({action.amount:.2f} {action.currency})" if action.amount is not None else ""
@@ -49,11 +48,37 @@ def notify(*, action: Action, event: str) -> int:
         "domain": action.domain.slug,
         "tier": action.tier,
     }
+    _queue(hooks, event, body, action)
+    return len(hooks)
+
+
+def notify_switch(*, change: KillSwitchChange) -> int:
+    """A kill switch was engaged or released: every webhook under it is told."""
+    switch = change.switch
+    hooks = Webhook.objects.filter(active=True)
+    if switch.domain_id is not None:
+        hooks = hooks.filter(domain_id=switch.domain_id)
+    event = "killswitch.engaged" if change.engaged else "killswitch.released"
+    verb = "ENGAGED: agents are stopped" if change.engaged else "released: agents may act again"
+    body = {
+        "text": f"Kill switch {switch.scope} {verb} (by {change.actor}: {change.reason}). "
+        f"{settings.DESK_URL.rstrip('/')}{reverse('killswitches')}",
+        "event": event,
+        "scope": switch.scope,
+        "version": change.pk,
+    }
+    found = list(hooks)
+    _queue(found, event, body, None)
+    return len(found)
+
+
+def _queue(hooks: list[Webhook], event: str, body: dict[str, Any], action: Action | None) -> None:
+    from approvals.tasks import webhook_deliver_task
+
     for hook in hooks:
         delivery = WebhookDelivery.objects.create(webhook=hook, event=event, action=action,
                                                   body=body)  # fmt: skip
         transaction.on_commit(partial(webhook_deliver_task.delay, delivery.pk), robust=True)
-    return len(hooks)
 
 
 def webhook_deliver(*, delivery_id: int) -> bool:

@@ -13,6 +13,7 @@ from django.http import QueryDict
 from django.utils import timezone
 
 from approvals.escalations import effective_params, may_decide, params_diff, params_fingerprint
+from approvals.killswitches import engaged_over, killed_domain_ids
 from approvals.models import Action
 
 S = Action.Status
@@ -166,11 +167,21 @@ def modification(action: Action) -> list[tuple[str, Any, Any]]:
 
 def decision_context(action: Action, user: Any, error: str = "") -> dict[str, Any]:
     """What the decision panel of the review page shows `user` (a page load, or a push)."""
+    frozen_by = engaged_over(action.domain.slug) if action.status == S.ESCALATED else None
     return {
         "action": action,
         "approvals": action.approvals.select_related("user").all(),
-        "can_decide": action.status == S.ESCALATED and may_decide(user, action),
+        "frozen_by": frozen_by,
+        "can_decide": action.status == S.ESCALATED
+        and frozen_by is None
+        and may_decide(user, action),
         "error": error,
         "params_json": json.dumps(effective_params(action), indent=2),
         "params_seen": params_fingerprint(effective_params(action)),
     }
+
+
+def frozen_context() -> dict[str, Any]:
+    """Which rows of the queue are frozen by an engaged kill switch (for the row partial)."""
+    killed = killed_domain_ids()
+    return {"all_frozen": killed is None, "frozen_ids": killed or set()}

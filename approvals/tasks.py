@@ -6,6 +6,7 @@ from celery.app.task import Task
 from approvals.audit import audit_seal, verification_run
 from approvals.escalations import escalation_timer_fired, escalations_sweep
 from approvals.idempotency import idempotency_purge
+from approvals.killswitches import killswitch_effects
 from approvals.notifications import stalled_deliveries, webhook_deliver
 
 
@@ -48,3 +49,9 @@ def webhook_deliver_task(self: Task, delivery_id: int) -> None:
     if not webhook_deliver(delivery_id=delivery_id):
         attempt = self.request.retries
         raise self.retry(countdown=min(2**attempt * 5, 300))
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def killswitch_effects_task(change_id: int) -> None:
+    # Safe to run twice: the change is claimed under a row lock and marked done.
+    killswitch_effects(change_id=change_id)

@@ -23,7 +23,8 @@ from approvals.actions import policy_explain
 from approvals.audit import Actor, AuditFilters
 from approvals.errors import Refused
 from approvals.escalations import escalation_decide, may_decide
-from approvals.models import Action, Domain
+from approvals.killswitches import GLOBAL, killswitch_set
+from approvals.models import Action, Domain, KillSwitch, KillSwitchChange
 from approvals.notifications import failed_deliveries
 from approvals.openapi import document
 from approvals.permissions import require
@@ -33,6 +34,7 @@ from approvals.queue import (
     QueueFilters,
     decision_context,
     flatten,
+    frozen_context,
     modification,
     queue_groups,
     would_change,
@@ -273,6 +275,7 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
         "form": request.GET,
         "domains": Domain.objects.values_list("slug", flat=True),
         "failed_notifications": failed_deliveries(5),
+        **frozen_context(),
     }
     template = "approvals/queue.html#groups" if request.htmx else "approvals/queue.html"
     return render(request, template, context, status=400 if errors else 200)
@@ -344,3 +347,48 @@ def _decision_error(
                       decision_context(action, request.user, error), status=status)  # fmt: skip
     messages.error(request, error)
     return redirect("review", action_id=action.pk)
+
+
+@require_GET
+@require("view_desk")
+def killswitches(request: HtmxHttpRequest) -> HttpResponse:
+    domains = list(Domain.objects.all())
+    switches = {s.scope: s for s in KillSwitch.objects.all()}
+    rows = [(GLOBAL, "Every domain", switches.get(GLOBAL))] + [
+        (d.slug, d.name, switches.get(d.slug)) for d in domains
+    ]
+    history = KillSwitchChange.objects.select_related("switch")[:50]
+    return render(
+        request,
+        "approvals/killswitches.html",
+        {
+            "rows": rows,
+            "history": history,
+            "can_operate": request.user.has_perm(perm("operate_killswitch")),
+        },
+    )
+
+
+@require_POST
+@require("operate_killswitch")
+def killswitch_change(request: HtmxHttpRequest, scope: str) -> HttpResponse:
+    verb = request.POST.get("verb", "")
+    if verb not in ("engage", "release"):
+        messages.error(request, "Choose engage or release.")
+        return redirect("killswitches")
+    if request.POST.get("confirm") != scope:
+        messages.error(request, f"Type {scope} in the confirmation box to {verb} that switch.")
+        return redirect("killswitches")
+    try:
+        change = killswitch_set(
+            scope=scope,
+            engaged=verb == "engage",
+            actor=Actor.user(request.user),
+            reason=request.POST.get("reason", ""),
+        )
+    except Refused as exc:
+        messages.error(request, exc.detail)
+        return redirect("killswitches")
+    state = "ENGAGED" if change.engaged else "released"
+    messages.success(request, f"Kill switch {scope} {state}.")
+    return redirect("killswitches")

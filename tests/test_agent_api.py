@@ -237,7 +237,9 @@ def test_twenty_threads_with_one_key_create_one_action(desk: Desk) -> None:
 # Reading verdicts
 
 
-def test_get_and_long_poll_until_an_operator_decides(desk: Desk) -> None:
+def test_get_and_long_poll_until_an_operator_decides(desk: Desk, approver) -> None:
+    from approvals.escalations import escalation_decide
+
     token = agent_token("buyer", "procurement", *ORDERS)
     verdict = propose(desk, token, order(amount={"value": "900", "currency": "USD"})).json()
     started = time.monotonic()
@@ -246,9 +248,10 @@ def test_get_and_long_poll_until_an_operator_decides(desk: Desk) -> None:
 
     def decide() -> None:
         time.sleep(0.5)
-        Action.objects.filter(pk=verdict["id"]).update(
-            status=Action.Status.MODIFIED, modified_params={"sku": "GPU-A100", "qty": 1}
-        )
+        escalation_decide(
+            action_id=verdict["id"], user=approver, verdict="modify",
+            params={"sku": "GPU-A100", "qty": 1},
+        )  # fmt: skip
         connections.close_all()
 
     threading.Thread(target=decide).start()

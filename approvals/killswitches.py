@@ -1,0 +1,231 @@
+"""Kill switches: one per domain and one global. While one is engaged, no action under it is
+admitted, its open escalations are frozen, and its approved but unexecuted actions are cancelled.
+
+Exactness: every proposal holds a shared lock on its domain's switch and the global one for the
+whole of its transaction, and reads the switches after taking them; an engage takes its switch's
+lock exclusively. So an engage waits for the proposals already in flight, and no proposal that
+commits after the engage has committed was admitted. (On SQLite, transactions take turns anyway.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Max, Q
+from django.utils import timezone
+
+from approvals import live
+from approvals.audit import Actor, audit_record
+from approvals.errors import Refused
+from approvals.models import Action, AgentSession, Domain, KillSwitch, KillSwitchChange
+
+S = Action.Status
+GLOBAL = KillSwitch.GLOBAL
+KILL_SWITCH_ACTOR = "kill-switch"
+# Not yet run: a person or the policy said yes, and no result has come back.
+UNEXECUTED = (S.ALLOWED, S.APPROVED, S.MODIFIED)
+
+
+class Killed(Refused):
+    """423: a kill switch over this domain is engaged."""
+
+    def __init__(self, switch: KillSwitch) -> None:
+        where = "everywhere" if switch.scope == GLOBAL else f"in {switch.scope}"
+        super().__init__(
+            423,
+            "Kill switch engaged",
+            f"the {switch.scope} kill switch is engaged: no agent action is admitted {where} "
+            f"(engaged by {switch.changed_by}: {switch.reason})",
+            extra={"kill_switch": switch_info(switch)},
+        )
+        self.switch = switch
+
+
+def switch_info(switch: KillSwitch) -> dict[str, Any]:
+    return {
+        "scope": switch.scope,
+        "engaged": switch.engaged,
+        "reason": switch.reason,
+        "changed_by": switch.changed_by,
+        "changed_at": switch.changed_at.isoformat() if switch.changed_at else None,
+    }
+
+
+def _lock_key(scope: str) -> int:
+    digest = hashlib.blake2b(f"kill-switch:{scope}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _lock(scopes: Iterable[str], *, shared: bool) -> None:
+    if connection.vendor != "postgresql":
+        return  # SQLite: write transactions begin IMMEDIATE and take turns
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    keys = [_lock_key(scope) for scope in scopes]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join(f"{function}(%s)" for _ in keys), keys)
+
+
+def engaged_over(domain_slug: str) -> KillSwitch | None:
+    """The engaged switch over a domain (its own, or the global one), if any."""
+    return (
+        KillSwitch.objects.filter(scope__in=[domain_slug, GLOBAL], engaged=True)
+        .order_by("-changed_at")
+        .first()
+    )
+
+
+def admission_check(domain: Domain) -> None:
+    """Refuse (423) an action in `domain` if a switch over it is engaged. Call inside the
+    proposal's transaction: the shared locks it takes are held until that commits."""
+    _lock([domain.slug, GLOBAL], shared=True)
+    switch = engaged_over(domain.slug)
+    if switch is not None:
+        raise Killed(switch)
+
+
+def killed_domain_ids() -> set[int] | None:
+    """Domains under an engaged switch; None means all of them (the global switch)."""
+    engaged = list(KillSwitch.objects.filter(engaged=True).values_list("scope", "domain_id"))
+    if any(scope == GLOBAL for scope, _ in engaged):
+        return None
+    return {domain_id for _, domain_id in engaged if domain_id is not None}
+
+
+def _switch(scope: str) -> KillSwitch:
+    if scope == GLOBAL:
+        switch, _ = KillSwitch.objects.select_for_update().get_or_create(scope=GLOBAL)
+        return switch
+    domain = Domain.objects.filter(slug=scope).first()
+    if domain is None:
+        known = ", ".join(Domain.objects.values_list("slug", flat=True)) or "none"
+        raise Refused(404, "No such domain", f"no domain {scope!r}; domains: {known}, or global")
+    switch, _ = KillSwitch.objects.select_for_update().get_or_create(
+        scope=scope, defaults={"domain": domain}
+    )
+    return switch
+
+
+def killswitch_set(*, scope: str, engaged: bool, actor: Actor, reason: str) -> KillSwitchChange:
+    """Engage or release a switch. Its effects follow in a Celery task."""
+    from approvals.tasks import killswitch_effects_task
+
+    reason = reason.strip()
+    if not reason:
+        raise Refused(422, "Reason required", "say why you engage or release it", field="reason")
+    with transaction.atomic():
+        _lock([scope], shared=False)  # waits for the proposals in flight under this switch
+        switch = _switch(scope)
+        if switch.engaged == engaged:
+            state = "engaged" if engaged else "released"
+            raise Refused(409, f"Already {state}", f"the {scope} kill switch is already {state} "
+                          f"(by {switch.changed_by or 'nobody'})")  # fmt: skip
+        switch.engaged, switch.reason = engaged, reason
+        switch.changed_by, switch.changed_at = actor.name, timezone.now()
+        switch.save()
+        change = KillSwitchChange.objects.create(
+            switch=switch, engaged=engaged, actor=actor.name, reason=reason
+        )
+        verb = "engaged" if engaged else "released"
+        audit_record(
+            actor=actor,
+            action=f"killswitch.{verb}",
+            domain="" if scope == GLOBAL else scope,
+            object_type="kill_switch",
+            object_id=scope,
+            summary=f"Kill switch {scope} {verb}: {reason}",
+            data={"version": change.pk},
+        )
+        live.killswitch_changed(change.pk)
+        killswitch_effects_task.delay_on_commit(change.pk)
+    return change
+
+
+def killswitch_effects(*, change_id: int) -> KillSwitchChange | None:
+    """What follows an engage: cancel what was approved but not run, wake the agents waiting on
+    frozen escalations, notify. Safe to run twice: the second run finds it done."""
+    from approvals.notifications import notify_switch
+
+    with transaction.atomic():
+        change = (
+            KillSwitchChange.objects.select_for_update()
+            .select_related("switch")
+            .filter(pk=change_id, effects_done_at=None)
+            .first()
+        )
+        if change is None:
+            return None
+        summary = "released"
+        if change.engaged:
+            scope = Q() if change.switch.scope == GLOBAL else Q(domain_id=change.switch.domain_id)
+            cancelled = 0
+            for action in (
+                Action.objects.select_for_update(of=("self",))
+                .select_related("domain")
+                .filter(scope, status__in=UNEXECUTED)
+            ):
+                _cancel(action, change)
+                cancelled += 1
+            # Frozen, not decided: touched, so agents long-polling them are answered now.
+            frozen = Action.objects.filter(scope, status=S.ESCALATED).update(
+                updated_at=timezone.now()
+            )
+            summary = (
+                f"cancelled {cancelled} approved but unexecuted actions; froze {frozen} escalations"
+            )
+        change.effects_done_at, change.effects_summary = timezone.now(), summary
+        change.save(update_fields=["effects_done_at", "effects_summary"])
+        notify_switch(change=change)
+        live.killswitch_changed(change.pk)
+    return change
+
+
+def _cancel(action: Action, change: KillSwitchChange) -> None:
+    action.status = S.CANCELLED
+    action.decided_by, action.decided_at = KILL_SWITCH_ACTOR, timezone.now()
+    action.decision_reason = f"kill switch {change.switch.scope} engaged: {change.reason}"
+    action.timer_id = ""
+    action.save(update_fields=["status", "decided_by", "decided_at", "decision_reason",
+                               "timer_id", "updated_at"])  # fmt: skip
+    audit_record(
+        actor=Actor.system(KILL_SWITCH_ACTOR),
+        action="action.cancelled",
+        domain=action.domain.slug,
+        object_type="action",
+        object_id=action.pk,
+        summary=f"{action.tool}:{action.verb} cancelled before it ran: {action.decision_reason}",
+        data={"kill_switch_version": change.pk},
+    )
+
+
+def ran_during_kill(action: Action) -> bool:
+    """Whether a result reported now for `action` comes from a call made under a kill."""
+    cancelled_by_kill = action.status == S.CANCELLED and action.decided_by == KILL_SWITCH_ACTOR
+    return cancelled_by_kill or engaged_over(action.domain.slug) is not None
+
+
+def flag_ran_during_kill(action: Action) -> None:
+    action.ran_during_kill = True
+    if action.session_id is not None:
+        AgentSession.objects.filter(pk=action.session_id).update(ran_during_kill=True)
+
+
+def killswitch_state(domain_slugs: Iterable[str] | None = None) -> dict[str, Any]:
+    """Every switch (or those over the given domains), with the version agents compare."""
+    switches = KillSwitch.objects.all()
+    if domain_slugs is not None:
+        switches = switches.filter(scope__in=[*domain_slugs, GLOBAL])
+    version = KillSwitchChange.objects.aggregate(v=Max("id"))["v"] or 0
+    state = {s.scope: switch_info(s) for s in switches}
+    state.setdefault(GLOBAL, {"scope": GLOBAL, "engaged": False, "reason": "",
+                              "changed_by": "", "changed_at": None})  # fmt: skip
+    for slug in domain_slugs or []:
+        state.setdefault(slug, {"scope": slug, "engaged": False, "reason": "",
+                                "changed_by": "", "changed_at": None})  # fmt: skip
+    return {"version": version, "switches": state}
+
+
+def engaged_switches() -> list[KillSwitch]:
+    return list(KillSwitch.objects.filter(engaged=True).order_by("scope"))
