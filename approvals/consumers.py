@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,8 +14,8 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from approvals import audit, live
-from approvals.killswitches import engaged_switches
-from approvals.models import Action
+from approvals.killswitches import engaged_switches, killswitch_state
+from approvals.models import Action, AgentToken
 from approvals.queue import (
     QueueFilters,
     decision_context,
@@ -24,6 +25,7 @@ from approvals.queue import (
     queue_groups,
 )
 from approvals.roles import perm
+from approvals.tokens import TokenError, token_authenticate
 
 # One rendering per message and permission variant, shared by every socket in this process:
 # a push to 500 open pages renders its fragment once, not 500 times.
@@ -227,3 +229,48 @@ class DeskConsumer(AsyncWebsocketConsumer):
         )
         if html is not None:
             await self.send(text_data=html)
+
+
+class AgentConsumer(AsyncWebsocketConsumer):
+    """Agents' live channel (/ws/agent/, bearer token): the kill switches over the token's
+    domain, as a full state with its version, on connect and after every change."""
+
+    domain: str
+
+    async def connect(self) -> None:
+        headers = dict(self.scope.get("headers", []))
+        scheme, _, raw = headers.get(b"authorization", b"").decode().partition(" ")
+        token = None
+        if scheme.lower() == "bearer" and raw:
+            token = await database_sync_to_async(_live_token)(raw.strip())
+        if token is None:
+            await self.close()  # before accept: the handshake is refused (403)
+            return
+        self.domain = token.domain.slug
+        await self.channel_layer.group_add(live.KILLSWITCH_GROUP, self.channel_name)
+        await self.accept()
+        await self.send(text_data=await database_sync_to_async(agent_state_json)(self.domain))
+
+    async def disconnect(self, code: int) -> None:
+        await self.channel_layer.group_discard(live.KILLSWITCH_GROUP, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        return  # one-way: agents act through the HTTP API
+
+    async def killswitch_changed(self, event: dict[str, Any]) -> None:
+        domain = self.domain
+        state = await render_once(
+            (event["message_id"], "agent-state", domain), lambda: agent_state_json(domain)
+        )
+        await self.send(text_data=state)
+
+
+def _live_token(raw: str) -> AgentToken | None:
+    try:
+        return token_authenticate(raw)
+    except TokenError:
+        return None
+
+
+def agent_state_json(domain: str) -> str:
+    return json.dumps({"type": "killswitch.state", **killswitch_state([domain])})

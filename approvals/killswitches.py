@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 from django.db import connection, transaction
@@ -180,6 +181,17 @@ def killswitch_effects(*, change_id: int) -> KillSwitchChange | None:
         notify_switch(change=change)
         live.killswitch_changed(change.pk)
     return change
+
+
+def killswitch_effects_pending(*, older_than: timedelta = timedelta(seconds=2)) -> list[int]:
+    """Changes whose effects have not run (their task was lost, or was queued by a process
+    with no worker): the sweep runs them."""
+    cutoff = timezone.now() - older_than
+    return list(
+        KillSwitchChange.objects.filter(effects_done_at=None, created_at__lt=cutoff)
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
 
 
 def _cancel(action: Action, change: KillSwitchChange) -> None:

@@ -6,7 +6,7 @@ from celery.app.task import Task
 from approvals.audit import audit_seal, verification_run
 from approvals.escalations import escalation_timer_fired, escalations_sweep
 from approvals.idempotency import idempotency_purge
-from approvals.killswitches import killswitch_effects
+from approvals.killswitches import killswitch_effects, killswitch_effects_pending
 from approvals.notifications import stalled_deliveries, webhook_deliver
 
 
@@ -37,6 +37,9 @@ def escalation_timer_task(action_id: str, timer_id: str) -> None:
 
 @shared_task
 def escalations_sweep_task() -> None:
+    # Kill switch effects first: they freeze what the sweep would otherwise move.
+    for change_id in killswitch_effects_pending():
+        killswitch_effects(change_id=change_id)
     escalations_sweep()
     # The same backstop for webhook deliveries whose task was lost.
     for delivery_id in stalled_deliveries():

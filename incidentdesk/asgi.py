@@ -11,9 +11,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "incidentdesk.settings")
 # Django must be set up before anything imports models.
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from approvals.audit import seal_in_background  # noqa: E402
 from incidentdesk.embedded import lifespan  # noqa: E402
@@ -24,9 +22,7 @@ seal_in_background()
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        "websocket": URLRouter(websocket_urlpatterns),
         "lifespan": lifespan,
     }
 )

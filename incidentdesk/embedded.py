@@ -73,15 +73,44 @@ class EmbeddedWorker:
 worker = EmbeddedWorker()
 
 
+async def watch_kill_switches(interval: float = 0.5) -> None:
+    """Embedded mode: a switch changed by another process (`manage.py killswitch`) cannot reach
+    this process's in-memory channel layer, so watch the version in the database and push."""
+    from asgiref.sync import sync_to_async
+    from django.db.models import Max
+
+    from approvals.models import KillSwitchChange
+
+    def version() -> int:
+        return KillSwitchChange.objects.aggregate(v=Max("id"))["v"] or 0
+
+    seen = await sync_to_async(version)()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            current = await sync_to_async(version)()
+        except Exception:  # noqa: BLE001 - a locked or missing table: look again later
+            log.warning("kill switch version check failed", exc_info=True)
+            continue
+        if current != seen:
+            seen = current
+            await sync_to_async(live.send)(live.KILLSWITCH_GROUP, live.KILLSWITCH_CHANGED,
+                                           version=current)  # fmt: skip
+
+
 async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    watcher: asyncio.Task[None] | None = None
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             if settings.EMBEDDED:
                 live.bind_server_loop(asyncio.get_running_loop())
                 await asyncio.to_thread(worker.start)
+                watcher = asyncio.create_task(watch_kill_switches())
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            if watcher is not None:
+                watcher.cancel()
             await asyncio.to_thread(worker.stop)
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -27,6 +27,7 @@ from incidentdesk_client.errors import (
     ReportFailed,
     Unauthorized,
 )
+from incidentdesk_client.killswitch import KillSwitches
 
 log = logging.getLogger("incidentdesk_client")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -67,6 +68,8 @@ class Desk:
         poll_wait: int = 25,
         max_wait: float | None = None,
         fail_open_reads: bool = False,
+        watch_kill_switches: bool = True,
+        max_state_age: float = 60.0,
     ) -> None:
         self.url = url.rstrip("/")
         self.token = token
@@ -76,6 +79,23 @@ class Desk:
         self.poll_wait = poll_wait
         self.max_wait = max_wait
         self.fail_open_reads = fail_open_reads
+        # The kill switches over this token's domain, pushed by the desk and kept in memory:
+        # every guarded call checks them before proposing and again right before it runs.
+        self.kill_switches: KillSwitches | None = None
+        if watch_kill_switches:
+            self.kill_switches = KillSwitches(
+                self.url, token, self.kill_switch_state, max_state_age=max_state_age
+            )
+            self.kill_switches.start()
+
+    def close(self) -> None:
+        """Stop watching the kill switches."""
+        if self.kill_switches is not None:
+            self.kill_switches.stop()
+
+    def check_kill_switches(self) -> None:
+        if self.kill_switches is not None:
+            self.kill_switches.check()
 
     # HTTP
 
@@ -87,6 +107,7 @@ class Desk:
         *,
         idempotency_key: str | None = None,
         timeout: float | None = None,
+        retries: int | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """One API call with retries; returns (status, JSON body) for any answer the desk gave."""
         data = None if body is None else json.dumps(body, default=_json_default).encode()
@@ -96,6 +117,7 @@ class Desk:
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
         attempt = 0
+        retries = self.retries if retries is None else retries
         while True:
             request = urllib.request.Request(
                 self.url + path, data=data, method=method, headers=headers
@@ -114,18 +136,18 @@ class Desk:
                     and isinstance(payload, dict)
                     and payload.get("type") == IN_FLIGHT_PROBLEM
                 )
-                if (status in RETRYABLE_STATUS or in_flight) and attempt < self.retries:
+                if (status in RETRYABLE_STATUS or in_flight) and attempt < retries:
                     attempt += 1
                     self._sleep(attempt, retry_after)
                     continue
                 return status, payload
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
-                if attempt >= self.retries:
+                if attempt >= retries:
                     raise DeskUnavailable(
                         f"IncidentDesk at {self.url} is unreachable: {error}"
                     ) from error
                 attempt += 1
-                log.warning("desk unreachable (%s); retry %d of %d", error, attempt, self.retries)
+                log.warning("desk unreachable (%s); retry %d of %d", error, attempt, retries)
                 self._sleep(attempt, None)
 
     def _sleep(self, attempt: int, retry_after: str | None) -> None:
@@ -150,10 +172,19 @@ class Desk:
         )
         return _verdict_or_raise(status, body)
 
+    def kill_switch_state(self) -> dict[str, Any]:
+        """The switches over this token's domain, asked of the desk now (one try, no retries)."""
+        status, body = self.request("GET", "/api/v1/killswitches", retries=0, timeout=5)
+        if status != 200:
+            _raise_for(status, body)
+        return body
+
     def wait_for_decision(self, verdict: dict[str, Any]) -> dict[str, Any]:
         """Long-poll a pending verdict until a person (or the clock) decides it."""
         started = time.monotonic()
         while verdict["status"] == "pending":
+            if verdict.get("kill_switch"):
+                _raise_killed(verdict)
             if self.max_wait is not None and time.monotonic() - started > self.max_wait:
                 raise ActionExpired(
                     f"no decision on {verdict['id']} within {self.max_wait} s", verdict
@@ -233,6 +264,8 @@ class Session:
             def guarded(**params: Any) -> Any:
                 key = uuid.uuid4().hex
                 try:
+                    # At no network cost while the pushed state is fresh.
+                    self.desk.check_kill_switches()
                     verdict = self._propose(tool, verb, params, key, snapshot, targets, amount,
                                             blast_radius, compensation)  # fmt: skip
                 except DeskUnavailable:
@@ -246,8 +279,13 @@ class Session:
                     why = verdict.get("decision_reason") or verdict["reason"]
                     by = f" by {verdict['decided_by']}" if verdict.get("decided_by") else ""
                     raise stop(f"{tool}:{verb} {verdict['status']}{by}: {why}", verdict)
+                if verdict.get("kill_switch"):
+                    _raise_killed(verdict)
                 if not verdict.get("may_execute"):
                     raise DeskError(f"{tool}:{verb} may not run: {verdict['status']}", verdict)
+                # The verdict may be a while old: a switch engaged since then stops the call
+                # here, the last moment before the tool runs.
+                self.desk.check_kill_switches()
                 run_params = dict(verdict["params"])
                 if takes_key:
                     run_params["idempotency_key"] = key
@@ -333,6 +371,15 @@ def _verdict_or_raise(status: int, body: dict[str, Any]) -> dict[str, Any]:
         return body
     _raise_for(status, body)
     raise AssertionError("unreachable")
+
+
+def _raise_killed(verdict: dict[str, Any]) -> None:
+    switch = verdict["kill_switch"]
+    raise KillSwitchEngaged(
+        f"kill switch {switch['scope']} engaged by {switch.get('changed_by')}: "
+        f"{switch.get('reason')}",
+        {**verdict, "reason": switch.get("reason", "")},
+    )
 
 
 def _raise_for(status: int, body: dict[str, Any]) -> None:

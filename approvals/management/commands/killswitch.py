@@ -3,12 +3,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from approvals.audit import Actor
 from approvals.errors import Refused
-from approvals.killswitches import killswitch_set, killswitch_state
+from approvals.killswitches import killswitch_effects, killswitch_set, killswitch_state
 from approvals.roles import perm
 
 
@@ -59,5 +60,8 @@ class Command(BaseCommand):
             )
         except Refused as exc:
             raise CommandError(exc.detail) from None
+        if settings.EMBEDDED:
+            # No worker listens to this process's in-memory broker: apply the effects here.
+            killswitch_effects(change_id=change.pk)
         now = "ENGAGED" if change.engaged else "released"
         self.stdout.write(f"kill switch {options['scope']} {now} (version {change.pk})")

@@ -1,0 +1,243 @@
+"""The kill switch state, kept in memory and pushed by the desk over /ws/agent/.
+
+A background thread holds a websocket to the desk (a small RFC 6455 client on the standard
+library) and replaces its state with every full state the desk pushes. When the socket is down,
+it polls GET /api/v1/killswitches instead, and keeps trying to reconnect. Checking the state
+costs no network unless it is older than `max_state_age`: then the check asks the desk once,
+and if the desk cannot be reached it fails closed.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import socket
+import ssl
+import struct
+import threading
+import time
+import urllib.parse
+from typing import Any, Callable
+
+from incidentdesk_client.errors import DeskUnavailable, KillSwitchEngaged
+
+log = logging.getLogger("incidentdesk_client")
+
+OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
+
+
+class _WebSocket:
+    """Just enough of a websocket client: handshake, text frames in, pings answered."""
+
+    def __init__(self, url: str, headers: dict[str, str], timeout: float) -> None:
+        parts = urllib.parse.urlsplit(url)
+        secure = parts.scheme in ("https", "wss")
+        host = parts.hostname or "localhost"
+        port = parts.port or (443 if secure else 80)
+        raw = socket.create_connection((host, port), timeout=timeout)
+        if secure:
+            raw = ssl.create_default_context().wrap_socket(raw, server_hostname=host)
+        self.sock = raw
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [
+            f"GET {parts.path or '/'} HTTP/1.1",
+            f"Host: {parts.netloc}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        response = b""
+        while b"\r\n\r\n" not in response:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("the desk closed the connection during the handshake")
+            response += chunk
+        head, _, self.buffer = response.partition(b"\r\n\r\n")
+        status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+        if " 101 " not in status + " ":
+            raise ConnectionError(f"websocket refused: {status}")
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the desk closed the connection")
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    def _send(self, opcode: int, payload: bytes = b"") -> None:
+        mask = os.urandom(4)
+        header = bytes([0x80 | opcode])
+        if len(payload) < 126:
+            header += bytes([0x80 | len(payload)])
+        elif len(payload) < 65536:
+            header += bytes([0x80 | 126]) + struct.pack("!H", len(payload))
+        else:
+            header += bytes([0x80 | 127]) + struct.pack("!Q", len(payload))
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(header + mask + masked)
+
+    def receive(self, on_ping: Callable[[], None]) -> str | None:
+        """The next text message; None when the desk closes the socket."""
+        message = b""
+        while True:
+            first, second = self._read(2)
+            opcode, final = first & 0x0F, bool(first & 0x80)
+            length = second & 0x7F
+            if length == 126:
+                length = struct.unpack("!H", self._read(2))[0]
+            elif length == 127:
+                length = struct.unpack("!Q", self._read(8))[0]
+            if second & 0x80:  # a server must not mask, but tolerate it
+                mask = self._read(4)
+                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(self._read(length)))
+            else:
+                payload = self._read(length)
+            if opcode == OP_PING:
+                self._send(OP_PONG, payload)
+                on_ping()
+            elif opcode == OP_CLOSE:
+                with contextlib.suppress(OSError):
+                    self._send(OP_CLOSE, payload[:2])
+                return None
+            elif opcode in (OP_TEXT, 0x0):
+                message += payload
+                if final:
+                    return message.decode()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._send(OP_CLOSE, struct.pack("!H", 1000))
+        self.sock.close()
+
+
+class KillSwitches:
+    """The switches over this agent's domain, as last pushed or polled."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        poll: Callable[[], dict[str, Any]],
+        *,
+        max_state_age: float = 60.0,
+        poll_interval: float = 2.0,
+    ) -> None:
+        self.ws_url = url.replace("http", "ws", 1).rstrip("/") + "/ws/agent/"
+        self.token = token
+        self._poll = poll
+        self.max_state_age = max_state_age
+        self.poll_interval = poll_interval
+        self.version = -1
+        self.switches: dict[str, dict[str, Any]] = {}
+        self.confirmed_at: float | None = None  # monotonic time the state was last known good
+        self.source = ""  # "push" or "poll": where the state last came from
+        self.connected = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._socket: _WebSocket | None = None
+        self._thread: threading.Thread | None = None
+
+    # State
+
+    def _apply(self, state: dict[str, Any], source: str) -> None:
+        with self._lock:
+            if state.get("version", -1) >= self.version:
+                self.version = state["version"]
+                self.switches = state.get("switches", {})
+                self.source = source
+            self.confirmed_at = time.monotonic()
+
+    def _confirm(self) -> None:
+        with self._lock:
+            self.confirmed_at = time.monotonic()
+
+    @property
+    def age(self) -> float | None:
+        return None if self.confirmed_at is None else time.monotonic() - self.confirmed_at
+
+    def engaged(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [s for s in self.switches.values() if s.get("engaged")]
+
+    def check(self) -> None:
+        """Raise KillSwitchEngaged if a switch over this domain is engaged, and DeskUnavailable
+        (failing closed) if the state is too old and the desk cannot confirm it."""
+        age = self.age
+        if age is None or age > self.max_state_age:
+            try:
+                self._apply(self._poll(), "poll")
+            except DeskUnavailable as exc:
+                known = "never known" if age is None else f"{age:.0f} s old"
+                raise DeskUnavailable(
+                    f"kill switch state is {known} and the desk cannot be reached: failing "
+                    f"closed ({exc})"
+                ) from exc
+        for switch in self.engaged():
+            raise KillSwitchEngaged(
+                f"kill switch {switch['scope']} engaged by {switch.get('changed_by')}: "
+                f"{switch.get('reason')}",
+                {"kill_switch": switch, "reason": switch.get("reason", "")},
+            )
+
+    # The watcher thread
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="incidentdesk-kill-switches", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._socket is not None:
+            self._socket.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def wait_until_known(self, timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.confirmed_at is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.confirmed_at is not None
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                self._socket = _WebSocket(
+                    self.ws_url, {"Authorization": f"Bearer {self.token}"}, timeout=10
+                )
+                self._socket.sock.settimeout(None)
+                self.connected, delay = True, 0.5
+                while not self._stop.is_set():
+                    text = self._socket.receive(on_ping=self._confirm)
+                    if text is None:
+                        break
+                    message = json.loads(text)
+                    if message.get("type") == "killswitch.state":
+                        self._apply(message, "push")
+            except (OSError, ConnectionError, ValueError) as exc:
+                if not self._stop.is_set():
+                    log.warning("kill switch socket down (%s); polling until it is back", exc)
+            finally:
+                self.connected = False
+                if self._socket is not None:
+                    self._socket.close()
+                    self._socket = None
+            # Down: poll now and then, and try the socket again with a growing delay.
+            until = time.monotonic() + delay
+            while not self._stop.is_set() and time.monotonic() < until:
+                with contextlib.suppress(DeskUnavailable):
+                    self._apply(self._poll(), "poll")
+                self._stop.wait(min(self.poll_interval, max(0.0, until - time.monotonic())))
+            delay = min(delay * 2, 5.0)
