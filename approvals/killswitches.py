@@ -214,7 +214,9 @@ def _cancel(action: Action, change: KillSwitchChange) -> None:
 
 def ran_during_kill(action: Action) -> bool:
     """Whether a result reported now for `action` comes from a call made under a kill."""
-    cancelled_by_kill = action.status == S.CANCELLED and action.decided_by == KILL_SWITCH_ACTOR
+    cancelled_by_kill = action.status == S.CANCELLED and action.decided_by in (
+        KILL_SWITCH_ACTOR, QUARANTINE_ACTOR,
+    )  # fmt: skip
     return cancelled_by_kill or engaged_over(action.domain.slug) is not None
 
 
@@ -241,3 +243,54 @@ def killswitch_state(domain_slugs: Iterable[str] | None = None) -> dict[str, Any
 
 def engaged_switches() -> list[KillSwitch]:
     return list(KillSwitch.objects.filter(engaged=True).order_by("scope"))
+
+
+QUARANTINE_ACTOR = "quarantine"
+
+
+def agent_quarantine(*, agent_name: str, actor: Actor, reason: str) -> tuple[int, int]:
+    """Stop one agent as a kill switch would stop a domain: revoke its tokens, cancel what it
+    was allowed or approved to do and has not run, and cancel its open escalations.
+    Returns (tokens revoked, actions cancelled)."""
+    from approvals.models import Agent, AgentToken
+
+    reason = reason.strip()
+    if not reason:
+        raise Refused(422, "Reason required", "say why you quarantine it", field="reason")
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update().filter(name=agent_name).first()
+        if agent is None:
+            raise Refused(404, "No such agent", f"no agent {agent_name!r}")
+        now = timezone.now()
+        revoked = AgentToken.objects.filter(agent=agent, revoked_at=None).update(revoked_at=now)
+        cancelled = 0
+        for action in (
+            Action.objects.select_for_update(of=("self",))
+            .select_related("domain")
+            .filter(agent=agent, status__in=[*UNEXECUTED, S.ESCALATED])
+        ):
+            action.status = S.CANCELLED
+            action.decided_by, action.decided_at = QUARANTINE_ACTOR, now
+            action.decision_reason = f"agent {agent.name} quarantined: {reason}"
+            action.timer_id = ""
+            action.save(update_fields=["status", "decided_by", "decided_at", "decision_reason",
+                                       "timer_id", "updated_at"])  # fmt: skip
+            audit_record(
+                actor=actor, action="action.cancelled", domain=action.domain.slug,
+                object_type="action", object_id=action.pk,
+                summary=f"{action.tool}:{action.verb} cancelled: {action.decision_reason}",
+            )  # fmt: skip
+            live.escalation_changed(action.pk)
+            cancelled += 1
+        agent.quarantined_at, agent.quarantine_reason = now, reason
+        agent.save(update_fields=["quarantined_at", "quarantine_reason"])
+        audit_record(
+            actor=actor,
+            action="agent.quarantined",
+            object_type="agent",
+            object_id=agent.pk,
+            summary=f"Agent {agent.name} quarantined: {reason} ({revoked} tokens revoked, "
+            f"{cancelled} actions cancelled)",
+            data={"tokens_revoked": revoked, "actions_cancelled": cancelled},
+        )
+    return revoked, cancelled

@@ -188,3 +188,23 @@ def test_cli_engages_and_releases_as_a_named_operator(oncall, viewer) -> None:
     call_command("killswitch", "release", "global", "--reason", "ok", "--as", oncall.username,
                  stdout=StringIO())  # fmt: skip
     assert [c.engaged for c in KillSwitchChange.objects.order_by("id")] == [True, False]
+
+
+@pytest.mark.django_db
+def test_quarantine_stops_one_agent_and_revokes_its_tokens(oncall, approver) -> None:
+    from approvals.models import Agent, AgentToken
+
+    waiting = escalated_action(tier=1)
+    approved = escalated_action(tier=1)
+    escalation_decide(action_id=approved.pk, user=approver, verdict="approve")
+    bystander = escalated_action(tier=1, agent="other-buyer")
+    with pytest.raises(CommandError, match="may not quarantine"):
+        call_command("quarantine", "buyer", "--reason", "x", "--as", approver.username)
+    out = StringIO()
+    call_command("quarantine", "buyer", "--reason", "loops", "--as", oncall.username, stdout=out)
+    assert "2 actions cancelled" in out.getvalue()
+    assert {Action.objects.get(pk=a.pk).status for a in (waiting, approved)} == {S.CANCELLED}
+    assert Action.objects.get(pk=bystander.pk).status == S.ESCALATED
+    assert not AgentToken.objects.filter(agent__name="buyer", revoked_at=None).exists()
+    assert Agent.objects.get(name="buyer").quarantine_reason == "loops"
+    assert AuditEvent.objects.filter(action="agent.quarantined", actor=oncall.username).exists()
