@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,11 +11,12 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.template.loader import render_to_string
 from django.utils import timezone
 
 from approvals import audit, live
-from approvals.killswitches import engaged_switches, killswitch_state
+from approvals.killswitches import engaged_switches, killswitch_state, state_for
 from approvals.models import Action, AgentToken
 from approvals.queue import (
     QueueFilters,
@@ -231,6 +233,66 @@ class DeskConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=html)
 
 
+class AgentFanOut:
+    """Kill switch pushes to the agents connected to this process.
+
+    One member per process in the channel layer group, not one per socket: a group send to a
+    thousand sockets would be a thousand messages through Redis, read back one at a time. Here
+    the process gets one message, renders each domain's state once, and writes it to its own
+    sockets directly.
+    """
+
+    REJOIN_SECONDS = 600  # group memberships expire in the channel layer; renew them
+
+    def __init__(self) -> None:
+        self.agents: set[AgentConsumer] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, agent: AgentConsumer) -> None:
+        self.agents.add(agent)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self.listen())
+
+    def discard(self, agent: AgentConsumer) -> None:
+        self.agents.discard(agent)
+
+    async def listen(self) -> None:
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        joined = 0.0
+        while True:
+            if time.monotonic() - joined > self.REJOIN_SECONDS:
+                await layer.group_add(live.KILLSWITCH_GROUP, channel)
+                joined = time.monotonic()
+            try:
+                message = await asyncio.wait_for(layer.receive(channel), self.REJOIN_SECONDS)
+            except TimeoutError:
+                continue
+            if message.get("type") == live.KILLSWITCH_CHANGED:
+                await self.push(message)
+
+    async def push(self, message: dict[str, Any]) -> None:
+        agents = list(self.agents)
+        if "switches" in message:  # the state came with the message: no database round trip
+            states = {
+                domain: json.dumps({"type": "killswitch.state",
+                                    **state_for(message["version"], message["switches"], [domain])})
+                for domain in {agent.domain for agent in agents}
+            }  # fmt: skip
+        else:
+            domains = {agent.domain for agent in agents}
+            states = await database_sync_to_async(
+                lambda: {domain: agent_state_json(domain) for domain in domains}
+            )()
+        await asyncio.gather(
+            *(agent.send(text_data=states[agent.domain]) for agent in agents),
+            return_exceptions=True,  # a socket closing meanwhile does not stop the others
+        )
+
+
+fan_out = AgentFanOut()
+
+
 class AgentConsumer(AsyncWebsocketConsumer):
     """Agents' live channel (/ws/agent/, bearer token): the kill switches over the token's
     domain, as a full state with its version, on connect and after every change."""
@@ -247,22 +309,15 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.close()  # before accept: the handshake is refused (403)
             return
         self.domain = token.domain.slug
-        await self.channel_layer.group_add(live.KILLSWITCH_GROUP, self.channel_name)
         await self.accept()
+        fan_out.add(self)
         await self.send(text_data=await database_sync_to_async(agent_state_json)(self.domain))
 
     async def disconnect(self, code: int) -> None:
-        await self.channel_layer.group_discard(live.KILLSWITCH_GROUP, self.channel_name)
+        fan_out.discard(self)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         return  # one-way: agents act through the HTTP API
-
-    async def killswitch_changed(self, event: dict[str, Any]) -> None:
-        domain = self.domain
-        state = await render_once(
-            (event["message_id"], "agent-state", domain), lambda: agent_state_json(domain)
-        )
-        await self.send(text_data=state)
 
 
 def _live_token(raw: str) -> AgentToken | None:

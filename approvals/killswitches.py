@@ -139,7 +139,7 @@ def killswitch_set(*, scope: str, engaged: bool, actor: Actor, reason: str) -> K
             summary=f"Kill switch {scope} {verb}: {reason}",
             data={"version": change.pk},
         )
-        live.killswitch_changed(change.pk)
+        live.killswitch_changed(change.pk, killswitch_state()["switches"])
         killswitch_effects_task.delay_on_commit(change.pk)
     return change
 
@@ -179,7 +179,6 @@ def killswitch_effects(*, change_id: int) -> KillSwitchChange | None:
         change.effects_done_at, change.effects_summary = timezone.now(), summary
         change.save(update_fields=["effects_done_at", "effects_summary"])
         notify_switch(change=change)
-        live.killswitch_changed(change.pk)
     return change
 
 
@@ -233,11 +232,19 @@ def killswitch_state(domain_slugs: Iterable[str] | None = None) -> dict[str, Any
         switches = switches.filter(scope__in=[*domain_slugs, GLOBAL])
     version = KillSwitchChange.objects.aggregate(v=Max("id"))["v"] or 0
     state = {s.scope: switch_info(s) for s in switches}
-    state.setdefault(GLOBAL, {"scope": GLOBAL, "engaged": False, "reason": "",
-                              "changed_by": "", "changed_at": None})  # fmt: skip
-    for slug in domain_slugs or []:
-        state.setdefault(slug, {"scope": slug, "engaged": False, "reason": "",
-                                "changed_by": "", "changed_at": None})  # fmt: skip
+    return state_for(version, state, domain_slugs)
+
+
+def state_for(
+    version: int, switches: dict[str, Any], domain_slugs: Iterable[str] | None
+) -> dict[str, Any]:
+    """The state an agent is sent: its domain's switch and the global one (released unless
+    known otherwise)."""
+    wanted = None if domain_slugs is None else {*domain_slugs, GLOBAL}
+    state = {k: v for k, v in switches.items() if wanted is None or k in wanted}
+    for scope in wanted or {GLOBAL}:
+        state.setdefault(scope, {"scope": scope, "engaged": False, "reason": "",
+                                 "changed_by": "", "changed_at": None})  # fmt: skip
     return {"version": version, "switches": state}
 
 

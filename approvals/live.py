@@ -82,5 +82,6 @@ def escalation_changed(action_id: object) -> None:
     send_on_commit(groups, ESCALATION_UPDATED, action_id=str(action_id))
 
 
-def killswitch_changed(version: int) -> None:
-    send_on_commit(KILLSWITCH_GROUP, KILLSWITCH_CHANGED, version=version)
+def killswitch_changed(version: int, switches: dict[str, Any]) -> None:
+    """Every switch's state rides along, so no process has to read it back to pass it on."""
+    send_on_commit(KILLSWITCH_GROUP, KILLSWITCH_CHANGED, version=version, switches=switches)

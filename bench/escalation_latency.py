@@ -150,7 +150,7 @@ def main() -> None:
     import redis
 
     redis.Redis.from_url(env()["REDIS_URL"]).delete(queue)
-    cuts = statistics.quantiles(latencies, n=100)
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
     print(f"{os.cpu_count()} cores; production layout; {args.rounds} escalations, one at a time, "
           "to one open queue page in headless Chromium")  # fmt: skip
     print(
