@@ -71,7 +71,7 @@ def document() -> dict[str, Any]:
                     },
                     "responses": {
                         "201": _json("Verdict", "the verdict: allowed, denied or pending"),
-                        **_errors(*common, 403, 409),
+                        **_errors(*common, 403, 409, 423),
                     },
                 }
             },
@@ -145,6 +145,19 @@ def document() -> dict[str, Any]:
                         },  # noqa: E501
                     },
                     "responses": {"201": {"description": "recorded"}, **_errors(*common, 409)},
+                }
+            },
+            "/killswitches": {
+                "get": {
+                    "summary": "The kill switches over this token's domain (its own and global), "
+                    "with their version; /ws/agent/ pushes the same document on every change",
+                    "responses": {
+                        "200": {
+                            "description": '{"version": N, "switches": {scope: {"engaged", '
+                            '"reason", "changed_by", "changed_at"}}}'
+                        },
+                        **_errors(401, 429),
+                    },
                 }
             },
         },
