@@ -55,3 +55,4 @@ bench: $(INSTALLED)  ## All benchmarks (need PostgreSQL, Redis, wrk, nginx, Chro
 	$(BIN)/python bench/proposals.py
 	$(BIN)/python bench/queue_page.py
 	$(BIN)/python bench/escalation_latency.py
+	$(BIN)/python bench/killswitch_fanout.py
