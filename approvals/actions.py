@@ -11,7 +11,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from approvals.audit import Actor, audit_record
+from approvals.audit import Actor, audit_action_event, audit_record
 from approvals.errors import Refused
 from approvals.escalations import escalation_open, escalation_opened
 from approvals.idempotency import Claim, idempotency_claim, idempotency_complete
@@ -218,12 +218,10 @@ def _record_proposal(token: AgentToken, data: ProposalData) -> Action:
     action.save(force_insert=True)
     if status == S.ESCALATED:
         escalation_opened(action)
-    audit_record(
+    audit_action_event(
         actor=agent_actor(token),
-        action=f"action.{status}",
-        domain=token.domain.slug,
-        object_type="action",
-        object_id=action.pk,
+        action=action,
+        event=f"action.{status}",
         summary=f"{data.tool}:{data.verb} {status} by rule {verdict.rule} "
         f"(policy v{verdict.version}): {verdict.reason}",
         data={
@@ -313,12 +311,10 @@ def action_report_result(
                 flag_ran_during_kill(action)
             action.save(update_fields=["status", "result", "post_state", "error",
                                        "ran_during_kill", "updated_at"])  # fmt: skip
-            audit_record(
+            audit_action_event(
                 actor=agent_actor(token),
-                action="action.ran_during_kill" if killed else f"action.{action.status}",
-                domain=action.domain.slug,
-                object_type="action",
-                object_id=action.pk,
+                action=action,
+                event="action.ran_during_kill" if killed else f"action.{action.status}",
                 summary=f"{action.tool}:{action.verb} {action.status}"
                 + (" while a kill switch was engaged: RAN DURING KILL" if killed else "")
                 + (f": {error}" if error else ""),
@@ -327,12 +323,10 @@ def action_report_result(
             )  # fmt: skip
             return action
         # The refusal is part of the record: it commits, though the request fails.
-        audit_record(
+        audit_action_event(
             actor=agent_actor(token),
-            action="action.result_refused",
-            domain=action.domain.slug,
-            object_type="action",
-            object_id=action.pk,
+            action=action,
+            event="action.result_refused",
             summary=f"Result reported for an action that is {action.status}",
             data={"status": action.status, "ok": ok},
         )

@@ -113,6 +113,21 @@ def audit_record(
     return event
 
 
+def audit_action_event(
+    *, actor: Actor, action: Any, event: str, summary: str, data: dict[str, Any] | None = None
+) -> AuditEvent:
+    """An event about one proposed action (`action` is an approvals.models.Action)."""
+    return audit_record(
+        actor=actor,
+        action=event,
+        domain=action.domain.slug,
+        object_type="action",
+        object_id=action.pk,
+        summary=summary,
+        data=data,
+    )
+
+
 def _seal_after_commit() -> None:
     # One seal per transaction, however many events it recorded. (Django drops the callbacks
     # of a transaction or savepoint that rolls back, so this list is the pending truth.)

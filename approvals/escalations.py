@@ -20,7 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals import live
-from approvals.audit import Actor, audit_record
+from approvals.audit import Actor, audit_action_event
 from approvals.errors import Refused
 from approvals.killswitches import engaged_over, killed_domain_ids
 from approvals.models import Action, Approval, Tier
@@ -203,12 +203,10 @@ def escalation_decide(
             action.save(update_fields=["modified_params", "updated_at"])
             # Approvals given so far were of other params: they no longer count.
             set_aside, _ = Approval.objects.filter(action=action, tier=action.tier or 1).delete()
-            audit_record(
+            audit_action_event(
                 actor=actor,
-                action="escalation.modified",
-                domain=action.domain.slug,
-                object_type="action",
-                object_id=action.pk,
+                action=action,
+                event="escalation.modified",
                 summary=f"{action.tool} params modified: {params_diff_text(before, params)}"
                 + (f"; {set_aside} earlier approval(s) set aside" if set_aside else ""),
                 data={"before": before, "after": params, "reason": reason,
@@ -229,12 +227,10 @@ def escalation_decide(
         approvals = list(Approval.objects.filter(action=action, tier=level))
         missing = _missing(tier, approvals)
         if missing:
-            audit_record(
+            audit_action_event(
                 actor=actor,
-                action="escalation.approval_recorded",
-                domain=action.domain.slug,
-                object_type="action",
-                object_id=action.pk,
+                action=action,
+                event="escalation.approval_recorded",
                 summary=f"Approval {len(approvals)} of {tier.approvals_needed} at tier "
                 f"{action.tier}; waiting for {missing}",
                 data={"tier": action.tier, "senior": senior, "reason": reason},
@@ -276,12 +272,10 @@ def _finish(action: Action, status: str, actor: Actor, reason: str) -> Action:
         update_fields=["status", "decided_by", "decided_at", "decision_reason", "timer_id",
                        "updated_at"]
     )  # fmt: skip
-    audit_record(
+    audit_action_event(
         actor=actor,
-        action=f"action.{status}",
-        domain=action.domain.slug,
-        object_type="action",
-        object_id=action.pk,
+        action=action,
+        event=f"action.{status}",
         summary=f"{action.tool}:{action.verb} {status} at tier {action.tier}"
         + (f": {reason}" if reason else ""),
         data={"tier": action.tier, "reason": reason, "params": action.modified_params},
@@ -321,12 +315,10 @@ def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | Non
             action.timer_id = ""
             action.save(update_fields=["status", "decided_by", "decided_at", "decision_reason",
                                        "timer_id", "updated_at"])  # fmt: skip
-            audit_record(
+            audit_action_event(
                 actor=system,
-                action="action.expired",
-                domain=action.domain.slug,
-                object_type="action",
-                object_id=action.pk,
+                action=action,
+                event="action.expired",
                 summary=f"{action.tool}:{action.verb} expired undecided at tier {action.tier}; "
                 "the agent is told it is denied",
                 data={"tier": action.tier},
@@ -341,12 +333,10 @@ def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | Non
         action.expires_at = now + timedelta(seconds=remaining)
         action.timer_id = uuid.uuid4().hex
         action.save(update_fields=["tier", "sla_due_at", "expires_at", "timer_id", "updated_at"])
-        audit_record(
+        audit_action_event(
             actor=system,
-            action="escalation.tier_raised",
-            domain=action.domain.slug,
-            object_type="action",
-            object_id=action.pk,
+            action=action,
+            event="escalation.tier_raised",
             summary=f"SLA of tier {before} passed: moved to {nxt.describe()}",
             data={"from": before, "to": nxt.level},
         )

@@ -19,7 +19,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from approvals import live
-from approvals.audit import Actor, audit_record
+from approvals.audit import Actor, audit_action_event, audit_record
 from approvals.errors import Refused
 from approvals.models import Action, AgentSession, Domain, KillSwitch, KillSwitchChange
 
@@ -200,12 +200,10 @@ def _cancel(action: Action, change: KillSwitchChange) -> None:
     action.timer_id = ""
     action.save(update_fields=["status", "decided_by", "decided_at", "decision_reason",
                                "timer_id", "updated_at"])  # fmt: skip
-    audit_record(
+    audit_action_event(
         actor=Actor.system(KILL_SWITCH_ACTOR),
-        action="action.cancelled",
-        domain=action.domain.slug,
-        object_type="action",
-        object_id=action.pk,
+        action=action,
+        event="action.cancelled",
         summary=f"{action.tool}:{action.verb} cancelled before it ran: {action.decision_reason}",
         data={"kill_switch_version": change.pk},
     )
@@ -282,9 +280,8 @@ def agent_quarantine(*, agent_name: str, actor: Actor, reason: str) -> tuple[int
             action.timer_id = ""
             action.save(update_fields=["status", "decided_by", "decided_at", "decision_reason",
                                        "timer_id", "updated_at"])  # fmt: skip
-            audit_record(
-                actor=actor, action="action.cancelled", domain=action.domain.slug,
-                object_type="action", object_id=action.pk,
+            audit_action_event(
+                actor=actor, action=action, event="action.cancelled",
                 summary=f"{action.tool}:{action.verb} cancelled: {action.decision_reason}",
             )  # fmt: skip
             live.escalation_changed(action.pk)
