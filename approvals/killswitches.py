@@ -28,6 +28,8 @@ GLOBAL = KillSwitch.GLOBAL
 KILL_SWITCH_ACTOR = "kill-switch"
 # Not yet run: a person or the policy said yes, and no result has come back.
 UNEXECUTED = (S.ALLOWED, S.APPROVED, S.MODIFIED)
+# Older yeses that never reported a result are history, not work about to happen.
+UNEXECUTED_WITHIN = timedelta(hours=24)
 
 
 class Killed(Refused):
@@ -162,10 +164,11 @@ def killswitch_effects(*, change_id: int) -> KillSwitchChange | None:
         if change.engaged:
             scope = Q() if change.switch.scope == GLOBAL else Q(domain_id=change.switch.domain_id)
             cancelled = 0
+            recent = Q(updated_at__gte=timezone.now() - UNEXECUTED_WITHIN)
             for action in (
                 Action.objects.select_for_update(of=("self",))
                 .select_related("domain")
-                .filter(scope, status__in=UNEXECUTED)
+                .filter(scope, recent, status__in=UNEXECUTED)
             ):
                 _cancel(action, change)
                 cancelled += 1
