@@ -22,7 +22,7 @@ import time
 import urllib.parse
 from typing import Any, Callable
 
-from incidentdesk_client.errors import DeskUnavailable, KillSwitchEngaged
+from incidentdesk_client.errors import DeskError, DeskUnavailable, KillSwitchEngaged, Unauthorized
 
 log = logging.getLogger("incidentdesk_client")
 
@@ -237,7 +237,14 @@ class KillSwitches:
             # Down: poll now and then, and try the socket again with a growing delay.
             until = time.monotonic() + delay
             while not self._stop.is_set() and time.monotonic() < until:
-                with contextlib.suppress(DeskUnavailable):
+                try:
                     self._apply(self._poll(), "poll")
+                except Unauthorized as exc:
+                    # Revoked or expired: nothing more to watch with this token. Checks now
+                    # find the state stale, ask the desk, and fail with the same error.
+                    log.error("kill switch watch stopped: %s", exc)
+                    return
+                except DeskError as exc:
+                    log.warning("kill switch poll failed: %s", exc)
                 self._stop.wait(min(self.poll_interval, max(0.0, until - time.monotonic())))
             delay = min(delay * 2, 5.0)
