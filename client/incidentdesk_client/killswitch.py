@@ -244,6 +244,8 @@ class KillSwitches:
                     # find the state stale, ask the desk, and fail with the same error.
                     log.error("kill switch watch stopped: %s", exc)
                     return
+                except DeskUnavailable:
+                    pass  # down as well: the socket's warning said so; checks fail closed
                 except DeskError as exc:
                     log.warning("kill switch poll failed: %s", exc)
                 self._stop.wait(min(self.poll_interval, max(0.0, until - time.monotonic())))
