@@ -95,6 +95,15 @@ def main() -> None:
 
     ensure_database(env()["DATABASE_URL"])
     subprocess.run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env(), check=True)
+    import redis
+
+    # Channel-layer keys left by earlier runs' killed servers (group members expire only after
+    # a day) would make every group send write to dead channels. The bench's Redis database
+    # is its own (REDIS_URL, database 3 by default).
+    bench_redis = redis.Redis.from_url(env()["REDIS_URL"])
+    stale = list(bench_redis.scan_iter("asgi:*"))
+    if stale:
+        bench_redis.delete(*stale)
     os.environ.update(env())
     import django
 
