@@ -284,6 +284,19 @@ def _finish(action: Action, status: str, actor: Actor, reason: str) -> Action:
     return action
 
 
+def escalation_resume(action: Action, *, extra: timedelta) -> None:
+    """A frozen escalation thaws: its SLA and expiry move on by the time it was frozen, and it
+    gets a new timer (the old one, if still queued, is stale)."""
+    if action.sla_due_at is not None:
+        action.sla_due_at += extra
+    if action.expires_at is not None:
+        action.expires_at += extra
+    action.timer_id = uuid.uuid4().hex
+    action.save(update_fields=["sla_due_at", "expires_at", "timer_id", "updated_at"])
+    _schedule_timer(action)
+    live.escalation_changed(action.pk)
+
+
 def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | None = None) -> str:
     """A tier's SLA timer went off: move the item up a tier, or expire it past the last.
 

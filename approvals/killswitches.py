@@ -161,6 +161,8 @@ def killswitch_effects(*, change_id: int) -> KillSwitchChange | None:
         if change is None:
             return None
         summary = "released"
+        if not change.engaged:
+            summary = _thaw(change)
         if change.engaged:
             scope = Q() if change.switch.scope == GLOBAL else Q(domain_id=change.switch.domain_id)
             cancelled = 0
@@ -183,6 +185,34 @@ def killswitch_effects(*, change_id: int) -> KillSwitchChange | None:
         change.save(update_fields=["effects_done_at", "effects_summary"])
         notify_switch(change=change)
     return change
+
+
+def _thaw(release: KillSwitchChange) -> str:
+    """After a release: the escalations it froze get back the SLA time the freeze took, and
+    their timers again (those still under another engaged switch stay frozen)."""
+    from approvals.escalations import escalation_resume
+
+    engage = (
+        KillSwitchChange.objects.filter(switch=release.switch, engaged=True, id__lt=release.pk)
+        .order_by("-id")
+        .first()
+    )
+    if engage is None:
+        return "released"
+    frozen_for = release.created_at - engage.created_at
+    scope = Q() if release.switch.scope == GLOBAL else Q(domain_id=release.switch.domain_id)
+    still_killed = killed_domain_ids()
+    if still_killed is None:
+        return "released; everything is still frozen by the global switch"
+    resumed = 0
+    for action in (
+        Action.objects.select_for_update(of=("self",))
+        .filter(scope, status=S.ESCALATED)
+        .exclude(domain_id__in=still_killed)
+    ):
+        escalation_resume(action, extra=frozen_for)
+        resumed += 1
+    return f"released; {resumed} escalations resumed with {int(frozen_for.total_seconds())} s added"
 
 
 def killswitch_effects_pending(*, older_than: timedelta = timedelta(seconds=2)) -> list[int]:

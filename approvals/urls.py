@@ -12,6 +12,7 @@ urlpatterns = [
     path("actions/<uuid:action_id>/", views.review, name="review"),
     path("actions/<uuid:action_id>/decide", views.decide, name="decide"),
     path("killswitches/", views.killswitches, name="killswitches"),
+    path("killswitches/quarantine/", views.quarantine, name="quarantine"),
     path("killswitches/<slug:scope>/", views.killswitch_change, name="killswitch-change"),
     path("audit/", views.audit_list, name="audit"),
     path("policies/", views.policies, name="policies"),

@@ -23,8 +23,8 @@ from approvals.actions import policy_explain
 from approvals.audit import Actor, AuditFilters
 from approvals.errors import Refused
 from approvals.escalations import escalation_decide, may_decide
-from approvals.killswitches import GLOBAL, killswitch_set
-from approvals.models import Action, Domain, KillSwitch, KillSwitchChange
+from approvals.killswitches import GLOBAL, agent_quarantine, killswitch_set
+from approvals.models import Action, Agent, Domain, KillSwitch, KillSwitchChange
 from approvals.notifications import failed_deliveries
 from approvals.openapi import document
 from approvals.permissions import require
@@ -365,6 +365,8 @@ def killswitches(request: HtmxHttpRequest) -> HttpResponse:
             "rows": rows,
             "history": history,
             "can_operate": request.user.has_perm(perm("operate_killswitch")),
+            "agents": Agent.objects.filter(quarantined_at=None).values_list("name", flat=True),
+            "quarantined": Agent.objects.exclude(quarantined_at=None).order_by("-quarantined_at"),
         },
     )
 
@@ -391,4 +393,25 @@ def killswitch_change(request: HtmxHttpRequest, scope: str) -> HttpResponse:
         return redirect("killswitches")
     state = "ENGAGED" if change.engaged else "released"
     messages.success(request, f"Kill switch {scope} {state}.")
+    return redirect("killswitches")
+
+
+@require_POST
+@require("operate_killswitch")
+def quarantine(request: HtmxHttpRequest) -> HttpResponse:
+    agent = request.POST.get("agent", "")
+    if not agent or request.POST.get("confirm") != agent:
+        messages.error(request, "Choose the agent and type its name again to confirm.")
+        return redirect("killswitches")
+    try:
+        revoked, cancelled = agent_quarantine(
+            agent_name=agent, actor=Actor.user(request.user), reason=request.POST.get("reason", "")
+        )
+    except Refused as exc:
+        messages.error(request, exc.detail)
+        return redirect("killswitches")
+    messages.success(
+        request,
+        f"Agent {agent} quarantined: {revoked} tokens revoked, {cancelled} actions cancelled.",
+    )
     return redirect("killswitches")

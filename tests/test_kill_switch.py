@@ -110,7 +110,16 @@ def test_open_escalations_are_frozen_until_release(approver) -> None:
         "frozen"
     )
     assert Action.objects.get(pk=action.pk).tier == 1
-    release()
+    engaged_at = KillSwitchChange.objects.get().created_at
+    released = release()
+    thawed = killswitch_effects(change_id=released.pk)
+    assert thawed is not None and "1 escalations resumed" in thawed.effects_summary
+    # The time spent frozen is given back to its SLA and expiry, with a new timer.
+    resumed = Action.objects.get(pk=action.pk)
+    frozen_for = released.created_at - engaged_at
+    assert resumed.sla_due_at == action.sla_due_at + frozen_for
+    assert resumed.expires_at == action.expires_at + frozen_for
+    assert resumed.timer_id and resumed.timer_id != action.timer_id
     escalation_decide(action_id=action.pk, user=approver, verdict="approve")
     assert Action.objects.get(pk=action.pk).status == S.APPROVED
 
@@ -208,3 +217,18 @@ def test_quarantine_stops_one_agent_and_revokes_its_tokens(oncall, approver) -> 
     assert not AgentToken.objects.filter(agent__name="buyer", revoked_at=None).exists()
     assert Agent.objects.get(name="buyer").quarantine_reason == "loops"
     assert AuditEvent.objects.filter(action="agent.quarantined", actor=oncall.username).exists()
+
+
+@pytest.mark.django_db
+def test_quarantine_from_the_page_needs_oncall_and_a_confirmation(viewer, oncall, login) -> None:
+    escalated_action(tier=1)
+    url = reverse("quarantine")
+    form = {"agent": "buyer", "reason": "loops", "confirm": "buyer"}
+    assert login(viewer).post(url, form).status_code == 403
+    client = login(oncall)
+    client.post(url, {**form, "confirm": "buye"})
+    assert not AuditEvent.objects.filter(action="agent.quarantined").exists()
+    assert client.post(url, form).status_code == 302
+    assert Action.objects.get().status == S.CANCELLED
+    page = client.get(reverse("killswitches")).content.decode()
+    assert "<code>buyer</code> since" in page and "loops" in page
