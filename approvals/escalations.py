@@ -183,7 +183,8 @@ def escalation_decide(
                 409, "Params changed",
                 "someone modified the params since you opened this item; review them again",
             )  # fmt: skip
-        tier = _tier(tiers_of(action.domain_id), action.tier or 1)
+        level = action.tier or 1
+        tier = _tier(tiers_of(action.domain_id), level)
         if not user.has_perm(perm(tier.decide_permission)):
             raise Refused(
                 403, "Not your tier", f"deciding {tier.describe()} needs {tier.decide_permission}"
@@ -205,7 +206,7 @@ def escalation_decide(
             action.modified_params = params
             action.save(update_fields=["modified_params", "updated_at"])
             # Approvals given so far were of other params: they no longer count.
-            set_aside, _ = Approval.objects.filter(action=action, tier=action.tier or 1).delete()
+            set_aside, _ = Approval.objects.filter(action=action, tier=level).delete()
             audit_action_event(
                 actor=actor,
                 action=action,
@@ -215,7 +216,7 @@ def escalation_decide(
                 data={"before": before, "after": params, "reason": reason,
                       "approvals_set_aside": set_aside},
             )  # fmt: skip
-        if Approval.objects.filter(action=action, tier=action.tier or 1, user=user).exists():
+        if Approval.objects.filter(action=action, tier=level, user=user).exists():
             raise Refused(
                 409, "Already approved by you",
                 f"you already approved this at tier {action.tier}; "
@@ -223,10 +224,9 @@ def escalation_decide(
             )  # fmt: skip
         senior = bool(tier.senior_permission) and user.has_perm(perm(tier.senior_permission))
         Approval.objects.create(
-            action=action, tier=action.tier or 1, user=user, senior=senior,
+            action=action, tier=level, user=user, senior=senior,
             modified_params=params if verdict == "modify" else None, reason=reason,
         )  # fmt: skip
-        level = action.tier or 1
         approvals = list(Approval.objects.filter(action=action, tier=level))
         missing = _missing(tier, approvals)
         if missing:
@@ -267,14 +267,7 @@ def _missing(tier: TierSpec, approvals: list[Approval]) -> str:
 
 
 def _finish(action: Action, status: str, actor: Actor, reason: str) -> Action:
-    action.status = status
-    action.decided_by, action.decided_at = actor.name, timezone.now()
-    action.decision_reason = reason
-    action.timer_id = ""  # any timer still queued for it is now stale
-    action.save(
-        update_fields=["status", "decided_by", "decided_at", "decision_reason", "timer_id",
-                       "updated_at"]
-    )  # fmt: skip
+    action.settle(status, by=actor.name, reason=reason)
     audit_action_event(
         actor=actor,
         action=action,
@@ -325,12 +318,10 @@ def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | Non
         higher = [t for t in tiers if t.level > (action.tier or 0)]
         system = Actor.system("escalation-timer")
         if not higher:
-            action.status = S.EXPIRED
-            action.decided_by, action.decided_at = system.name, now
-            action.decision_reason = f"no decision within the SLA of every tier up to {action.tier}"
-            action.timer_id = ""
-            action.save(update_fields=["status", "decided_by", "decided_at", "decision_reason",
-                                       "timer_id", "updated_at"])  # fmt: skip
+            action.settle(
+                S.EXPIRED, by=system.name, at=now,
+                reason=f"no decision within the SLA of every tier up to {action.tier}",
+            )  # fmt: skip
             audit_action_event(
                 actor=system,
                 action=action,

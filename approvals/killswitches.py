@@ -160,11 +160,8 @@ def killswitch_effects(*, change_id: int) -> KillSwitchChange | None:
         )
         if change is None:
             return None
-        summary = "released"
-        if not change.engaged:
-            summary = _thaw(change)
         if change.engaged:
-            scope = Q() if change.switch.scope == GLOBAL else Q(domain_id=change.switch.domain_id)
+            scope = _scope(change.switch)
             cancelled = 0
             recent = Q(updated_at__gte=timezone.now() - UNEXECUTED_WITHIN)
             for action in (
@@ -172,7 +169,11 @@ def killswitch_effects(*, change_id: int) -> KillSwitchChange | None:
                 .select_related("domain")
                 .filter(scope, recent, status__in=UNEXECUTED)
             ):
-                _cancel(action, change)
+                _cancel(
+                    action, actor=Actor.system(KILL_SWITCH_ACTOR), by=KILL_SWITCH_ACTOR,
+                    reason=f"kill switch {change.switch.scope} engaged: {change.reason}",
+                    data={"kill_switch_version": change.pk},
+                )  # fmt: skip
                 cancelled += 1
             # Frozen, not decided: touched, so agents long-polling them are answered now.
             frozen = Action.objects.filter(scope, status=S.ESCALATED).update(
@@ -181,6 +182,8 @@ def killswitch_effects(*, change_id: int) -> KillSwitchChange | None:
             summary = (
                 f"cancelled {cancelled} approved but unexecuted actions; froze {frozen} escalations"
             )
+        else:
+            summary = _thaw(change)
         change.effects_done_at, change.effects_summary = timezone.now(), summary
         change.save(update_fields=["effects_done_at", "effects_summary"])
         notify_switch(change=change)
@@ -200,7 +203,7 @@ def _thaw(release: KillSwitchChange) -> str:
     if engage is None:
         return "released"
     frozen_for = release.created_at - engage.created_at
-    scope = Q() if release.switch.scope == GLOBAL else Q(domain_id=release.switch.domain_id)
+    scope = _scope(release.switch)
     still_killed = killed_domain_ids()
     if still_killed is None:
         return "released; everything is still frozen by the global switch"
@@ -226,20 +229,23 @@ def killswitch_effects_pending(*, older_than: timedelta = timedelta(seconds=2)) 
     )
 
 
-def _cancel(action: Action, change: KillSwitchChange) -> None:
-    action.status = S.CANCELLED
-    action.decided_by, action.decided_at = KILL_SWITCH_ACTOR, timezone.now()
-    action.decision_reason = f"kill switch {change.switch.scope} engaged: {change.reason}"
-    action.timer_id = ""
-    action.save(update_fields=["status", "decided_by", "decided_at", "decision_reason",
-                               "timer_id", "updated_at"])  # fmt: skip
+def _scope(switch: KillSwitch) -> Q:
+    """The actions a switch is over."""
+    return Q() if switch.scope == GLOBAL else Q(domain_id=switch.domain_id)
+
+
+def _cancel(
+    action: Action, *, actor: Actor, by: str, reason: str, data: dict[str, Any] | None = None
+) -> None:
+    action.settle(S.CANCELLED, by=by, reason=reason)
     audit_action_event(
-        actor=Actor.system(KILL_SWITCH_ACTOR),
+        actor=actor,
         action=action,
         event="action.cancelled",
-        summary=f"{action.tool}:{action.verb} cancelled before it ran: {action.decision_reason}",
-        data={"kill_switch_version": change.pk},
+        summary=f"{action.tool}:{action.verb} cancelled before it ran: {reason}",
+        data=data,
     )
+    live.escalation_changed(action.pk)
 
 
 def ran_during_kill(action: Action) -> bool:
@@ -291,6 +297,7 @@ def agent_quarantine(*, agent_name: str, actor: Actor, reason: str) -> tuple[int
     was allowed or approved to do and has not run, and cancel its open escalations.
     Returns (tokens revoked, actions cancelled)."""
     from approvals.models import Agent, AgentToken
+    from approvals.tokens import token_revoke
 
     reason = reason.strip()
     if not reason:
@@ -299,27 +306,21 @@ def agent_quarantine(*, agent_name: str, actor: Actor, reason: str) -> tuple[int
         agent = Agent.objects.select_for_update().filter(name=agent_name).first()
         if agent is None:
             raise Refused(404, "No such agent", f"no agent {agent_name!r}")
-        now = timezone.now()
-        revoked = AgentToken.objects.filter(agent=agent, revoked_at=None).update(revoked_at=now)
+        live_tokens = AgentToken.objects.filter(agent=agent, revoked_at=None)
+        prefixes = list(live_tokens.values_list("prefix", flat=True))
+        for prefix in prefixes:
+            token_revoke(prefix=prefix, actor=actor)
         cancelled = 0
         for action in (
             Action.objects.select_for_update(of=("self",))
             .select_related("domain")
             .filter(agent=agent, status__in=[*UNEXECUTED, S.ESCALATED])
         ):
-            action.status = S.CANCELLED
-            action.decided_by, action.decided_at = QUARANTINE_ACTOR, now
-            action.decision_reason = f"agent {agent.name} quarantined: {reason}"
-            action.timer_id = ""
-            action.save(update_fields=["status", "decided_by", "decided_at", "decision_reason",
-                                       "timer_id", "updated_at"])  # fmt: skip
-            audit_action_event(
-                actor=actor, action=action, event="action.cancelled",
-                summary=f"{action.tool}:{action.verb} cancelled: {action.decision_reason}",
-            )  # fmt: skip
-            live.escalation_changed(action.pk)
+            _cancel(action, actor=actor, by=QUARANTINE_ACTOR,
+                    reason=f"agent {agent.name} quarantined: {reason}")  # fmt: skip
             cancelled += 1
-        agent.quarantined_at, agent.quarantine_reason = now, reason
+        revoked = len(prefixes)
+        agent.quarantined_at, agent.quarantine_reason = timezone.now(), reason
         agent.save(update_fields=["quarantined_at", "quarantine_reason"])
         audit_record(
             actor=actor,

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from approvals.roles import PERMISSIONS
 
@@ -301,6 +303,16 @@ class Action(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tool}:{self.verb} ({self.status})"
+
+    def settle(self, status: str, *, by: str, reason: str, at: datetime | None = None) -> None:
+        """End its wait (a decision, an expiry, a cancellation): who, when and why; any timer
+        still queued for it is stale from now on."""
+        self.status = status
+        self.decided_by, self.decided_at = by, at or timezone.now()
+        self.decision_reason = reason
+        self.timer_id = ""
+        self.save(update_fields=["status", "decided_by", "decided_at", "decision_reason",
+                                 "timer_id", "updated_at"])  # fmt: skip
 
 
 class Approval(models.Model):
