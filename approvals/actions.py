@@ -92,20 +92,31 @@ def _facts(agent: Agent | None, tool: str, target_ids: list[str]) -> Facts:
     return Facts(recent_count=recent_count, rolled_back_repeat=rolled_back_repeat)
 
 
+def _record_refusal(token: AgentToken, event: str, summary: str, data: dict[str, Any]) -> None:
+    """A refused request is part of the record: audited in a transaction of its own, so it
+    stays though the request fails."""
+    with transaction.atomic():
+        audit_record(
+            actor=agent_actor(token),
+            action=event,
+            domain=token.domain.slug,
+            object_type="token",
+            object_id=token.prefix,
+            summary=summary,
+            data=data,
+        )
+
+
 def check_scope(token: AgentToken, *, tool: str, verb: str) -> None:
     """Refuse (403) a tool call outside the token's scopes, and record the attempt."""
     if token_allows(token, tool=tool, verb=verb):
         return
-    with transaction.atomic():
-        audit_record(
-            actor=agent_actor(token),
-            action="action.out_of_scope",
-            domain=token.domain.slug,
-            object_type="token",
-            object_id=token.prefix,
-            summary=f"{tool}:{verb} refused: outside the token's scopes",
-            data={"tool": tool, "verb": verb, "scopes": token.scopes},
-        )
+    _record_refusal(
+        token,
+        "action.out_of_scope",
+        f"{tool}:{verb} refused: outside the token's scopes",
+        {"tool": tool, "verb": verb, "scopes": token.scopes},
+    )
     raise Refused(
         403,
         "Out of scope",
@@ -161,17 +172,12 @@ def action_propose(
             body = action_verdict(action)
             idempotency_complete(claimed=claimed, status=201, body=body)
     except Killed as killed:
-        with transaction.atomic():
-            audit_record(
-                actor=agent_actor(token),
-                action="action.refused_killed",
-                domain=token.domain.slug,
-                object_type="token",
-                object_id=token.prefix,
-                summary=f"{data.tool}:{data.verb} refused: kill switch {killed.switch.scope} "
-                "is engaged",
-                data={"tool": data.tool, "verb": data.verb, "session": data.session_id},
-            )
+        _record_refusal(
+            token,
+            "action.refused_killed",
+            f"{data.tool}:{data.verb} refused: kill switch {killed.switch.scope} is engaged",
+            {"tool": data.tool, "verb": data.verb, "session": data.session_id},
+        )
         raise
     return Proposed(Claim.NEW, 201, body, action)
 

@@ -66,10 +66,13 @@ class QueueChange:
 
     action: Action | None  # None once it left the queue
     queue_count: int
+    frozen: dict[str, Any]
 
 
 def queue_change(action_id: str) -> QueueChange:
-    return QueueChange(open_escalations().filter(pk=action_id).first(), queue_count())
+    return QueueChange(
+        open_escalations().filter(pk=action_id).first(), queue_count(), frozen_context()
+    )
 
 
 def queue_push_html(action_id: str, change: QueueChange, *, rows: bool, insert: bool,
@@ -77,7 +80,7 @@ def queue_push_html(action_id: str, change: QueueChange, *, rows: bool, insert: 
     return render_to_string(
         "approvals/queue_push.html",
         {"action_id": action_id, "a": change.action, "rows": rows, "insert": insert,
-         "count": count, "queue_count": change.queue_count, "oob": True, **frozen_context()},
+         "count": count, "queue_count": change.queue_count, "oob": True, **change.frozen},
     )  # fmt: skip
 
 
