@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from approvals.audit import Actor, audit_action_event, audit_record
 from approvals.errors import Refused
-from approvals.escalations import escalation_open, escalation_opened
+from approvals.escalations import effective_params, escalation_open, escalation_opened
 from approvals.idempotency import Claim, idempotency_claim, idempotency_complete
 from approvals.killswitches import (
     Killed,
@@ -273,7 +273,6 @@ PUBLIC_STATUS = {S.ESCALATED: "pending"}
 def action_verdict(action: Action, *, check_kill: bool = False) -> dict[str, Any]:
     """The desk's answer about an action, as agents see it. With `check_kill`, it also says
     whether a kill switch over its domain is engaged (then nothing may run)."""
-    params = action.modified_params if action.modified_params is not None else action.params
     switch = engaged_over(action.domain.slug) if check_kill else None
     return {
         "id": str(action.pk),
@@ -285,7 +284,7 @@ def action_verdict(action: Action, *, check_kill: bool = False) -> dict[str, Any
         "policy_version": action.policy_version,
         "tier": action.tier,
         "expires_at": action.expires_at.isoformat() if action.expires_at else None,
-        "params": params,
+        "params": effective_params(action),
         "modified": action.modified_params is not None,
         "decided_by": action.decided_by or None,
         "decision_reason": action.decision_reason,
