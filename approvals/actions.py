@@ -8,6 +8,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -18,6 +19,7 @@ from approvals.idempotency import Claim, idempotency_claim, idempotency_complete
 from approvals.killswitches import (
     Killed,
     admission_check,
+    agent_quarantine,
     engaged_over,
     flag_ran_during_kill,
     ran_during_kill,
@@ -32,6 +34,7 @@ from approvals.models import (
     ReasoningStep,
 )
 from approvals.policy import Facts, Proposal, Trace, Verdict, evaluate, policy_current
+from approvals.rollbacks import compensation_connected
 from approvals.tokens import token_allows
 
 S = Action.Status
@@ -62,6 +65,11 @@ class ProposalData:
 
 
 def _proposal(token: AgentToken, data: ProposalData) -> Proposal:
+    # Reversible: a snapshot to restore, or a way to compensate (the agent's own, or the
+    # domain's connector for the tool).
+    compensable = data.compensation is not None or (
+        data.pre_action_state is None and compensation_connected(token.domain, data.tool)
+    )
     return Proposal(
         agent=token.agent.name,
         tool=data.tool,
@@ -71,7 +79,7 @@ def _proposal(token: AgentToken, data: ProposalData) -> Proposal:
         blast_population=data.blast_population,
         target_ids=tuple(data.target_ids),
         has_snapshot=data.pre_action_state is not None,
-        has_compensation=data.compensation is not None,
+        has_compensation=compensable,
     )
 
 
@@ -196,6 +204,18 @@ def _record_proposal(token: AgentToken, data: ProposalData) -> Action:
     document, version = policy_current(token.domain)
     facts = _facts(agent, data.tool, data.target_ids)
     verdict, _ = evaluate(document, version, _proposal(token, data), facts)
+    flapping = _flapping(agent, data)
+    if flapping is not None:
+        verdict = Verdict(
+            outcome="deny" if flapping == "quarantine" else "escalate",
+            tier=None if flapping == "quarantine" else max(2, verdict.tier or 1),
+            rule=FLAPPING_RULE,
+            reason=f"{data.tool} on these targets was rolled back within the last "
+            f"{settings.ROLLBACK_COOLDOWN_SECONDS // 60} minutes: "
+            + ("a second repeat, so the agent is quarantined" if flapping == "quarantine"
+               else "a person must approve a repeat"),
+            version=verdict.version,
+        )  # fmt: skip
     status = STATUS_OF_OUTCOME[verdict.outcome]
     action = Action(
         agent=agent,
@@ -239,7 +259,29 @@ def _record_proposal(token: AgentToken, data: ProposalData) -> Action:
             "tier": verdict.tier,
         },
     )
+    if flapping == "quarantine":
+        agent_quarantine(agent_name=agent.name, actor=Actor.system(FLAPPING_RULE),
+                         reason=f"repeated {data.tool} on targets it had rolled back")  # fmt: skip
     return action
+
+
+FLAPPING_RULE = "flapping-guard"
+
+
+def _flapping(agent: Agent, data: ProposalData) -> str | None:
+    """After a rollback, the same tool on the same targets by the same agent: during the
+    cool-down the first repeat is escalated and a second one quarantines the agent."""
+    since = timezone.now() - timedelta(seconds=settings.ROLLBACK_COOLDOWN_SECONDS)
+    same = Action.objects.filter(agent=agent, tool=data.tool, target_ids=data.target_ids)
+    rolled_back_at = (
+        same.filter(rolled_back_at__gte=since)
+        .order_by("-rolled_back_at")
+        .values_list("rolled_back_at", flat=True)
+        .first()
+    )
+    if rolled_back_at is None:
+        return None
+    return "quarantine" if same.filter(created_at__gt=rolled_back_at).exists() else "escalate"
 
 
 def _session(agent: Agent, token: AgentToken, session_id: str) -> AgentSession:

@@ -9,11 +9,14 @@ from django.http import HttpRequest
 from pydantic import ValidationError
 
 from approvals.audit import Actor, audit_record
+from approvals.connectors import connector_check
+from approvals.errors import Refused
 from approvals.models import (
     Agent,
     AgentToken,
     AuditEvent,
     ChainVerification,
+    Connector,
     Domain,
     PolicyVersion,
     Tier,
@@ -28,6 +31,8 @@ from approvals.tokens import agent_save, token_revoke
 
 def _shown(field: str, value: Any) -> str:
     # URLs of webhooks work as passwords: the audit trail (which viewers read) keeps the host.
+    if field == "secret":
+        return "(changed)"
     return endpoint_host(str(value)) if field == "url" else str(value)
 
 
@@ -105,6 +110,28 @@ class TierAdmin(AuditedAdmin):
 class WebhookAdmin(AuditedAdmin):
     list_display = ["domain", "url", "active", "created_at"]
     list_filter = ["domain", "active"]
+
+
+class ConnectorForm(forms.ModelForm):
+    class Meta:
+        model = Connector
+        fields = ["domain", "tool", "kind", "spec", "secret", "timeout_seconds", "max_attempts"]
+        widgets = {"secret": forms.PasswordInput(render_value=True)}
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        try:
+            connector_check(kind=cleaned.get("kind", ""), spec=cleaned.get("spec") or {})
+        except Refused as exc:
+            raise forms.ValidationError({"spec": exc.detail}) from None
+        return cleaned
+
+
+@admin.register(Connector)
+class ConnectorAdmin(AuditedAdmin):
+    form = ConnectorForm
+    list_display = ["domain", "tool", "kind", "timeout_seconds", "max_attempts"]
+    list_filter = ["domain", "kind"]
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

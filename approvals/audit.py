@@ -113,6 +113,45 @@ def audit_record(
     return event
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One event for audit_record_many."""
+
+    action: str
+    domain: str = ""
+    object_type: str = ""
+    object_id: object = ""
+    summary: str = ""
+    data: dict[str, Any] | None = None
+
+
+def audit_record_many(*, actor: Actor, entries: list[Entry]) -> None:
+    """audit_record for many events of one actor at once (one INSERT), same rules."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("audit_record must run inside the transaction of the change it records")
+    if not entries:
+        return
+    now = timezone.now()
+    AuditEvent.objects.bulk_create(
+        [
+            AuditEvent(
+                created_at=now,
+                actor_kind=actor.kind,
+                actor=actor.name,
+                action=e.action,
+                domain=e.domain,
+                object_type=e.object_type,
+                object_id=str(e.object_id),
+                summary=e.summary[:500],
+                data=json.loads(json.dumps(e.data or {}, cls=DjangoJSONEncoder)),
+            )
+            for e in entries
+        ],
+        batch_size=1000,
+    )
+    _seal_after_commit()
+
+
 def audit_action_event(
     *, actor: Actor, action: Any, event: str, summary: str, data: dict[str, Any] | None = None
 ) -> AuditEvent:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from django.utils import timezone
 
 from approvals import audit, live
 from approvals.killswitches import engaged_switches, killswitch_state, state_for
-from approvals.models import Action, AgentToken
+from approvals.models import Action, AgentToken, RollbackPlan
 from approvals.queue import (
     QueueFilters,
     decision_context,
@@ -27,6 +28,7 @@ from approvals.queue import (
     queue_groups,
 )
 from approvals.roles import perm
+from approvals.rollbacks import plan_context
 from approvals.tokens import TokenError, token_authenticate
 
 # One rendering per message and permission variant, shared by every socket in this process:
@@ -104,6 +106,23 @@ def count_html() -> str:
     )
 
 
+def plan_progress_html(plan_id: str, can_run: bool) -> str:
+    plan = RollbackPlan.objects.select_related("domain").filter(pk=plan_id).first()
+    if plan is None:
+        return ""
+    granted = frozenset({perm("run_rollback")} if can_run else set())
+    context = {**plan_context(plan, Permissions(granted)), "oob": True}
+    return render_to_string("approvals/rollback_plan.html#progress", context)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 class Permissions:
     """Stands in for the user where a rule asks `has_perm` (renders for live pushes)."""
 
@@ -151,12 +170,17 @@ class DeskConsumer(AsyncWebsocketConsumer):
         self.count = "count" in topics
         self.filters, _ = QueueFilters.from_query({k: v[0] for k, v in query.items()})
         self.action_id = next((t[7:] for t in topics if t.startswith("action-")), "")
+        self.plan_id = next((t[9:] for t in topics if t.startswith("rollback-")), "")
+        if self.plan_id and not _is_uuid(self.plan_id):
+            self.plan_id = ""
         self.seen: deque[str] = deque(maxlen=64)
         if self.rows or self.count:
             await self.join(live.QUEUE_GROUP)
         await self.join(live.KILLSWITCH_GROUP)  # the banner, on every page
         if self.action_id:
             await self.join(live.action_group(self.action_id))
+        if self.plan_id:
+            await self.join(live.rollback_group(self.plan_id))
         await self.accept()
         # Catch up: a page that was disconnected gets the whole current state.
         if live.AUDIT_GROUP in self.joined:
@@ -172,6 +196,13 @@ class DeskConsumer(AsyncWebsocketConsumer):
                 self.action_id, Permissions(frozenset(self.permissions))
             )
             await self.send(text_data=html)
+        if self.plan_id:
+            html = await database_sync_to_async(plan_progress_html)(self.plan_id, self.can_run)
+            await self.send(text_data=html)
+
+    @property
+    def can_run(self) -> bool:
+        return perm("run_rollback") in self.permissions
 
     @property
     def can_verify(self) -> bool:
@@ -224,6 +255,13 @@ class DeskConsumer(AsyncWebsocketConsumer):
 
     async def killswitch_changed(self, event: dict[str, Any]) -> None:
         html = await render_once((event["message_id"], "banner"), banner_html)
+        await self.send(text_data=html)
+
+    async def rollback_updated(self, event: dict[str, Any]) -> None:
+        plan_id, can_run = event["plan_id"], self.can_run
+        html = await render_once(
+            (event["message_id"], can_run), lambda: plan_progress_html(plan_id, can_run)
+        )
         await self.send(text_data=html)
 
     async def audit_verification(self, event: dict[str, Any]) -> None:

@@ -23,10 +23,15 @@ KILLSWITCH_GROUP = "killswitches"  # agents' sockets and every desk page (the ba
 AUDIT_VERIFICATION = "audit.verification"
 ESCALATION_UPDATED = "escalation.updated"
 KILLSWITCH_CHANGED = "killswitch.changed"
+ROLLBACK_UPDATED = "rollback.updated"
 
 
 def action_group(action_id: object) -> str:
     return f"action.{action_id}"
+
+
+def rollback_group(plan_id: object) -> str:
+    return f"rollback.{plan_id}"
 
 
 _server_loop: asyncio.AbstractEventLoop | None = None
@@ -85,3 +90,8 @@ def escalation_changed(action_id: object) -> None:
 def killswitch_changed(version: int, switches: dict[str, Any]) -> None:
     """Every switch's state rides along, so no process has to read it back to pass it on."""
     send_on_commit(KILLSWITCH_GROUP, KILLSWITCH_CHANGED, version=version, switches=switches)
+
+
+def rollback_changed(plan_id: object) -> None:
+    """A plan changed state or finished a batch of steps."""
+    send_on_commit(rollback_group(plan_id), ROLLBACK_UPDATED, plan_id=str(plan_id))

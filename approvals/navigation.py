@@ -13,6 +13,8 @@ NAVIGATION = [
     ("Dashboard", "dashboard", "view_desk"),
     ("Queue", "queue", "view_desk"),
     ("Kill switches", "killswitches", "view_desk"),
+    ("Sessions", "sessions", "view_desk"),
+    ("Rollbacks", "rollbacks", "view_desk"),
     ("Policies", "policies", "view_desk"),
     ("Audit", "audit", "view_audit"),
 ]

@@ -8,6 +8,7 @@ from approvals.escalations import escalation_timer_fired, escalations_sweep
 from approvals.idempotency import idempotency_purge
 from approvals.killswitches import killswitch_effects, killswitch_effects_pending
 from approvals.notifications import stalled_deliveries, webhook_deliver
+from approvals.rollbacks import rollback_run, rollbacks_stalled
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
@@ -44,6 +45,9 @@ def escalations_sweep_task() -> None:
     # The same backstop for webhook deliveries whose task was lost.
     for delivery_id in stalled_deliveries():
         webhook_deliver_task.delay(delivery_id)
+    # And for rollbacks whose worker died mid-plan.
+    for plan_id in rollbacks_stalled():
+        rollback_run_task.delay(plan_id)
 
 
 @shared_task(bind=True, max_retries=None)
@@ -58,3 +62,12 @@ def webhook_deliver_task(self: Task, delivery_id: int) -> None:
 def killswitch_effects_task(change_id: int) -> None:
     # Safe to run twice: the change is claimed under a row lock and marked done.
     killswitch_effects(change_id=change_id)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def rollback_run_task(plan_id: str) -> None:
+    # Safe to run twice, at once too: steps are claimed under the plan's lock, and every write
+    # to a target carries the step's idempotency key. A run stops after a time budget (well
+    # inside the broker's visibility timeout) and queues the next.
+    if rollback_run(plan_id=plan_id):
+        rollback_run_task.delay(plan_id)

@@ -14,6 +14,17 @@ urlpatterns = [
     path("killswitches/", views.killswitches, name="killswitches"),
     path("killswitches/quarantine/", views.quarantine, name="quarantine"),
     path("killswitches/<slug:scope>/", views.killswitch_change, name="killswitch-change"),
+    path("rollbacks/", views.rollbacks, name="rollbacks"),
+    path("rollbacks/new", views.rollback_new, name="rollback-new"),
+    path("rollbacks/<uuid:plan_id>/", views.rollback, name="rollback"),
+    path("rollbacks/<uuid:plan_id>/steps", views.rollback_steps, name="rollback-steps"),
+    path("rollbacks/<uuid:plan_id>/control", views.rollback_control, name="rollback-control"),
+    path(
+        "rollbacks/<uuid:plan_id>/steps/<int:step_id>", views.rollback_step, name="rollback-step"
+    ),  # fmt: skip
+    path("sessions/", views.sessions, name="sessions"),
+    path("sessions/<int:session_id>/", views.session, name="session"),
+    path("sessions/<int:session_id>/export.jsonl", views.session_export, name="session-export"),
     path("audit/", views.audit_list, name="audit"),
     path("policies/", views.policies, name="policies"),
     path("audit/verify/", views.audit_verify, name="audit-verify"),

@@ -10,11 +10,12 @@ from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
-from django.utils.dateparse import parse_date
+from django.utils.dateparse import parse_date, parse_datetime
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.middleware import HtmxDetails
 
@@ -24,7 +25,16 @@ from approvals.audit import Actor, AuditFilters
 from approvals.errors import Refused
 from approvals.escalations import escalation_decide, may_decide
 from approvals.killswitches import GLOBAL, agent_quarantine, killswitch_set
-from approvals.models import Action, Agent, Domain, KillSwitch, KillSwitchChange
+from approvals.models import (
+    Action,
+    Agent,
+    AgentSession,
+    Domain,
+    KillSwitch,
+    KillSwitchChange,
+    RollbackPlan,
+    RollbackStep,
+)
 from approvals.notifications import failed_deliveries
 from approvals.openapi import document
 from approvals.permissions import require
@@ -40,6 +50,19 @@ from approvals.queue import (
     would_change,
 )
 from approvals.roles import perm
+from approvals.rollbacks import (
+    Selection,
+    plan_cancel,
+    plan_confirm,
+    plan_context,
+    plan_create,
+    plan_pause,
+    plan_resume,
+    plan_start,
+    read_current,
+    step_resolve,
+)
+from approvals.timeline import session_timeline, timeline_export
 from approvals.tokens import VERBS
 
 AUDIT_PAGE_SIZE = 50
@@ -415,3 +438,187 @@ def quarantine(request: HtmxHttpRequest) -> HttpResponse:
         f"Agent {agent} quarantined: {revoked} tokens revoked, {cancelled} actions cancelled.",
     )
     return redirect("killswitches")
+
+
+# -- Rollbacks and sessions -----------------------------------------------------------------
+
+STEPS_PAGE_SIZE = 50
+
+
+def _when(value: str, field: str) -> datetime | None:
+    if not value:
+        return None
+    parsed = parse_datetime(value)
+    if parsed is None:
+        raise Refused(422, "Not a time", f"{field}: {value!r} is not a date and time "
+                      "(YYYY-MM-DDTHH:MM)", field=field)  # fmt: skip
+    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed)
+
+
+def _selection(form: Any) -> Selection:
+    ids = tuple(part for part in form.get("actions", "").replace(",", " ").split() if part)
+    for value in ids:
+        try:
+            uuid.UUID(value)
+        except ValueError:
+            raise Refused(422, "Not an action id", f"actions: {value!r} is not an action id",
+                          field="actions") from None  # fmt: skip
+    return Selection(
+        scope=form.get("scope", ""),
+        session=form.get("session", "").strip(),
+        agent=form.get("agent", "").strip(),
+        domain=form.get("domain", "").strip(),
+        since=_when(form.get("since", ""), "since"),
+        until=_when(form.get("until", ""), "until"),
+        action_ids=ids,
+    )
+
+
+def _rollbacks_page(request: HttpRequest, form: Any, error: str = "", status: int = 200
+                    ) -> HttpResponse:  # fmt: skip
+    return render(
+        request,
+        "approvals/rollbacks.html",
+        {
+            "plans": RollbackPlan.objects.select_related("domain")[:50],
+            "form": form,
+            "error": error,
+            "can_run": request.user.has_perm(perm("run_rollback")),
+            "domains": Domain.objects.values_list("slug", flat=True),
+            "scopes": RollbackPlan.Scope.values,
+        },
+        status=status,
+    )
+
+
+@require_GET
+@require("view_desk")
+def rollbacks(request: HttpRequest) -> HttpResponse:
+    return _rollbacks_page(request, request.GET)
+
+
+@require_POST
+@require("run_rollback")
+def rollback_new(request: HttpRequest) -> HttpResponse:
+    try:
+        plan = plan_create(actor=Actor.user(request.user), selection=_selection(request.POST),
+                           reason=request.POST.get("reason", ""))  # fmt: skip
+    except Refused as exc:
+        field = f"{exc.field}: " if exc.field and not exc.detail.startswith(exc.field) else ""
+        return _rollbacks_page(request, request.POST, field + exc.detail, exc.status)
+    return redirect("rollback", plan_id=plan.pk)
+
+
+@require_GET
+@require("view_desk")
+def rollback(request: HtmxHttpRequest, plan_id: uuid.UUID) -> HttpResponse:
+    plan = get_object_or_404(RollbackPlan.objects.select_related("domain"), pk=plan_id)
+    pages = max(1, -(-plan.total // STEPS_PAGE_SIZE))
+    return render(request, "approvals/rollback_plan.html",
+                  {**plan_context(plan, request.user), "pages": range(1, pages + 1)})  # fmt: skip
+
+
+@require_GET
+@require("view_desk")
+def rollback_steps(request: HtmxHttpRequest, plan_id: uuid.UUID) -> HttpResponse:
+    """One page of a plan's steps, each target read now, drift marked."""
+    plan = get_object_or_404(RollbackPlan, pk=plan_id)
+    try:
+        page = max(1, int(request.GET.get("page", "1")))
+    except ValueError:
+        page = 1
+    start = (page - 1) * STEPS_PAGE_SIZE
+    steps = list(plan.steps.select_related("action", "action__domain")
+                 .order_by("position")[start:start + STEPS_PAGE_SIZE])  # fmt: skip
+    current = read_current(steps)
+    rows = []
+    for step in steps:
+        now, error = current.get(step.pk, (None, "not read: manual step"))
+        rows.append({"step": step, "now": now, "error": error,
+                     "drift": not error and now != step.expected_state})  # fmt: skip
+    return render(request, "approvals/rollback_plan.html#steps",
+                  {"plan": plan, "rows": rows, "page": page})  # fmt: skip
+
+
+ROLLBACK_VERBS = {
+    "start": plan_start,
+    "confirm": plan_confirm,
+    "pause": plan_pause,
+    "resume": plan_resume,
+}
+
+
+@require_POST
+@require("run_rollback")
+def rollback_control(request: HtmxHttpRequest, plan_id: uuid.UUID) -> HttpResponse:
+    verb = request.POST.get("verb", "")
+    actor = Actor.user(request.user)
+    try:
+        if verb == "cancel":
+            plan_cancel(plan_id=plan_id, actor=actor, reason=request.POST.get("reason", ""))
+        elif verb in ROLLBACK_VERBS:
+            ROLLBACK_VERBS[verb](plan_id=plan_id, actor=actor)
+        else:
+            raise Refused(422, "Unknown verb", f"choose {', '.join([*ROLLBACK_VERBS, 'cancel'])}")
+    except Refused as exc:
+        messages.error(request, exc.detail)
+    return redirect("rollback", plan_id=plan_id)
+
+
+@require_POST
+@require("run_rollback")
+def rollback_step(request: HtmxHttpRequest, plan_id: uuid.UUID, step_id: int) -> HttpResponse:
+    get_object_or_404(RollbackStep, pk=step_id, plan_id=plan_id)
+    decision = request.POST.get("decision", "")
+    state = None
+    try:
+        if decision == "edit":
+            try:
+                state = json.loads(request.POST.get("state", ""))
+            except ValueError as exc:
+                raise Refused(422, "Not JSON", f"state: not JSON ({exc})", field="state") from exc
+        step_resolve(step_id=step_id, actor=Actor.user(request.user), decision=decision,
+                     state=state, note=request.POST.get("note", ""))  # fmt: skip
+    except Refused as exc:
+        messages.error(request, exc.detail)
+    return redirect("rollback", plan_id=plan_id)
+
+
+@require_GET
+@require("view_desk")
+def sessions(request: HttpRequest) -> HttpResponse:
+    recent = (
+        AgentSession.objects.select_related("agent", "domain")
+        .annotate(actions_count=Count("actions"))
+        .order_by("-created_at")[:100]
+    )
+    return render(request, "approvals/sessions.html", {"sessions": recent})
+
+
+@require_GET
+@require("view_desk")
+def session(request: HttpRequest, session_id: int) -> HttpResponse:
+    agent_session = get_object_or_404(AgentSession.objects.select_related("agent", "domain"),
+                                      pk=session_id)  # fmt: skip
+    return render(
+        request,
+        "approvals/session.html",
+        {
+            "session": agent_session,
+            "entries": session_timeline(agent_session),
+            "can_run": request.user.has_perm(perm("run_rollback")),
+            "can_export": request.user.has_perm(perm("export_audit")),
+        },
+    )
+
+
+@require_POST
+@require("export_audit")
+def session_export(request: HttpRequest, session_id: int) -> HttpResponseBase:
+    agent_session = get_object_or_404(AgentSession.objects.select_related("agent", "domain"),
+                                      pk=session_id)  # fmt: skip
+    lines = timeline_export(session=agent_session, actor=Actor.user(request.user))
+    response = StreamingHttpResponse(lines, content_type="application/jsonl")
+    name = f"session-{agent_session.agent.name}-{agent_session.external_id}.jsonl"
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response

@@ -20,7 +20,8 @@ from approvals.roles import (
     SENIOR_APPROVER,
     VIEWER,
 )
-from tests.servers import Desk, running_desk
+from tests.servers import Desk, free_port, running_desk
+from tests.target import Target, running_target
 
 PASSWORD = "correct-horse-battery"
 CHROMIUM = "/usr/bin/chromium"
@@ -153,3 +154,13 @@ def session_cookie(user: AbstractUser) -> dict[str, str]:
     client = Client()
     client.force_login(user)
     return {settings.SESSION_COOKIE_NAME: client.cookies[settings.SESSION_COOKIE_NAME].value}
+
+
+@pytest.fixture
+def target() -> Iterator[tuple[Target, str]]:
+    """The rollback target system, served over HTTP from this process: (state, base URL)."""
+    from tests.rollback_helpers import SECRET
+
+    served = Target(secret=SECRET)
+    with running_target(served, free_port()) as url:
+        yield served, url

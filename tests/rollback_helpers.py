@@ -1,0 +1,73 @@
+"""Executed actions to roll back, a domain with a connector to the test target, and runs."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from approvals.actions import ProposalData, action_report_result
+from approvals.audit import Actor
+from approvals.connectors import connector_save
+from approvals.domains import domain_ensure
+from approvals.models import Action, AgentToken, Domain
+from approvals.policy import PolicyDocument, policy_publish
+from approvals.rollbacks import Selection, plan_create, plan_start, rollback_run
+from approvals.tokens import token_authenticate, token_issue
+from tests.agents import record_proposal
+from tests.target import connector_spec
+
+SECRET = "target-signing-secret"
+TOOLS = ("set_record:update", "create_order:create", "wipe_record:delete")
+
+
+def records_domain(base_url: str, slug: str = "records") -> Domain:
+    """A domain whose policy allows everything, with connectors to the test target."""
+    domain, created = domain_ensure(slug=slug, name=slug.title(), description="",
+                                    actor=Actor.system("tests"))  # fmt: skip
+    if created:
+        policy_publish(domain=domain, actor=Actor.system("tests"),
+                       document=PolicyDocument(rules=[], default_outcome="allow"))  # fmt: skip
+    for tool in ("set_record", "create_order"):
+        connector_save(domain=domain, tool=tool, kind="http", spec=connector_spec(base_url),
+                       secret=SECRET, actor=Actor.system("tests"))  # fmt: skip
+    return domain
+
+
+def records_token(agent: str = "clerk", domain: str = "records") -> AgentToken:
+    issued = token_issue(agent_name=agent, domain_slug=domain, scopes=list(TOOLS), ttl=None,
+                         actor=Actor.system("tests"))  # fmt: skip
+    return token_authenticate(issued.token)
+
+
+def executed(
+    token: AgentToken, *, targets: list[str], pre: Any, post: Any, tool: str = "set_record",
+    verb: str = "update", session: str = "run-1", result: Any = None,
+) -> Action:  # fmt: skip
+    """An action the agent proposed, was allowed, ran and reported."""
+    data = ProposalData(
+        session_id=session, step_index=None, tool=tool, verb=verb, params={"targets": targets},
+        target_ids=targets, amount=None, currency="", blast_records=None, blast_population=None,
+        pre_action_state=pre, compensation=None,
+    )  # fmt: skip
+    action = record_proposal(token, data)
+    assert action.status == Action.Status.ALLOWED, action.reason
+    return action_report_result(token=token, action_id=str(action.pk), ok=True,
+                                result=result, post_state=post, error="")  # fmt: skip
+
+
+def run_plan(selection: Selection, *, by: str = "cora-commander") -> Any:
+    """Plan, start and run a rollback in this process, as the worker would."""
+    plan = plan_create(actor=Actor("user", by), selection=selection)
+    plan_start(plan_id=plan.pk, actor=Actor("user", by))
+    while rollback_run(plan_id=plan.pk):
+        pass
+    plan.refresh_from_db()
+    return plan
+
+
+def session_of(agent: str = "clerk", session: str = "run-1") -> Selection:
+    return Selection(scope="session", session=f"{agent}/{session}")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:8]
