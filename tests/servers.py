@@ -133,43 +133,30 @@ def running_desk(log_dir: Path, port: int | None = None, **extra_env: str) -> It
             )
         processes.append(web)
         if settings.REDIS_URL:
-            with open(log_dir / "celery.log", "wb") as log:
-                processes.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "celery",
-                            "-A",
-                            "incidentdesk",
-                            "worker",
-                            "--loglevel",
-                            "WARNING",
-                            "--pool",
-                            "solo",
-                            "--queues",
-                            queue,
-                            "--hostname",
-                            f"test-{os.getpid()}@%h",
-                            "--without-heartbeat",
-                            "--without-mingle",
-                            "--without-gossip",
-                            "--beat",
-                            "--schedule",
-                            str(log_dir / "beat-schedule"),
-                        ],
-                        cwd=ROOT,
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
+            processes.append(start_worker(log_dir / "celery.log", env, queue, log_dir))
         url = f"http://127.0.0.1:{port}"
         _wait_http(f"{url}/healthz", web, timeout=30)
         yield Desk(url=url, processes=processes)
     finally:
         for process in processes:
             _stop(process)
+
+
+def start_worker(
+    log_path: Path, env: dict[str, str], queue: str, state_dir: Path
+) -> subprocess.Popen[bytes]:
+    """A Celery worker process (solo pool, with beat) on `queue`, logging to `log_path`."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "incidentdesk", "worker",
+                "--loglevel", "WARNING", "--pool", "solo", "--queues", queue,
+                "--hostname", f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
+                "--without-heartbeat", "--without-mingle", "--without-gossip",
+                "--beat", "--schedule", str(state_dir / "beat-schedule"),
+            ],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
 
 
 class Browser:

@@ -43,6 +43,7 @@ class Target:
     writes: int = 0
     fail_next: int = 0
     bad_signatures: int = 0
+    write_delay: float = 0.0  # seconds each write takes, to make a plan slow enough to watch
 
     def seed(self, records: dict[str, Any]) -> None:
         self.records.update(records)
@@ -60,6 +61,8 @@ class Target:
             if not message.get("more_body"):
                 break
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        if self.write_delay and scope["method"] != "GET" and "/_admin" not in scope["path"]:
+            await asyncio.sleep(self.write_delay)
         status, answer = self.handle(scope["method"], scope["path"], headers, body)
         payload = b"" if answer is None else json.dumps(answer).encode()
         await send({"type": "http.response.start", "status": status,

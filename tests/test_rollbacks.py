@@ -323,8 +323,8 @@ def test_only_incident_commanders_plan_and_run_rollbacks(
     client = login(commander)
     response = client.post(reverse("rollback-new"), form)
     plan = RollbackPlan.objects.get()
-    assert response.status_code == 302 and response["Location"] == reverse("rollback",
-                                                                           args=[plan.pk])  # fmt: skip
+    assert response.status_code == 302
+    assert response["Location"] == reverse("rollback", args=[plan.pk])
     # The steps, each target read now, drift marked.
     page = client.get(reverse("rollback-steps", args=[plan.pk]))
     assert page.status_code == 200 and "DRIFT" in page.content.decode()
