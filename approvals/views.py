@@ -548,6 +548,20 @@ ROLLBACK_VERBS = {
 }
 
 
+def _plan_answer(request: HtmxHttpRequest, plan_id: uuid.UUID, error: Refused | None
+                 ) -> HttpResponse:  # fmt: skip
+    """htmx gets the plan's progress section back (with the error, if any); a plain form
+    post goes back to the plan page."""
+    if request.htmx:
+        plan = get_object_or_404(RollbackPlan.objects.select_related("domain"), pk=plan_id)
+        context = {**plan_context(plan, request.user), "error": error.detail if error else ""}
+        return render(request, "approvals/rollback_plan.html#progress", context,
+                      status=error.status if error else 200)  # fmt: skip
+    if error:
+        messages.error(request, error.detail)
+    return redirect("rollback", plan_id=plan_id)
+
+
 @require_POST
 @require("run_rollback")
 def rollback_control(request: HtmxHttpRequest, plan_id: uuid.UUID) -> HttpResponse:
@@ -561,8 +575,8 @@ def rollback_control(request: HtmxHttpRequest, plan_id: uuid.UUID) -> HttpRespon
         else:
             raise Refused(422, "Unknown verb", f"choose {', '.join([*ROLLBACK_VERBS, 'cancel'])}")
     except Refused as exc:
-        messages.error(request, exc.detail)
-    return redirect("rollback", plan_id=plan_id)
+        return _plan_answer(request, plan_id, exc)
+    return _plan_answer(request, plan_id, None)
 
 
 @require_POST
@@ -580,8 +594,8 @@ def rollback_step(request: HtmxHttpRequest, plan_id: uuid.UUID, step_id: int) ->
         step_resolve(step_id=step_id, actor=Actor.user(request.user), decision=decision,
                      state=state, note=request.POST.get("note", ""))  # fmt: skip
     except Refused as exc:
-        messages.error(request, exc.detail)
-    return redirect("rollback", plan_id=plan_id)
+        return _plan_answer(request, plan_id, exc)
+    return _plan_answer(request, plan_id, None)
 
 
 @require_GET
