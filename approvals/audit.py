@@ -281,7 +281,19 @@ def _seal_batch() -> int:
         updates.append(
             AuditEvent(id=row["id"], seq=seq, prev_hash=row["prev_hash"], hash=prev_hash)
         )
-    AuditEvent.objects.bulk_update(updates, ["seq", "prev_hash", "hash"], batch_size=1000)
+    if connection.vendor == "postgresql":
+        # One statement for the batch (bulk_update's CASE expressions cost far more).
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {AuditEvent._meta.db_table} AS e "
+                "SET seq = v.seq, prev_hash = v.prev_hash, hash = v.hash "
+                "FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[]) "
+                "AS v(id, seq, prev_hash, hash) WHERE e.id = v.id",
+                [[u.id for u in updates], [u.seq for u in updates],
+                 [u.prev_hash for u in updates], [u.hash for u in updates]],
+            )  # fmt: skip
+    else:
+        AuditEvent.objects.bulk_update(updates, ["seq", "prev_hash", "hash"], batch_size=1000)
     return len(updates)
 
 

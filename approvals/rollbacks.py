@@ -26,7 +26,7 @@ import socket
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -419,11 +419,15 @@ def step_resolve(
             data={"plan": str(plan.pk), "position": step.position, "before": before,
                   "restore_state": step.restore_state},
         )  # fmt: skip
-        if step.state == T.PENDING and plan.state in (P.WAITING, P.FAILED, P.RUNNING):
+        _settle_actions(plan, [step.action_id])
+        # A step that runs again, or later steps on its target that it held back, run now.
+        if (
+            plan.state in (P.WAITING, P.FAILED, P.RUNNING)
+            and plan.steps.filter(state=T.PENDING).exists()
+        ):
             _set_state(plan, P.RUNNING, finished_at=None)
             rollback_run_task.delay_on_commit(str(plan.pk))
         else:
-            _settle_actions(plan, [step.action_id])
             _settle_plan(plan)
     return step
 
@@ -455,23 +459,31 @@ def _claim(plan_id: UUID | str, worker: str, size: int) -> list[RollbackStep]:
         for target, action_id, position in held.values_list("target", "action_id", "position"):
             key = target or f"action:{action_id}"
             blocking[key] = min(position, blocking.get(key, position))
-        candidates = list(
-            steps.filter(Q(state=T.PENDING) | Q(state=T.RUNNING, claimed_at__lt=stale))
-            .select_related("action", "action__domain")
-            .order_by("position")[: size * 2]
-        )
+        candidates = steps.filter(
+            Q(state=T.PENDING) | Q(state=T.RUNNING, claimed_at__lt=stale)
+        ).order_by("position")
         chosen = []
-        for step in candidates:
+        for step in candidates.iterator(chunk_size=max(size, 100)):
             key = _target_key(step)
             if blocking.get(key, step.position + 1) < step.position:
                 continue
             chosen.append(step)
             if len(chosen) == size:
                 break
-        if chosen:
-            steps.filter(pk__in=[s.pk for s in chosen]).update(
-                state=T.RUNNING, claimed_by=worker, claimed_at=now, attempts=F("attempts") + 1
-            )
+        if not chosen:
+            return []
+        steps.filter(pk__in=[s.pk for s in chosen]).update(
+            state=T.RUNNING, claimed_by=worker, claimed_at=now, attempts=F("attempts") + 1
+        )
+    # What connectors need of each action, loaded once per action (snapshots stay behind:
+    # the steps carry their own part of them).
+    actions = (
+        Action.objects.select_related("domain")
+        .defer("pre_action_state", "post_state", "compensation", "modified_params")
+        .in_bulk({s.action_id for s in chosen})
+    )
+    for step in chosen:
+        step.action = actions[step.action_id]
     return chosen
 
 
@@ -480,7 +492,6 @@ class Outcome:
     state: str
     current: Any = None
     note: str = ""
-    calls: list[str] = field(default_factory=list)
 
 
 def _undone(current: Any, expected: Any, *, partial: bool) -> bool:
@@ -540,37 +551,56 @@ def _execute_group(steps: list[RollbackStep], connectors: dict[tuple[int, str], 
 
 def _record(plan_id: UUID | str, worker: str,
             results: list[tuple[RollbackStep, Outcome | None]]) -> None:  # fmt: skip
+    """Write a batch's outcomes, for the steps this worker still holds (a step whose lease
+    ran out may have been claimed again by another worker: its outcome is theirs to write)."""
     now = timezone.now()
     with transaction.atomic():
         plan = RollbackPlan.objects.select_for_update().get(pk=plan_id)
-        entries = []
-        touched = set()
+        steps = plan.steps.all()
+        mine = set(
+            steps.filter(pk__in=[s.pk for s, _ in results], state=T.RUNNING, claimed_by=worker)
+            .values_list("pk", flat=True)
+        )  # fmt: skip
+        results = [(s, o) for s, o in results if s.pk in mine]
+        released = [s.pk for s, o in results if o is None]
+        steps.filter(pk__in=released).update(state=T.PENDING, claimed_by="", claimed_at=None)
+        # Done steps in one statement per note; what a target read is kept for the others.
+        done: dict[str, list[int]] = defaultdict(list)
         for step, outcome in results:
-            mine = RollbackStep.objects.filter(pk=step.pk, state=T.RUNNING, claimed_by=worker)
             if outcome is None:
-                mine.update(state=T.PENDING, claimed_by="", claimed_at=None)
                 continue
-            finished = now if outcome.state in (T.DONE, T.FAILED) else None
-            if not mine.update(state=outcome.state, current_state=outcome.current,
-                               note=outcome.note, finished_at=finished):  # fmt: skip
-                continue  # claimed again by another worker after our lease ran out
-            touched.add(step.action_id)
-            a = step.action
-            entries.append(
-                Entry(
-                    action=f"rollback.step_{outcome.state}",
-                    domain=a.domain.slug,
-                    object_type="action",
-                    object_id=a.pk,
-                    summary=f"Rollback step {step.position}: {step.method} {step.target or a.tool}"
-                    f" {outcome.state}" + (f": {outcome.note}" if outcome.note else ""),
-                    data={"plan": str(plan_id), "position": step.position,
-                          "key": step.idempotency_key, "method": step.method,
-                          "target": step.target, "forced": step.force},
-                )
+            if outcome.state == T.DONE:
+                done[outcome.note].append(step.pk)
+            else:
+                steps.filter(pk=step.pk).update(
+                    state=outcome.state, current_state=outcome.current, note=outcome.note,
+                    finished_at=now if outcome.state == T.FAILED else None,
+                )  # fmt: skip
+        for note, ids in done.items():
+            steps.filter(pk__in=ids).update(state=T.DONE, note=note, finished_at=now)
+        entries = [
+            Entry(
+                action=f"rollback.step_{outcome.state}",
+                domain=step.action.domain.slug,
+                object_type="action",
+                object_id=step.action_id,
+                summary=f"Rollback step {step.position}: {step.method} "
+                f"{step.target or step.action.tool} {outcome.state}"
+                + (f": {outcome.note}" if outcome.note else ""),
+                data={
+                    "plan": str(plan_id),
+                    "position": step.position,
+                    "key": step.idempotency_key,
+                    "method": step.method,
+                    "target": step.target,
+                    "forced": step.force,
+                },
             )  # fmt: skip
+            for step, outcome in results
+            if outcome is not None
+        ]
         audit_record_many(actor=system_actor(plan), entries=entries)
-        _settle_actions(plan, list(touched))
+        _settle_actions(plan, list({s.action_id for s, o in results if o is not None}))
         plan.progress_at = now
         plan.save(update_fields=["progress_at"])
         live.rollback_changed(plan.pk)
@@ -610,12 +640,13 @@ def _settle_actions(plan: RollbackPlan, action_ids: list[Any]) -> None:
     audit_record_many(actor=system_actor(plan), entries=entries)
 
 
-def _settle_plan(plan: RollbackPlan) -> None:
-    """With nothing left to run: waiting for a person, failed, or completed."""
+def _settle_plan(plan: RollbackPlan, *, nothing_claimable: bool = False) -> None:
+    """With nothing left to run: waiting for a person, failed, or completed. Steps still
+    pending when nothing could be claimed wait behind a step that needs a person."""
     if plan.state not in (P.RUNNING, P.WAITING, P.FAILED):
         return
     counts = dict(plan.steps.values_list("state").annotate(n=Count("id")))
-    if counts.get(T.PENDING) or counts.get(T.RUNNING):
+    if counts.get(T.RUNNING) or counts.get(T.PENDING) and not nothing_claimable:
         return
     if counts.get(T.DRIFT) or counts.get(T.MANUAL):
         state = P.WAITING
@@ -662,7 +693,7 @@ def rollback_run(*, plan_id: UUID | str, budget_seconds: float | None = None) ->
     with transaction.atomic():
         plan = RollbackPlan.objects.select_for_update().filter(pk=plan_id).first()
         if plan is not None:
-            _settle_plan(plan)
+            _settle_plan(plan, nothing_claimable=True)
     return False
 
 

@@ -314,8 +314,8 @@ AUDIT_VERIFY_BATCH = env_int("AUDIT_VERIFY_BATCH", 2000)
 # Rollbacks
 ROLLBACK_CONFIRM_OVER = env_int("ROLLBACK_CONFIRM_OVER", 100)  # more steps: a second person
 ROLLBACK_WORKERS = env_int("ROLLBACK_WORKERS", 2)  # tasks working one plan side by side
-ROLLBACK_BATCH = env_int("ROLLBACK_BATCH", 100)  # steps claimed at a time
-ROLLBACK_CONCURRENCY = env_int("ROLLBACK_CONCURRENCY", 8)  # targets called at once per task
-ROLLBACK_LEASE_SECONDS = env_int("ROLLBACK_LEASE_SECONDS", 30)  # then a claim is a dead worker's
+ROLLBACK_BATCH = env_int("ROLLBACK_BATCH", 200)  # steps claimed at a time
+ROLLBACK_CONCURRENCY = env_int("ROLLBACK_CONCURRENCY", 16)  # targets called at once per task
+ROLLBACK_LEASE_SECONDS = env_int("ROLLBACK_LEASE_SECONDS", 10)  # then a claim is a dead worker's
 ROLLBACK_TASK_SECONDS = env_int("ROLLBACK_TASK_SECONDS", 20)  # one task's share, then the next
 ROLLBACK_COOLDOWN_SECONDS = env_int("ROLLBACK_COOLDOWN_SECONDS", 3600)  # the flapping guard
