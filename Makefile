@@ -56,3 +56,4 @@ bench: $(INSTALLED)  ## All benchmarks (need PostgreSQL, Redis, wrk, nginx, Chro
 	$(BIN)/python bench/queue_page.py
 	$(BIN)/python bench/escalation_latency.py
 	$(BIN)/python bench/killswitch_fanout.py
+	$(BIN)/python bench/rollback.py

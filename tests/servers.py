@@ -7,8 +7,10 @@ it, the embedded worker inside the uvicorn process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -108,6 +110,7 @@ def running_desk(log_dir: Path, port: int | None = None, **extra_env: str) -> It
         **extra_env,
     )
     processes: list[subprocess.Popen[bytes]] = []
+    workers: list[subprocess.Popen[bytes]] = []
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
         with open(log_dir / "uvicorn.log", "wb") as log:
@@ -134,18 +137,25 @@ def running_desk(log_dir: Path, port: int | None = None, **extra_env: str) -> It
         processes.append(web)
         if settings.REDIS_URL:
             processes.append(start_worker(log_dir / "celery.log", env, queue, log_dir))
+            workers = [processes[-1]]
         url = f"http://127.0.0.1:{port}"
         _wait_http(f"{url}/healthz", web, timeout=30)
         yield Desk(url=url, processes=processes)
     finally:
         for process in processes:
-            _stop(process)
+            if process in workers:
+                stop_group(process)
+            else:
+                _stop(process)
 
 
 def start_worker(
     log_path: Path, env: dict[str, str], queue: str, state_dir: Path
 ) -> subprocess.Popen[bytes]:
-    """A Celery worker process (solo pool, with beat) on `queue`, logging to `log_path`."""
+    """A Celery worker process (solo pool, with beat) on `queue`, logging to `log_path`.
+
+    It leads a process group of its own: its beat runs in a child process, which a kill of
+    the worker alone would leave behind."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             [
@@ -155,8 +165,15 @@ def start_worker(
                 "--without-heartbeat", "--without-mingle", "--without-gossip",
                 "--beat", "--schedule", str(state_dir / "beat-schedule"),
             ],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
+
+
+def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop a process started by start_worker, and what it started."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    _stop(process)
 
 
 class Browser:

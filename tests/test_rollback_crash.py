@@ -16,7 +16,7 @@ from approvals.audit import Actor
 from approvals.models import Action, RollbackPlan, RollbackStep
 from approvals.rollbacks import plan_create, plan_start
 from tests.rollback_helpers import executed, records_domain, records_token, session_of
-from tests.servers import _stop, server_env, start_worker
+from tests.servers import server_env, start_worker, stop_group
 from tests.target import Target
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -78,8 +78,7 @@ def test_a_killed_worker_loses_nothing_and_applies_nothing_twice(
         running = plan.steps.filter(state=RollbackStep.State.RUNNING)
         wait_for(lambda: done_steps(plan) >= 60 and running.exists(), 60,
                  "the first worker to undo 60 steps and be in the middle of a batch")  # fmt: skip
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait()
+        stop_group(first, signal.SIGKILL)  # the worker and its beat, without warning
         killed_at, done_at_kill = time.monotonic(), done_steps(plan)
         assert done_at_kill < plan.total, "the plan finished before the worker was killed"
         in_flight = running.count()
@@ -94,7 +93,7 @@ def test_a_killed_worker_loses_nothing_and_applies_nothing_twice(
     finally:
         for process in (first, second):
             if process is not None:
-                _stop(process)
+                stop_group(process)
 
     assert served.records == original
     assert len(served.applied) == plan.total
