@@ -4,6 +4,9 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
+TARGET_PORT ?= 8100
+TARGET_URL := http://127.0.0.1:$(TARGET_PORT)
+export DEMO_TARGET_URL ?= $(TARGET_URL)
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-fast test-browser worker beat serve lint migrations-check bench
@@ -19,11 +22,18 @@ $(INSTALLED): requirements.lock pyproject.toml
 
 install: $(INSTALLED)  ## Create .venv with the locked dependencies
 
-run: $(INSTALLED)  ## Run the desk in embedded mode, with demo data, at http://127.0.0.1:8000
+run: $(INSTALLED)  ## Run the desk in embedded mode, with demo data and the demo target system
 	$(BIN)/python manage.py migrate --no-input -v0
 	$(BIN)/python manage.py load_demo
 	@echo "IncidentDesk: http://$(HOST):$(PORT)/  (sign in with a login above)"
-	$(BIN)/uvicorn incidentdesk.asgi:application --host $(HOST) --port $(PORT) --lifespan on --log-level warning
+	@echo "Play an incident in another terminal (the demo target system runs at $(TARGET_URL)):"
+	@echo "  $(BIN)/python manage.py play_incident procurement   # a runaway ordering loop"
+	@echo "  $(BIN)/python manage.py play_incident discount      # a 50% sale nobody announced"
+	@echo "  $(BIN)/python manage.py play_incident devops        # deleting a critical snapshot"
+	@cd client && ../$(BIN)/python -m incidents.target --demo --port $(TARGET_PORT) \
+	  --secret "$${DEMO_TARGET_SECRET:-incidentdesk-demo-target}" & target=$$!; \
+	  trap 'kill $$target 2>/dev/null' EXIT INT TERM; \
+	  $(BIN)/uvicorn incidentdesk.asgi:application --host $(HOST) --port $(PORT) --lifespan on --log-level warning
 
 test: test-fast test-browser  ## Run the whole test suite
 

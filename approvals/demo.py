@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.conf import settings
+
 from approvals.audit import Actor
 from approvals.default_policies import DEFAULT_POLICIES
 from approvals.domains import domain_ensure
-from approvals.models import PolicyVersion
+from approvals.models import Connector, Domain, PolicyVersion
 from approvals.operators import operator_ensure
 from approvals.policy import PolicyDocument, policy_publish
 from approvals.roles import ROLE_ORDER
@@ -17,6 +21,34 @@ DEMO_DOMAINS = [
 ]
 
 
+def demo_connectors(*, target_url: str, secret: str, actor: Actor) -> None:
+    """Connectors from the demo domains to the demo target system (client/incidents)."""
+    from approvals.connectors import connector_save
+
+    url = target_url.rstrip("/")
+    connectors: dict[tuple[str, str], dict[str, Any]] = {
+        ("billing", "update_discount"): {
+            "read": {"method": "GET", "url": url + "/accounts/{target}"},
+            "restore": {"method": "PUT", "url": url + "/accounts/{target}", "body": "{state}"},
+        },
+        ("procurement", "create_order"): {
+            "read": {"method": "GET", "url": url + "/orders/{target}"},
+            "compensate": {"method": "POST", "url": url + "/orders/{target}/cancel",
+                           "target": "{result[id]}", "expect": {"status": "cancelled"}},
+        },
+        # A deleted snapshot cannot be put back: reads only, so a rollback lists it as manual.
+        ("devops", "delete_snapshot"): {
+            "read": {"method": "GET", "url": url + "/snapshots/{target}"},
+        },
+    }  # fmt: skip
+    for (slug, tool), spec in connectors.items():
+        domain = Domain.objects.get(slug=slug)
+        current = Connector.objects.filter(domain=domain, tool=tool).first()
+        if current is None or (current.spec, current.secret) != (spec, secret):
+            connector_save(domain=domain, tool=tool, kind="http", spec=spec, secret=secret,
+                           actor=actor)  # fmt: skip
+
+
 def demo_load(*, password: str) -> list[tuple[str, str]]:
     """Create what is missing; returns the (username, role) logins. Safe to run again."""
     actor = Actor.system("load_demo")
@@ -25,6 +57,8 @@ def demo_load(*, password: str) -> list[tuple[str, str]]:
         if not PolicyVersion.objects.filter(domain=domain).exists():
             document = PolicyDocument.model_validate(DEFAULT_POLICIES[slug])
             policy_publish(domain=domain, document=document, actor=actor)
+    demo_connectors(target_url=settings.DEMO_TARGET_URL, secret=settings.DEMO_TARGET_SECRET,
+                    actor=actor)  # fmt: skip
     logins = []
     for role in ROLE_ORDER:
         operator_ensure(username=role, role=role, password=password, actor=actor)

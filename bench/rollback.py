@@ -1,6 +1,6 @@
 """A 10,000-step rollback against an HTTP target, in production mode, and a killed worker.
 
-Layout, all on this machine: PostgreSQL, Redis, the test target system (tests/target.py) in its
+Layout, all on this machine: PostgreSQL, Redis, the demo target system (client/incidents) in its
 own uvicorn process, and Celery workers (prefork) running the plan; this process seeds the
 actions (through the desk's services: 100 executed batch actions of 100 targets each), plans,
 starts and watches the rollback. Every step reads the target, restores it with a signed,
@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "client"))
 
 from bench.harness import LOG, PY, ensure_database, env, wait_http  # noqa: E402
 
@@ -69,6 +70,8 @@ def admin(method: str, path: str, body: object = None) -> object:
 
 def seed(session: str, steps: int) -> dict[str, object]:
     """Executed actions of the bench agent in `session`, and the target as they left it."""
+    from incidents.target import connector_spec
+
     from approvals.actions import ProposalData, action_propose, action_report_result
     from approvals.audit import Actor
     from approvals.connectors import connector_save
@@ -77,7 +80,6 @@ def seed(session: str, steps: int) -> dict[str, object]:
     from approvals.models import PolicyVersion
     from approvals.policy import PolicyDocument, policy_publish
     from approvals.tokens import token_authenticate, token_issue
-    from tests.target import connector_spec
 
     actor = Actor.system("bench")
     domain, _ = domain_ensure(slug="bench-rollback", name="Bench rollback", description="",
@@ -150,8 +152,8 @@ def main() -> None:
 
     app.conf.task_default_queue = QUEUE
     run = time.strftime("%H%M%S")
-    target = subprocess.Popen([PY, "-m", "tests.target", "--port", str(TARGET_PORT),
-                               "--secret", SECRET], cwd=ROOT, stdout=LOG,
+    target = subprocess.Popen([PY, "-m", "incidents.target", "--port", str(TARGET_PORT),
+                               "--secret", SECRET], cwd=ROOT / "client", stdout=LOG,
                               stderr=subprocess.STDOUT)  # fmt: skip
     worker = start_worker(args.concurrency)
     try:

@@ -311,6 +311,10 @@ DESK_URL = env_str("DESK_URL", "http://127.0.0.1:8000")
 # Audit: how many events the verifier reads per batch (progress is pushed after each batch).
 AUDIT_VERIFY_BATCH = env_int("AUDIT_VERIFY_BATCH", 2000)
 
+# The demo target system (client/incidents) that load_demo's connectors and play_incident use.
+DEMO_TARGET_URL = env_str("DEMO_TARGET_URL", "http://127.0.0.1:8100")
+DEMO_TARGET_SECRET = env_str("DEMO_TARGET_SECRET", "incidentdesk-demo-target")
+
 # Rollbacks
 ROLLBACK_CONFIRM_OVER = env_int("ROLLBACK_CONFIRM_OVER", 100)  # more steps: a second person
 ROLLBACK_WORKERS = env_int("ROLLBACK_WORKERS", 2)  # tasks working one plan side by side

@@ -9,6 +9,7 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.test import Client
+from incidents.target import Target, running_target
 
 from approvals.audit import Actor
 from approvals.operators import operator_ensure
@@ -21,7 +22,6 @@ from approvals.roles import (
     VIEWER,
 )
 from tests.servers import Desk, free_port, running_desk
-from tests.target import Target, running_target
 
 PASSWORD = "correct-horse-battery"
 CHROMIUM = "/usr/bin/chromium"

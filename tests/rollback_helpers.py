@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from incidents.target import connector_spec
+
 from approvals.actions import ProposalData, action_report_result
 from approvals.audit import Actor
 from approvals.connectors import connector_save
@@ -14,7 +16,6 @@ from approvals.policy import PolicyDocument, policy_publish
 from approvals.rollbacks import Selection, plan_create, plan_start, rollback_run
 from approvals.tokens import token_authenticate, token_issue
 from tests.agents import record_proposal
-from tests.target import connector_spec
 
 SECRET = "target-signing-secret"
 TOOLS = ("set_record:update", "create_order:create", "wipe_record:delete")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from incidents.target import Target
 
 from approvals.audit import Actor
 from approvals.models import RollbackPlan
@@ -12,7 +13,6 @@ from approvals.rollbacks import plan_create
 from tests.browser import SCREENSHOTS, operator_with_real_password, sign_in
 from tests.rollback_helpers import executed, records_domain, records_token, session_of
 from tests.servers import Desk
-from tests.target import Target
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 ACTIONS, TARGETS_EACH = 8, 10
@@ -68,4 +68,4 @@ def test_progress_is_live_and_a_drifted_step_waits_for_a_person(
     finally:
         context.close()
     assert RollbackPlan.objects.get(pk=plan.pk).state == RollbackPlan.State.COMPLETED
-    assert served.records == {**original, "acct-7-3": {"discount": 15}}
+    assert served.data["records"] == {**original, "acct-7-3": {"discount": 15}}

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from incidents.target import Target
 
 from approvals.actions import ProposalData
 from approvals.models import Action, Agent, AgentToken
@@ -13,7 +14,6 @@ from approvals.policy import PolicyDocument
 from approvals.rollbacks import compensation_connected
 from tests.agents import record_proposal
 from tests.rollback_helpers import executed, records_domain, records_token, run_plan, session_of
-from tests.target import Target
 
 pytestmark = pytest.mark.django_db
 S = Action.Status

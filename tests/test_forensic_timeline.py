@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 from django.urls import reverse
+from incidents.target import Target
 
 from approvals.actions import StepData, steps_record
 from approvals.audit import Actor
 from approvals.killswitches import killswitch_set
 from approvals.models import AgentSession, AuditEvent
 from tests.rollback_helpers import executed, records_domain, records_token, run_plan, session_of
-from tests.target import Target
 
 pytestmark = pytest.mark.django_db
 

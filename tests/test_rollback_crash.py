@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from incidents.target import Target
 
 from approvals.audit import Actor
 from approvals.models import Action, RollbackPlan, RollbackStep
 from approvals.rollbacks import plan_create, plan_start
 from tests.rollback_helpers import executed, records_domain, records_token, session_of
 from tests.servers import server_env, start_worker, stop_group
-from tests.target import Target
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ACTIONS, TARGETS_EACH = 30, 10
@@ -95,7 +95,7 @@ def test_a_killed_worker_loses_nothing_and_applies_nothing_twice(
             if process is not None:
                 stop_group(process)
 
-    assert served.records == original
+    assert served.data["records"] == original
     assert len(served.applied) == plan.total
     assert set(served.applied.values()) == {1}, "a key was applied twice"
     assert Action.objects.filter(status=Action.Status.ROLLED_BACK).count() == ACTIONS

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from django.urls import reverse
+from incidents.target import Target
 
 from approvals.audit import Actor
 from approvals.connectors import connector_save
@@ -29,7 +30,6 @@ from tests.rollback_helpers import (
     run_plan,
     session_of,
 )
-from tests.target import Target
 
 pytestmark = pytest.mark.django_db
 P, T, S = RollbackPlan.State, RollbackStep.State, Action.Status
@@ -55,7 +55,7 @@ def test_restore_and_compensate_through_signed_keyed_http_calls(target: tuple[Ta
     steps = list(plan.steps.order_by("position").values_list("target", "method", "state"))
     assert steps == [("o1", "compensate", "done"), ("r2", "restore", "done"),
                      ("r3", "restore", "done"), ("r1", "restore", "done")]  # fmt: skip
-    assert served.records == {"r1": {"v": 1}, "r2": {"v": 10}, "r3": {"v": 20},
+    assert served.data["records"] == {"r1": {"v": 1}, "r2": {"v": 10}, "r3": {"v": 20},
                               "o1": {"id": "o1", "status": "cancelled"}}  # fmt: skip
     assert served.bad_signatures == 0
     assert sorted(served.applied) == sorted(f"rollback:{plan.pk}:{n}" for n in range(4))
@@ -84,13 +84,13 @@ def test_a_signature_the_target_refuses_fails_the_step_loudly(target: tuple[Targ
     step = plan.steps.get()
     assert plan.state == P.FAILED and step.state == T.FAILED
     assert "answered 401" in step.note and "bad signature" in step.note
-    assert served.records["r1"] == {"v": 2} and served.bad_signatures == 1
+    assert served.data["records"]["r1"] == {"v": 2} and served.bad_signatures == 1
     action.refresh_from_db()
     assert action.status == S.ROLLBACK_FAILED
 
 
 def _spec(url: str) -> dict[str, Any]:
-    from tests.target import connector_spec
+    from incidents.target import connector_spec
 
     return connector_spec(url)
 
@@ -113,7 +113,7 @@ def test_drift_stops_the_step_for_a_person_who_skips_forces_or_edits(
     assert steps["a"].state == T.DONE
     for name, now in (("b", 7), ("c", 8), ("d", 9)):
         assert steps[name].state == T.DRIFT and steps[name].current_state == {"v": now}
-    assert served.records["b"] == {"v": 7}  # nothing written over a person's change
+    assert served.data["records"]["b"] == {"v": 7}  # nothing written over a person's change
 
     step_resolve(step_id=steps["b"].pk, actor=IC, decision="skip", note="keep the manual fix")
     step_resolve(step_id=steps["c"].pk, actor=IC, decision="force")
@@ -123,7 +123,7 @@ def test_drift_stops_the_step_for_a_person_who_skips_forces_or_edits(
 
     plan.refresh_from_db()
     assert plan.state == P.COMPLETED
-    assert served.records == {"a": {"v": 1}, "b": {"v": 7}, "c": {"v": 1}, "d": {"v": 5}}
+    assert served.data["records"] == {"a": {"v": 1}, "b": {"v": 7}, "c": {"v": 1}, "d": {"v": 5}}
     decisions = set(AuditEvent.objects.filter(action__startswith="rollback.step_")
                     .exclude(action__in=["rollback.step_done", "rollback.step_drift"])
                     .values_list("action", "actor"))  # fmt: skip
@@ -167,7 +167,7 @@ def test_one_target_is_undone_newest_first(target: tuple[Target, str]) -> None:
     plan = run_plan(session_of())
 
     assert plan.state == P.COMPLETED
-    assert served.records["r1"] == {"v": 1}
+    assert served.data["records"]["r1"] == {"v": 1}
     assert served.writes == 2
 
 
@@ -181,7 +181,7 @@ def test_a_target_that_answers_503_is_retried_and_a_bad_restore_fails_verificati
     served.seed({"r1": {"v": 2}})
     served.fail_next = 2  # max_attempts is 3
     assert run_plan(session_of()).state == P.COMPLETED
-    assert served.records["r1"] == {"v": 1}
+    assert served.data["records"]["r1"] == {"v": 1}
 
     # A restore that the target accepts but does not apply: verification catches it.
     connector_save(domain=domain, tool="set_record", kind="python", actor=IC,
@@ -267,7 +267,7 @@ def test_pause_resume_and_cancel(target: tuple[Target, str]) -> None:
     plan_resume(plan_id=plan.pk, actor=IC)
     while rollback_run(plan_id=plan.pk):
         pass
-    assert served.records == {"a": {"v": 1}, "b": {"v": 1}}
+    assert served.data["records"] == {"a": {"v": 1}, "b": {"v": 1}}
 
     executed(token, targets=["c"], pre={"v": 1}, post={"v": 2}, session="run-2")
     second = plan_create(actor=IC, selection=session_of(session="run-2"))

@@ -248,11 +248,14 @@ class Session:
         amount: Callable[..., tuple[Any, str]] | None = None,
         blast_radius: Callable[..., tuple[int, int]] | None = None,
         compensation: Callable[..., dict[str, Any]] | None = None,
+        post_state: Callable[[Any], Any] | None = None,
     ) -> Callable[[F], F]:
         """Wrap a tool: propose it, wait for the verdict, run it, report what it did.
 
         Each of snapshot, targets, amount, blast_radius and compensation is a function of
-        the tool's keyword arguments. The tool runs with the params the desk returns (an
+        the tool's keyword arguments. The state reported after the call is the snapshot taken
+        again, or `post_state(result)` for a tool whose result is what it changed (an order it
+        created). The tool runs with the params the desk returns (an
         operator's, if they modified them), and with the proposal's idempotency key if it
         takes an `idempotency_key` argument.
         """
@@ -300,7 +303,10 @@ class Session:
                     except DeskError as report_error:
                         log.error("could not report %s failing: %s", tool, report_error)
                     raise
-                post = snapshot(**verdict["params"]) if snapshot else None
+                if post_state is not None:
+                    post = post_state(result)
+                else:
+                    post = snapshot(**verdict["params"]) if snapshot else None
                 try:
                     self.desk.report(
                         verdict["id"], ok=True, result=_jsonable(result), post_state=post
