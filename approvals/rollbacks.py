@@ -206,7 +206,8 @@ def _steps_for(action: Action, connector: Connector | None) -> list[RollbackStep
 
 def plan_create(*, actor: Actor, selection: Selection, reason: str = "") -> RollbackPlan:
     """A draft plan over the executed actions `selection` covers, newest first."""
-    q = _selected(selection) & Q(status=S.SUCCEEDED)
+    # Reads changed nothing: there is nothing of theirs to undo.
+    q = _selected(selection) & Q(status=S.SUCCEEDED) & ~Q(verb="read")
     with transaction.atomic():
         actions = list(Action.objects.select_for_update(of=("self",)).filter(q)
                        .order_by("-created_at", "-pk"))  # fmt: skip

@@ -18,7 +18,7 @@ from approvals.tokens import token_authenticate, token_issue
 from tests.agents import record_proposal
 
 SECRET = "target-signing-secret"
-TOOLS = ("set_record:update", "create_order:create", "wipe_record:delete")
+TOOLS = ("set_record:update", "create_order:create", "wipe_record:delete", "read_record:read")
 
 
 def records_domain(base_url: str, slug: str = "records") -> Domain:

@@ -141,11 +141,13 @@ def test_irreversible_actions_are_listed_as_manual_steps(target: tuple[Target, s
     token = records_token()
     wiped = executed(token, tool="wipe_record", verb="delete", targets=["w1"], pre=None,
                      post=None, result={"wiped": True})  # fmt: skip
+    executed(token, tool="read_record", verb="read", targets=["r1"], pre=None, post=None)
     executed(token, targets=["r1"], pre={"v": 1}, post={"v": 2})
     served.seed({"r1": {"v": 2}})
 
     plan = run_plan(session_of())
 
+    assert plan.total == 2  # the read changed nothing: no step for it
     manual = plan.steps.get(action=wiped)
     assert manual.method == "manual" and manual.state == T.MANUAL
     assert plan.state == P.WAITING and plan.steps.get(target="r1").state == T.DONE
