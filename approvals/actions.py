@@ -115,7 +115,7 @@ def _record_refusal(token: AgentToken, event: str, summary: str, data: dict[str,
         )
 
 
-def check_scope(token: AgentToken, *, tool: str, verb: str) -> None:
+def check_scope(token: AgentToken, *, tool: str, verb: str, session_id: str = "") -> None:
     """Refuse (403) a tool call outside the token's scopes, and record the attempt."""
     if token_allows(token, tool=tool, verb=verb):
         return
@@ -123,7 +123,7 @@ def check_scope(token: AgentToken, *, tool: str, verb: str) -> None:
         token,
         "action.out_of_scope",
         f"{tool}:{verb} refused: outside the token's scopes",
-        {"tool": tool, "verb": verb, "scopes": token.scopes},
+        {"tool": tool, "verb": verb, "scopes": token.scopes, "session": session_id},
     )
     raise Refused(
         403,
@@ -163,7 +163,7 @@ def action_propose(
     Call it outside any transaction: a refusal for scope is audited in a transaction of its own,
     and the proposal, its audit event and the key's stored answer commit together.
     """
-    check_scope(token, tool=data.tool, verb=data.verb)
+    check_scope(token, tool=data.tool, verb=data.verb, session_id=data.session_id)
     try:
         with transaction.atomic():
             claimed = idempotency_claim(agent_id=token.agent_id, key=key, fingerprint=fingerprint)

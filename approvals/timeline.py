@@ -57,12 +57,16 @@ def session_timeline(session: AgentSession) -> list[Entry]:
     ]
     about = (
         Q(object_type="action", object_id__in=action_ids)
+        # Refused before any action was recorded: out of scope, or under a kill switch.
+        | Q(object_type="token", actor=session.agent.name, data__session=session.external_id)
         | Q(object_type="session", object_id=session.external_id, domain=session.domain.slug)
         | Q(object_type="rollback", object_id__in=plan_ids)
         | Q(object_type="kill_switch", object_id__in=[session.domain.slug, GLOBAL],
             created_at__gte=session.created_at)
     )  # fmt: skip
-    for event in AuditEvent.objects.filter(about).order_by("created_at", "id"):
+    # The steps themselves are shown; the events that recorded them would say it twice.
+    events = AuditEvent.objects.filter(about).exclude(action="session.steps_recorded")
+    for event in events.order_by("created_at", "id"):
         entries.append(
             Entry(
                 at=event.created_at,

@@ -114,7 +114,7 @@ def browser_as(chromium: Any, make_operator: Any, desk: RunningDesk, name: str, 
 
 def shot(page: Any, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+    page.screenshot(path=str(SCREENSHOTS / name))  # what the operator sees, one screen
 
 
 def roll_back_session(page: Any, desk: RunningDesk, session: AgentSession) -> RollbackPlan:
@@ -268,6 +268,10 @@ def test_devops_deletion_of_a_critical_snapshot_is_refused_twice(
     timeline = vera.locator("#timeline")
     assert "protected target" in timeline.inner_text()
     shot(vera, "incident-devops-timeline.png")
+    # The first attempt is on its session's timeline too, though no action was recorded.
+    refused = AgentSession.objects.get(external_id=first.session)
+    vera.goto(f"{desk.url}/sessions/{refused.pk}/")
+    assert "outside the token's scopes" in vera.locator("#timeline").inner_text()
     vera.context.close()
     assert AuditEvent.objects.filter(action="action.out_of_scope", actor="cleanup-bot").exists()
     assert_recorded(session, {"action.denied": 1})
