@@ -9,7 +9,7 @@ TARGET_URL := http://127.0.0.1:$(TARGET_PORT)
 export DEMO_TARGET_URL ?= $(TARGET_URL)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast test-browser worker beat serve lint migrations-check bench
+.PHONY: help install run test test-fast test-browser screenshots worker beat serve lint migrations-check bench
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -42,6 +42,10 @@ test-fast: $(INSTALLED)  ## Everything but the browser tests
 
 test-browser: $(INSTALLED)  ## The headless Chromium tests, in their own process
 	$(BIN)/pytest -m browser
+
+screenshots: $(INSTALLED)  ## Play the three incidents in Chromium and refresh docs/screenshots
+	$(BIN)/pytest -m browser tests/test_incidents.py
+	cp var/screenshots/incident-*.png docs/screenshots/
 
 worker: $(INSTALLED)  ## A Celery worker (production mode)
 	$(BIN)/celery -A incidentdesk worker --loglevel INFO
