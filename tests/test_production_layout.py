@@ -27,11 +27,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def layout(django_db_setup, tmp_path: Path) -> Iterator[Desk]:
     if not settings.REDIS_URL:
         pytest.skip("the production layout needs Redis: run with REDIS_URL set")
-    listen = free_port()
+    listen, asgi_port = free_port(), free_port()
     env = server_env(
         LISTEN=f"127.0.0.1:{listen}",
         WSGI_PORT=str(free_port()),
-        ASGI_PORT=str(free_port()),
+        ASGI_PORT=str(asgi_port),
         RUN_DIR=str(tmp_path / "run"),
         STATIC_ROOT=str(tmp_path / "static"),
         CELERY_QUEUE=f"incidentdesk-layout-{os.getpid()}",
@@ -46,6 +46,8 @@ def layout(django_db_setup, tmp_path: Path) -> Iterator[Desk]:
         url = f"http://127.0.0.1:{listen}"
         try:
             _wait_http(f"{url}/healthz", process, timeout=60)
+            # Websockets go to the ASGI server, which may start after the WSGI one.
+            _wait_http(f"http://127.0.0.1:{asgi_port}/healthz", process, timeout=60)
         except RuntimeError as error:
             raise RuntimeError(f"{error}\n{(tmp_path / 'serve.log').read_text()}") from None
         yield Desk(url=url, processes=[process])
