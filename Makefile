@@ -33,7 +33,7 @@ run: $(INSTALLED)  ## Run the desk in embedded mode, with demo data and the demo
 	@cd client && ../$(BIN)/python -m incidents.target --demo --port $(TARGET_PORT) \
 	  --secret "$${DEMO_TARGET_SECRET:-incidentdesk-demo-target}" & target=$$!; \
 	  trap 'kill $$target 2>/dev/null' EXIT INT TERM; \
-	  $(BIN)/uvicorn incidentdesk.asgi:application --host $(HOST) --port $(PORT) --lifespan on --log-level warning
+	  $(BIN)/uvicorn incidentdesk.asgi:application --host $(HOST) --port $(PORT) --lifespan on --log-level warning --ws-per-message-deflate false
 
 test: test-fast test-browser  ## Run the whole test suite
 

@@ -131,6 +131,9 @@ def killswitch_set(*, scope: str, engaged: bool, actor: Actor, reason: str) -> K
         change = KillSwitchChange.objects.create(
             switch=switch, engaged=engaged, actor=actor.name, reason=reason
         )
+        # Registered first, so after commit the agents are told before anything else runs
+        # (sealing the audit event, queueing the effects).
+        live.killswitch_changed(change.pk, killswitch_state()["switches"])
         verb = "engaged" if engaged else "released"
         audit_record(
             actor=actor,
@@ -141,7 +144,6 @@ def killswitch_set(*, scope: str, engaged: bool, actor: Actor, reason: str) -> K
             summary=f"Kill switch {scope} {verb}: {reason}",
             data={"version": change.pk},
         )
-        live.killswitch_changed(change.pk, killswitch_state()["switches"])
         killswitch_effects_task.delay_on_commit(change.pk)
     return change
 

@@ -84,7 +84,7 @@ def uvicorn(port: int, workers: int) -> list[str]:
     return [
         PY, "-m", "uvicorn", "incidentdesk.asgi:application", "--host", "127.0.0.1",
         "--port", str(port), "--workers", str(workers), "--log-level", "warning",
-        "--no-access-log", "--lifespan", "on",
+        "--no-access-log", "--lifespan", "on", "--ws-per-message-deflate", "false",
     ]  # fmt: skip
 
 

@@ -41,7 +41,7 @@ trap stop EXIT INT TERM
   --blocking-threads "$WEB_THREADS" --no-access-log incidentdesk.wsgi:application &
 pids+=($!)
 "$BIN/uvicorn" incidentdesk.asgi:application --host 127.0.0.1 --port "$ASGI_PORT" \
-  --workers "$WS_WORKERS" --lifespan on --no-access-log &
+  --workers "$WS_WORKERS" --lifespan on --no-access-log --ws-per-message-deflate false &
 pids+=($!)
 "$BIN/celery" -A incidentdesk worker --loglevel INFO --concurrency "$CELERY_CONCURRENCY" &
 pids+=($!)
