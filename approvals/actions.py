@@ -205,7 +205,8 @@ def _record_proposal(token: AgentToken, data: ProposalData) -> Action:
     facts = _facts(agent, data.tool, data.target_ids)
     verdict, _ = evaluate(document, version, _proposal(token, data), facts)
     flapping = _flapping(agent, data)
-    if flapping is not None:
+    # The guard only adds caution: what the policy denies stays denied.
+    if flapping is not None and not (flapping == "escalate" and verdict.outcome == "deny"):
         verdict = Verdict(
             outcome="deny" if flapping == "quarantine" else "escalate",
             tier=None if flapping == "quarantine" else max(2, verdict.tier or 1),
@@ -269,19 +270,23 @@ FLAPPING_RULE = "flapping-guard"
 
 
 def _flapping(agent: Agent, data: ProposalData) -> str | None:
-    """After a rollback, the same tool on the same targets by the same agent: during the
+    """After a rollback, the same tool on any of the same targets by the same agent: during the
     cool-down the first repeat is escalated and a second one quarantines the agent."""
     since = timezone.now() - timedelta(seconds=settings.ROLLBACK_COOLDOWN_SECONDS)
-    same = Action.objects.filter(agent=agent, tool=data.tool, target_ids=data.target_ids)
-    rolled_back_at = (
-        same.filter(rolled_back_at__gte=since)
-        .order_by("-rolled_back_at")
-        .values_list("rolled_back_at", flat=True)
-        .first()
-    )
-    if rolled_back_at is None:
+    targets = set(data.target_ids)
+
+    def same(other: list[str]) -> bool:
+        return bool(targets & set(other)) or not targets and not other
+
+    same_tool = Action.objects.filter(agent=agent, tool=data.tool)
+    rolled_back = [
+        at for at, other in same_tool.filter(rolled_back_at__gte=since)
+        .values_list("rolled_back_at", "target_ids") if at is not None and same(other)
+    ]  # fmt: skip
+    if not rolled_back:
         return None
-    return "quarantine" if same.filter(created_at__gt=rolled_back_at).exists() else "escalate"
+    after = same_tool.filter(created_at__gt=max(rolled_back)).values_list("target_ids", flat=True)
+    return "quarantine" if any(same(other) for other in after) else "escalate"
 
 
 def _session(agent: Agent, token: AgentToken, session_id: str) -> AgentSession:

@@ -121,9 +121,11 @@ class ConnectorForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
         try:
-            connector_check(kind=cleaned.get("kind", ""), spec=cleaned.get("spec") or {})
+            connector_check(kind=cleaned.get("kind", ""), spec=cleaned.get("spec") or {},
+                            secret=cleaned.get("secret", ""))  # fmt: skip
         except Refused as exc:
-            raise forms.ValidationError({"spec": exc.detail}) from None
+            field = "secret" if exc.field == "secret" else "spec"
+            raise forms.ValidationError({field: exc.detail}) from None
         return cleaned
 
 

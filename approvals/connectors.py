@@ -4,10 +4,11 @@ Three operations, each optional: `read` a target's current state, `restore` a ta
 snapshot, `compensate` (call the action that undoes another: cancel_order for create_order).
 
 HTTP connectors describe each operation as a method, a URL template and a JSON body template.
-Templates are filled from the step: `{target}` (URL-quoted in URLs), `{action_id}`, `{tool}`,
-`{params[name]}`, `{result[name]}`; in a body, the string "{state}" alone stands for the state
-to restore, as JSON. Requests carry `Idempotency-Key` and are signed: `X-IncidentDesk-Signature`
-is hex HMAC-SHA256 over "<timestamp>.<body>" with the connector's secret, the timestamp in
+Templates are filled from the step: `{target}`, `{action_id}`, `{tool}`, `{params[name]}`,
+`{result[name]}` (each URL-quoted as one path segment in URLs); in a body, the string "{state}"
+alone stands for the state to restore, as JSON. Requests carry `Idempotency-Key` and are
+signed: `X-IncidentDesk-Signature` is hex HMAC-SHA256 with the connector's secret over the
+timestamp, method, path, key and body (see `sign`), the timestamp (Unix seconds) in
 `X-IncidentDesk-Timestamp`. A read answers the state as JSON (404: the target does not exist,
 read as null). Connection errors and 5xx answers are retried with backoff; other answers fail.
 
@@ -72,8 +73,11 @@ class PythonSpec(BaseModel):
     function: str = Field(min_length=3)
 
 
-def connector_check(*, kind: str, spec: dict[str, Any]) -> None:
+def connector_check(*, kind: str, spec: dict[str, Any], secret: str = "unchecked") -> None:
     """Refuse (422) a spec that cannot work, naming the field."""
+    if kind == Connector.Kind.HTTP and not secret.strip():
+        raise Refused(422, "Secret required", "an HTTP connector signs its requests: give it a "
+                      "secret the target system also knows", field="secret")  # fmt: skip
     try:
         if kind == Connector.Kind.PYTHON:
             checked = PythonSpec.model_validate(spec)
@@ -110,18 +114,30 @@ class Context:
     key: str
 
     def values(self, *, quote: bool) -> dict[str, Any]:
-        return {
-            "target": urllib.parse.quote(self.target, safe="") if quote else self.target,
-            "action_id": str(self.action.pk),
-            "tool": self.action.tool,
-            "params": self.action.params or {},
-            "result": self.action.result if isinstance(self.action.result, dict) else {},
-        }
+        params = self.action.params or {}
+        result = self.action.result if isinstance(self.action.result, dict) else {}
+        if quote:  # in a URL, what the agent sent is one path segment, never more
+            return {
+                "target": urllib.parse.quote(self.target, safe=""),
+                "action_id": str(self.action.pk),
+                "tool": urllib.parse.quote(self.action.tool, safe=""),
+                "params": _Quoted(params),
+                "result": _Quoted(result),
+            }
+        return {"target": self.target, "action_id": str(self.action.pk),
+                "tool": self.action.tool, "params": params, "result": result}  # fmt: skip
 
     def action_info(self) -> dict[str, Any]:
         a = self.action
         return {"id": str(a.pk), "tool": a.tool, "verb": a.verb, "params": a.params,
                 "target_ids": a.target_ids, "result": a.result}  # fmt: skip
+
+
+class _Quoted(dict[str, Any]):
+    """A mapping whose values come out URL-quoted, for templates filled into URLs."""
+
+    def __getitem__(self, key: str) -> str:
+        return urllib.parse.quote(str(super().__getitem__(key)), safe="")
 
 
 _formatter = string.Formatter()
@@ -168,8 +184,11 @@ def _drop(scheme: str, netloc: str) -> None:
         conn.close()
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+def sign(secret: str, *, timestamp: str, method: str, path: str, key: str, body: bytes) -> str:
+    """HMAC-SHA256 over the timestamp, method, path (with query), idempotency key and body,
+    one per line: a captured request cannot be replayed to another path or under another key."""
+    message = f"{timestamp}\n{method}\n{path}\n{key}\n".encode() + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
 class _Retry(Exception):
@@ -187,7 +206,9 @@ def _http_once(connector: Connector, method: str, url: str, body: bytes, key: st
         "Accept": "application/json",
         "Idempotency-Key": key,
         "X-IncidentDesk-Timestamp": timestamp,
-        "X-IncidentDesk-Signature": sign(connector.secret, timestamp, body),
+        "X-IncidentDesk-Signature": sign(
+            connector.secret, timestamp=timestamp, method=method, path=path, key=key, body=body
+        ),
     }
     conn = _connection(parts.scheme, parts.netloc, connector.timeout_seconds)
     try:
@@ -293,7 +314,7 @@ def connector_save(
     secret: str = "", timeout_seconds: float = 5.0, max_attempts: int = 3,
 ) -> Connector:  # fmt: skip
     """Create or replace the connector of a domain's tool, checked and audited."""
-    connector_check(kind=kind, spec=spec)
+    connector_check(kind=kind, spec=spec, secret=secret)
     with transaction.atomic():
         connector, created = Connector.objects.update_or_create(
             domain=domain, tool=tool,

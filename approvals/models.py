@@ -574,6 +574,8 @@ class RollbackStep(models.Model):
     force = models.BooleanField(default=False)
     current_state = models.JSONField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # Bumped when a person asks for a new write (edit, retry): part of the idempotency key.
+    revision = models.PositiveSmallIntegerField(default=0)
     claimed_by = models.CharField(max_length=100, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -587,12 +589,16 @@ class RollbackStep(models.Model):
         ]
         indexes = [models.Index(fields=["plan", "state", "position"])]
 
+    # Set by the worker that claims it: what later steps on the same target restore.
+    later_restores: list[object] = []
+
     def __str__(self) -> str:
         return f"{self.plan_id} #{self.position} {self.method} {self.target} ({self.state})"
 
     @property
     def idempotency_key(self) -> str:
-        return f"rollback:{self.plan_id}:{self.position}"
+        key = f"rollback:{self.plan_id}:{self.position}"
+        return f"{key}:{self.revision}" if self.revision else key
 
     @property
     def restore_state_json(self) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -62,7 +63,8 @@ T = RollbackStep.State
 M = RollbackStep.Method
 S = Action.Status
 ROLLBACK_ACTOR = "rollback"
-OPEN_PLAN_STATES = (P.DRAFT, P.AWAITING_CONFIRMATION, P.RUNNING, P.PAUSED, P.WAITING)
+# A failed plan is still open: its failed steps may be retried, and the steps behind them run.
+OPEN_PLAN_STATES = (P.DRAFT, P.AWAITING_CONFIRMATION, P.RUNNING, P.PAUSED, P.WAITING, P.FAILED)
 FINAL_PLAN_STATES = (P.COMPLETED, P.FAILED, P.CANCELLED)
 # What a person must look at; a target with one of these is not undone further.
 NEEDS_A_PERSON = (T.DRIFT, T.MANUAL, T.FAILED)
@@ -207,7 +209,7 @@ def _steps_for(action: Action, connector: Connector | None) -> list[RollbackStep
 def plan_create(*, actor: Actor, selection: Selection, reason: str = "") -> RollbackPlan:
     """A draft plan over the executed actions `selection` covers, newest first."""
     # Reads changed nothing: there is nothing of theirs to undo.
-    q = _selected(selection) & Q(status=S.SUCCEEDED) & ~Q(verb="read")
+    q = _selected(selection) & Q(status__in=[S.SUCCEEDED, S.ROLLBACK_FAILED]) & ~Q(verb="read")
     with transaction.atomic():
         actions = list(Action.objects.select_for_update(of=("self",)).filter(q)
                        .order_by("-created_at", "-pk"))  # fmt: skip
@@ -355,7 +357,7 @@ def plan_cancel(*, plan_id: UUID | str, actor: Actor, reason: str) -> RollbackPl
         raise Refused(422, "Reason required", "say why the rollback is cancelled", field="reason")
     with transaction.atomic():
         plan = _locked(plan_id)
-        if plan.state in FINAL_PLAN_STATES:
+        if plan.state in (P.COMPLETED, P.CANCELLED):
             raise Refused(409, "Already finished", f"the plan is {plan.state}")
         _set_state(plan, P.CANCELLED, finished_at=timezone.now())
         _audit_plan(plan, actor, "cancelled", f"Rollback {plan.description} cancelled: {reason}")
@@ -402,9 +404,12 @@ def step_resolve(
             step.finished_at = timezone.now()
         else:
             step.state = T.PENDING
-            step.force = decision in ("force", "edit")
+            step.force = step.force or decision in ("force", "edit")
             if decision == "edit":
                 step.restore_state = state
+            if decision in ("edit", "retry"):
+                # A new write: under the old key the target would answer what it did before.
+                step.revision += 1
         step.resolved_by, step.note = actor.name, note.strip() or step.note
         step.claimed_by = ""
         step.save()
@@ -445,8 +450,8 @@ def _target_key(step: RollbackStep) -> str:
 
 
 def _claim(plan_id: UUID | str, worker: str, size: int) -> list[RollbackStep]:
-    """Take the next steps that may run now, under the plan's lock. None when the plan is not
-    running or nothing can run."""
+    """Take the next steps that may run now, under the plan's lock. When none can, settle the
+    plan under that same lock (waiting for a person, failed or completed)."""
     now = timezone.now()
     stale = now - timedelta(seconds=settings.ROLLBACK_LEASE_SECONDS)
     with transaction.atomic():
@@ -454,6 +459,11 @@ def _claim(plan_id: UUID | str, worker: str, size: int) -> list[RollbackStep]:
         if plan is None or plan.state != P.RUNNING:
             return []
         steps = plan.steps.all()
+        # A step whose worker died on it again and again is not tried forever.
+        steps.filter(
+            state=T.RUNNING, claimed_at__lt=stale, attempts__gte=settings.ROLLBACK_MAX_ATTEMPTS
+        ).update(state=T.FAILED, finished_at=now, note=f"gave up: the worker running it "
+                 f"stopped {settings.ROLLBACK_MAX_ATTEMPTS} times")  # fmt: skip
         # Earliest unfinished step per target held elsewhere: later steps on it must wait.
         blocking: dict[str, int] = {}
         held = steps.filter(Q(state__in=NEEDS_A_PERSON) | Q(state=T.RUNNING, claimed_at__gte=stale))
@@ -472,10 +482,22 @@ def _claim(plan_id: UUID | str, worker: str, size: int) -> list[RollbackStep]:
             if len(chosen) == size:
                 break
         if not chosen:
+            _settle_plan(plan, nothing_claimable=True)
             return []
         steps.filter(pk__in=[s.pk for s in chosen]).update(
             state=T.RUNNING, claimed_by=worker, claimed_at=now, attempts=F("attempts") + 1
         )
+        # What later steps on the same targets restore: after a worker died, a target may
+        # already read one of them (the chain went further than was recorded).
+        later: dict[str, list[Any]] = defaultdict(list)
+        targets = {s.target for s in chosen if s.target}
+        first = min(s.position for s in chosen)
+        for target, restore in (
+            steps.filter(target__in=targets, position__gt=first)
+            .order_by("position")
+            .values_list("target", "restore_state")
+        ):
+            later[target].append(restore)
     # What connectors need of each action, loaded once per action (snapshots stay behind:
     # the steps carry their own part of them).
     actions = (
@@ -485,6 +507,7 @@ def _claim(plan_id: UUID | str, worker: str, size: int) -> list[RollbackStep]:
     )
     for step in chosen:
         step.action = actions[step.action_id]
+        step.later_restores = later.get(step.target, []) if step.target else []
     return chosen
 
 
@@ -520,6 +543,9 @@ def _execute(step: RollbackStep, connector: Connector | None) -> Outcome:
             if _undone(current, expected_after, partial=partial):
                 # Already undone: a worker that died after applying it, before recording it.
                 return Outcome(T.DONE, current, "the target already read as undone")
+            if step.method == M.RESTORE and any(current == s for s in step.later_restores):
+                # ... and went on to older steps on this target before it died.
+                return Outcome(T.DONE, current, "the target already reads an older snapshot")
             return Outcome(T.DRIFT, current, "the target changed since the action: it no "
                            "longer reads what the action left")  # fmt: skip
         if step.method == M.RESTORE:
@@ -672,12 +698,15 @@ def rollback_run(*, plan_id: UUID | str, budget_seconds: float | None = None) ->
     deadline = time.monotonic() + budget
     connectors: dict[tuple[int, str], Connector] = {}
     size = settings.ROLLBACK_BATCH
-    with ThreadPoolExecutor(settings.ROLLBACK_CONCURRENCY, initializer=close_old_connections
-                            ) as pool:  # fmt: skip
+    with (
+        ThreadPoolExecutor(settings.ROLLBACK_CONCURRENCY, initializer=close_old_connections)
+        as pool,
+        _Heartbeat(plan_id, worker),
+    ):  # fmt: skip
         while time.monotonic() < deadline:
             steps = _claim(plan_id, worker, size)
             if not steps:
-                break
+                return False
             missing = {s.action.domain_id for s in steps} - {d for d, _ in connectors}
             if missing:
                 connectors.update(connectors_for(missing))
@@ -689,13 +718,33 @@ def rollback_run(*, plan_id: UUID | str, budget_seconds: float | None = None) ->
                 for r in done
             ]  # fmt: skip
             _record(plan_id, worker, results)
-        else:
-            return True
-    with transaction.atomic():
-        plan = RollbackPlan.objects.select_for_update().filter(pk=plan_id).first()
-        if plan is not None:
-            _settle_plan(plan, nothing_claimable=True)
-    return False
+    return True
+
+
+class _Heartbeat:
+    """Renews this worker's claims while it works: only a worker that stopped loses them."""
+
+    def __init__(self, plan_id: UUID | str, worker: str) -> None:
+        self.plan_id, self.worker = UUID(str(plan_id)), worker
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="rollback-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def run(self) -> None:
+        try:
+            while not self.stop.wait(settings.ROLLBACK_LEASE_SECONDS / 3):
+                RollbackStep.objects.filter(
+                    plan_id=self.plan_id, state=T.RUNNING, claimed_by=self.worker
+                ).update(claimed_at=timezone.now())
+        finally:
+            close_old_connections()
 
 
 def rollbacks_stalled() -> list[str]:

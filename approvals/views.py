@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
@@ -633,6 +634,7 @@ def session_export(request: HttpRequest, session_id: int) -> HttpResponseBase:
                                       pk=session_id)  # fmt: skip
     lines = timeline_export(session=agent_session, actor=Actor.user(request.user))
     response = StreamingHttpResponse(lines, content_type="application/jsonl")
-    name = f"session-{agent_session.agent.name}-{agent_session.external_id}.jsonl"
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", agent_session.external_id)
+    name = f"session-{agent_session.agent.name}-{safe}.jsonl"
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response

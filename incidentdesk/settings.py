@@ -322,4 +322,5 @@ ROLLBACK_BATCH = env_int("ROLLBACK_BATCH", 200)  # steps claimed at a time
 ROLLBACK_CONCURRENCY = env_int("ROLLBACK_CONCURRENCY", 16)  # targets called at once per task
 ROLLBACK_LEASE_SECONDS = env_int("ROLLBACK_LEASE_SECONDS", 10)  # then a claim is a dead worker's
 ROLLBACK_TASK_SECONDS = env_int("ROLLBACK_TASK_SECONDS", 20)  # one task's share, then the next
+ROLLBACK_MAX_ATTEMPTS = env_int("ROLLBACK_MAX_ATTEMPTS", 5)  # claims of one step before it fails
 ROLLBACK_COOLDOWN_SECONDS = env_int("ROLLBACK_COOLDOWN_SECONDS", 3600)  # the flapping guard

@@ -96,3 +96,26 @@ def test_a_connector_that_compensates_makes_an_action_reversible(
     verdict, _ = policy_explain(domain=domain, proposal=Proposal(agent="clerk", tool="wipe_record",
                                                                  verb="delete"))  # fmt: skip
     assert verdict.rule == "irreversible"
+
+
+def test_what_the_policy_denies_stays_denied_after_a_rollback(target: tuple[Target, str]) -> None:
+    from approvals.audit import Actor
+    from approvals.policy import policy_publish
+
+    served, url = target
+    domain = records_domain(url)
+    token = records_token()
+    executed(token, targets=["z1"], pre={"v": 1}, post={"v": 2})
+    served.seed({"z1": {"v": 2}})
+    run_plan(session_of())
+    document = PolicyDocument.model_validate({
+        "rules": [{"id": "frozen-records", "when": {"protected_targets": ["z*"]},
+                   "outcome": "deny", "reason": "z records are frozen"}],
+        "default_outcome": "allow",
+    })  # fmt: skip
+    policy_publish(domain=domain, document=document, actor=Actor.system("tests"))
+    denied = repeat(token, ["z1"])
+    assert denied.status == S.DENIED and denied.rule == "frozen-records"
+    # A repeat on some of the same targets is still a repeat.
+    assert repeat(token, ["b", "z1"]).status == S.DENIED
+    assert Agent.objects.get(name="clerk").quarantined_at is not None

@@ -124,6 +124,8 @@ def test_drift_stops_the_step_for_a_person_who_skips_forces_or_edits(
     plan.refresh_from_db()
     assert plan.state == P.COMPLETED
     assert served.data["records"] == {"a": {"v": 1}, "b": {"v": 7}, "c": {"v": 1}, "d": {"v": 5}}
+    # The edit is a new write: under the step's first key the target would replay its answer.
+    assert served.applied[f"{steps['d'].idempotency_key}:1"] == 1
     decisions = set(AuditEvent.objects.filter(action__startswith="rollback.step_")
                     .exclude(action__in=["rollback.step_done", "rollback.step_drift"])
                     .values_list("action", "actor"))  # fmt: skip
@@ -171,6 +173,23 @@ def test_one_target_is_undone_newest_first(target: tuple[Target, str]) -> None:
     assert plan.state == P.COMPLETED
     assert served.data["records"]["r1"] == {"v": 1}
     assert served.writes == 2
+
+
+def test_a_chain_on_one_target_left_half_done_by_a_dead_worker_is_not_drift(
+    target: tuple[Target, str],
+) -> None:
+    served, url = target
+    records_domain(url)
+    token = records_token()
+    executed(token, targets=["r1"], pre={"v": 1}, post={"v": 2})
+    executed(token, targets=["r1"], pre={"v": 2}, post={"v": 3})
+    # Both restores were applied before the worker died; neither outcome was recorded.
+    served.seed({"r1": {"v": 1}})
+
+    plan = run_plan(session_of())
+
+    assert plan.state == P.COMPLETED, list(plan.steps.values_list("state", "note"))
+    assert served.data["records"]["r1"] == {"v": 1} and served.writes == 0
 
 
 def test_a_target_that_answers_503_is_retried_and_a_bad_restore_fails_verification(
@@ -229,9 +248,13 @@ def test_python_connectors_restore_in_process(target: tuple[Target, str]) -> Non
                        spec={"function": "tests.nowhere.nothing"})  # fmt: skip
     assert refused.value.status == 422 and refused.value.field == "spec.function"
     with pytest.raises(Refused) as refused:
-        connector_save(domain=domain, tool="set_record", kind="http", actor=IC,
+        connector_save(domain=domain, tool="set_record", kind="http", actor=IC, secret="s",
                        spec={"restore": {"url": "/relative"}})  # fmt: skip
     assert refused.value.field == "spec.read"
+    with pytest.raises(Refused) as refused:
+        connector_save(domain=domain, tool="set_record", kind="http", actor=IC, secret=" ",
+                       spec=_spec("http://127.0.0.1:9"))  # fmt: skip
+    assert refused.value.field == "secret"
 
 
 def test_a_large_plan_needs_a_second_person(target: tuple[Target, str], settings: Any) -> None:

@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
@@ -92,9 +93,11 @@ class Target:
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         if self.write_delay and scope["method"] != "GET" and "/_admin" not in scope["path"]:
             await asyncio.sleep(self.write_delay)
-        query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        query_string = scope.get("query_string", b"").decode()
+        query = {k: v[0] for k, v in parse_qs(query_string).items()}
         try:
-            status, answer = self.handle(scope["method"], scope["path"], headers, body, query)
+            status, answer = self.handle(scope["method"], scope["raw_path"].decode(), headers,
+                                         body, query, query_string)  # fmt: skip
         except (ValueError, KeyError, TypeError) as exc:
             status, answer = 400, {"error": f"bad request: {exc!r}"}
         payload = b"" if answer is None else json.dumps(answer).encode()
@@ -103,7 +106,7 @@ class Target:
         await send({"type": "http.response.body", "body": payload})
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes,
-               query: dict[str, str]) -> Answer:  # fmt: skip
+               query: dict[str, str], query_string: str = "") -> Answer:  # fmt: skip
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if parts[0] == "_admin":
             return self.admin(method, parts[1:], body)
@@ -120,7 +123,7 @@ class Target:
         if not key:
             return 400, {"error": "Idempotency-Key required"}
         tool = self.tool(method, parts)
-        if tool is None and not self.signed(headers, body):
+        if tool is None and not self.signed(method, path, query_string, key, headers, body):
             self.bad_signatures += 1
             return 401, {"error": "bad signature"}
         if key in self.answers:
@@ -137,12 +140,17 @@ class Target:
             self.answers[key] = answer
         return answer
 
-    def signed(self, headers: dict[str, str], body: bytes) -> bool:
-        timestamp = headers.get("x-incidentdesk-timestamp", "").encode()
-        expected = hmac.new(self.secret.encode(), timestamp + b"." + body, hashlib.sha256)
-        return hmac.compare_digest(
-            expected.hexdigest(), headers.get("x-incidentdesk-signature", "")
-        )
+    def signed(self, method: str, path: str, query: str, key: str, headers: dict[str, str],
+               body: bytes) -> bool:  # fmt: skip
+        """The desk's signature: HMAC-SHA256 over timestamp, method, path, key and body; the
+        timestamp must be within five minutes of now."""
+        timestamp = headers.get("x-incidentdesk-timestamp", "")
+        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > 300:
+            return False
+        target = path + (f"?{query}" if query else "")
+        message = f"{timestamp}\n{method}\n{target}\n{key}\n".encode() + body
+        expected = hmac.new(self.secret.encode(), message, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, headers.get("x-incidentdesk-signature", ""))
 
     def listing(self, collection: str, query: dict[str, str]) -> Any:
         limit = int(query.pop("limit", "100"))
