@@ -21,6 +21,7 @@ policies never count them.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -33,7 +34,7 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import DatabaseError, close_old_connections, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
@@ -58,6 +59,7 @@ from approvals.models import (
 )
 from approvals.roles import perm
 
+log = logging.getLogger(__name__)
 P = RollbackPlan.State
 T = RollbackStep.State
 M = RollbackStep.Method
@@ -740,9 +742,12 @@ class _Heartbeat:
     def run(self) -> None:
         try:
             while not self.stop.wait(settings.ROLLBACK_LEASE_SECONDS / 3):
-                RollbackStep.objects.filter(
-                    plan_id=self.plan_id, state=T.RUNNING, claimed_by=self.worker
-                ).update(claimed_at=timezone.now())
+                try:
+                    RollbackStep.objects.filter(
+                        plan_id=self.plan_id, state=T.RUNNING, claimed_by=self.worker
+                    ).update(claimed_at=timezone.now())
+                except DatabaseError:
+                    log.exception("renewing rollback claims failed; trying again")
         finally:
             close_old_connections()
 
