@@ -162,6 +162,9 @@ def main() -> None:
           f"channel layer); {args.clients} agent websockets; {args.rounds} engages")  # fmt: skip
     engage_p50 = statistics.median(engage_calls)
     print(f"of which the engage call (commit, publish): p50 {engage_p50:.1f} ms")
+    slowest = sorted(zip(figures, engage_calls, strict=True), reverse=True)[:3]
+    print("slowest rounds (total / engage call):",
+          ", ".join(f"{t:.0f} / {e:.0f} ms" for t, e in slowest))  # fmt: skip
     print("rounds, sorted:", " ".join(f"{v:.0f}" for v in sorted(figures)), "ms")
     print(
         f"engage call -> last agent knows: p50 {statistics.median(figures):.1f} ms   "
