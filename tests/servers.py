@@ -170,10 +170,19 @@ def start_worker(
 
 
 def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """Stop a process started by start_worker, and what it started."""
+    """Stop a process started by start_worker, and what it started; return once all of them
+    are gone (a beat child still closing its database connection would keep the test
+    database from being dropped)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
     _stop(process)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.killpg(process.pid, 0 if time.monotonic() < deadline else signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 class Browser:
