@@ -80,6 +80,37 @@ def _timestamp(value: datetime | str) -> str:
     return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+@dataclass(frozen=True)
+class Entry:
+    """What one audit event says (audit_record_many takes a list of them)."""
+
+    action: str
+    domain: str = ""
+    object_type: str = ""
+    object_id: object = ""
+    summary: str = ""
+    data: dict[str, Any] | None = None
+
+    def event(self, actor: Actor, at: datetime) -> AuditEvent:
+        return AuditEvent(
+            created_at=at,
+            actor_kind=actor.kind,
+            actor=actor.name,
+            action=self.action,
+            domain=self.domain,
+            object_type=self.object_type,
+            object_id=str(self.object_id),
+            summary=self.summary[:500],
+            # Stored as it will read back, so the hash can be recomputed from the row.
+            data=json.loads(json.dumps(self.data or {}, cls=DjangoJSONEncoder)),
+        )
+
+
+def _in_the_change_transaction() -> None:
+    if not connection.in_atomic_block:
+        raise RuntimeError("audit_record must run inside the transaction of the change it records")
+
+
 def audit_record(
     *,
     actor: Actor,
@@ -95,60 +126,21 @@ def audit_record(
     It must run in the transaction that makes the change it records, so both commit or
     neither does.
     """
-    if not connection.in_atomic_block:
-        raise RuntimeError("audit_record must run inside the transaction of the change it records")
-    event = AuditEvent.objects.create(
-        created_at=timezone.now(),
-        actor_kind=actor.kind,
-        actor=actor.name,
-        action=action,
-        domain=domain,
-        object_type=object_type,
-        object_id=str(object_id),
-        summary=summary[:500],
-        # Stored as it will read back, so the hash can be recomputed from the row.
-        data=json.loads(json.dumps(data or {}, cls=DjangoJSONEncoder)),
-    )
+    _in_the_change_transaction()
+    entry = Entry(action, domain, object_type, object_id, summary, data)
+    event = entry.event(actor, timezone.now())
+    event.save(force_insert=True)
     _seal_after_commit()
     return event
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One event for audit_record_many."""
-
-    action: str
-    domain: str = ""
-    object_type: str = ""
-    object_id: object = ""
-    summary: str = ""
-    data: dict[str, Any] | None = None
-
-
 def audit_record_many(*, actor: Actor, entries: list[Entry]) -> None:
     """audit_record for many events of one actor at once (one INSERT), same rules."""
-    if not connection.in_atomic_block:
-        raise RuntimeError("audit_record must run inside the transaction of the change it records")
+    _in_the_change_transaction()
     if not entries:
         return
     now = timezone.now()
-    AuditEvent.objects.bulk_create(
-        [
-            AuditEvent(
-                created_at=now,
-                actor_kind=actor.kind,
-                actor=actor.name,
-                action=e.action,
-                domain=e.domain,
-                object_type=e.object_type,
-                object_id=str(e.object_id),
-                summary=e.summary[:500],
-                data=json.loads(json.dumps(e.data or {}, cls=DjangoJSONEncoder)),
-            )
-            for e in entries
-        ],
-        batch_size=1000,
-    )
+    AuditEvent.objects.bulk_create([e.event(actor, now) for e in entries], batch_size=1000)
     _seal_after_commit()
 
 
