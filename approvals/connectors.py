@@ -250,8 +250,20 @@ def _http(connector: Connector, call: Call, context: Context, state: Any, key: s
     raise AssertionError("unreachable")
 
 
+def _http_spec(connector: Connector) -> HttpSpec:
+    """The connector's spec, parsed once per loaded connector (every step calls it thrice)."""
+    parsed = connector.__dict__.get("_http_spec")
+    if parsed is None:
+        parsed = connector.__dict__["_http_spec"] = HttpSpec.model_validate(connector.spec)
+    return parsed  # type: ignore[no-any-return]
+
+
 def _python_function(connector: Connector) -> Callable[..., Any]:
-    return import_string(PythonSpec.model_validate(connector.spec).function)  # type: ignore[no-any-return]
+    function = connector.__dict__.get("_function")
+    if function is None:
+        path = PythonSpec.model_validate(connector.spec).function
+        function = connector.__dict__["_function"] = import_string(path)
+    return function  # type: ignore[no-any-return]
 
 
 def connector_supports(connector: Connector | None, operation: Operation) -> bool:
@@ -259,7 +271,7 @@ def connector_supports(connector: Connector | None, operation: Operation) -> boo
         return False
     if connector.kind == Connector.Kind.PYTHON:
         return True
-    return getattr(HttpSpec.model_validate(connector.spec), operation) is not None
+    return getattr(_http_spec(connector), operation) is not None
 
 
 def connector_call(
@@ -277,7 +289,7 @@ def connector_call(
         except Exception as exc:
             raise ConnectorError(f"{connector.spec.get('function')} failed on {operation}: "
                                  f"{exc.__class__.__name__}: {exc}") from exc  # fmt: skip
-    call = getattr(HttpSpec.model_validate(connector.spec), operation)
+    call = getattr(_http_spec(connector), operation)
     if call is None:
         raise ConnectorError(f"the {connector.tool} connector has no {operation} operation")
     # Reads carry a key of their own: only writes must be applied once.
@@ -289,7 +301,7 @@ def compensation_target(connector: Connector, action: Action) -> str:
     """The target a compensation undoes when the action named none (an order it created)."""
     if connector.kind != Connector.Kind.HTTP:
         return ""
-    call = HttpSpec.model_validate(connector.spec).compensate
+    call = _http_spec(connector).compensate
     if call is None or not call.target:
         return ""
     context = Context(action=action, target="", key="")
@@ -303,7 +315,7 @@ def compensation_expected(connector: Connector, context: Context) -> Any:
     """What a compensated target must read afterwards, if the connector says."""
     if connector.kind != Connector.Kind.HTTP:
         return None
-    call = HttpSpec.model_validate(connector.spec).compensate
+    call = _http_spec(connector).compensate
     if call is None or call.expect is None:
         return None
     return fill(call.expect, context.values(quote=False))
