@@ -67,7 +67,7 @@ S = Action.Status
 ROLLBACK_ACTOR = "rollback"
 # A failed plan is still open: its failed steps may be retried, and the steps behind them run.
 OPEN_PLAN_STATES = (P.DRAFT, P.AWAITING_CONFIRMATION, P.RUNNING, P.PAUSED, P.WAITING, P.FAILED)
-FINAL_PLAN_STATES = (P.COMPLETED, P.FAILED, P.CANCELLED)
+CLOSED_PLAN_STATES = (P.COMPLETED, P.CANCELLED)
 # What a person must look at; a target with one of these is not undone further.
 NEEDS_A_PERSON = (T.DRIFT, T.MANUAL, T.FAILED)
 FINISHED_STEPS = (T.DONE, T.SKIPPED)
@@ -359,7 +359,7 @@ def plan_cancel(*, plan_id: UUID | str, actor: Actor, reason: str) -> RollbackPl
         raise Refused(422, "Reason required", "say why the rollback is cancelled", field="reason")
     with transaction.atomic():
         plan = _locked(plan_id)
-        if plan.state in (P.COMPLETED, P.CANCELLED):
+        if plan.state in CLOSED_PLAN_STATES:
             raise Refused(409, "Already finished", f"the plan is {plan.state}")
         _set_state(plan, P.CANCELLED, finished_at=timezone.now())
         _audit_plan(plan, actor, "cancelled", f"Rollback {plan.description} cancelled: {reason}")
@@ -391,7 +391,7 @@ def step_resolve(
             raise Refused(404, "No such step", f"no rollback step {step_id}")
         plan = _locked(step.plan_id)
         step = RollbackStep.objects.select_for_update().get(pk=step_id)
-        if plan.state in FINAL_PLAN_STATES and plan.state != P.FAILED:
+        if plan.state in CLOSED_PLAN_STATES:
             raise Refused(409, "Plan finished", f"the plan is {plan.state}")
         if step.state not in RESOLUTIONS[decision]:
             raise Refused(409, "Cannot " + decision, f"step {step.position} is {step.state}; "
@@ -520,6 +520,11 @@ class Outcome:
     note: str = ""
 
 
+def drifted(step: RollbackStep, current: Any) -> bool:
+    """The target no longer reads what the action left: a person decides what happens."""
+    return bool(current != step.expected_state)
+
+
 def _undone(current: Any, expected: Any, *, partial: bool) -> bool:
     """Whether the target reads as undone: equal to the snapshot, or for a compensation
     with an `expect`, holding every field it names."""
@@ -541,7 +546,7 @@ def _execute(step: RollbackStep, connector: Connector | None) -> Outcome:
             if expect is not None:
                 expected_after, partial = expect, True
         current = connector_call(connector, "read", context)
-        if not step.force and current != step.expected_state:
+        if not step.force and drifted(step, current):
             if _undone(current, expected_after, partial=partial):
                 # Already undone: a worker that died after applying it, before recording it.
                 return Outcome(T.DONE, current, "the target already read as undone")
@@ -644,7 +649,7 @@ def _settle_actions(plan: RollbackPlan, action_ids: list[Any]) -> None:
         "action_id", "state"
     ):
         states[action_id].add(state)
-    rolled_back = [a for a, s in states.items() if s <= {T.DONE, T.SKIPPED} and T.DONE in s]
+    rolled_back = [a for a, s in states.items() if s <= set(FINISHED_STEPS) and T.DONE in s]
     failed = [a for a, s in states.items() if T.FAILED in s]
     now = timezone.now()
     entries = []
@@ -674,7 +679,7 @@ def _settle_plan(plan: RollbackPlan, *, nothing_claimable: bool = False) -> None
     pending when nothing could be claimed wait behind a step that needs a person."""
     if plan.state not in (P.RUNNING, P.WAITING, P.FAILED):
         return
-    counts = dict(plan.steps.values_list("state").annotate(n=Count("id")))
+    counts = {state: n for state, n in step_counts(plan).items() if n}
     if counts.get(T.RUNNING) or counts.get(T.PENDING) and not nothing_claimable:
         return
     if counts.get(T.DRIFT) or counts.get(T.MANUAL):
@@ -778,10 +783,16 @@ class Progress:
         return int(100 * self.finished / self.plan.total) if self.plan.total else 100
 
 
-def plan_progress(plan: RollbackPlan) -> Progress:
+def step_counts(plan: RollbackPlan) -> dict[str, int]:
+    """How many of the plan's steps are in each state (every state, zeros too)."""
     counts = dict.fromkeys(T.values, 0)
     counts.update(dict(plan.steps.values_list("state").annotate(n=Count("id"))))
-    finished = sum(counts[s] for s in (T.DONE, T.SKIPPED, T.FAILED))
+    return counts
+
+
+def plan_progress(plan: RollbackPlan) -> Progress:
+    counts = step_counts(plan)
+    finished = sum(counts[s] for s in (*FINISHED_STEPS, T.FAILED))
     rate = None
     if plan.started_at and counts[T.DONE]:
         end = plan.finished_at or timezone.now()

@@ -53,6 +53,7 @@ from approvals.queue import (
 from approvals.roles import perm
 from approvals.rollbacks import (
     Selection,
+    drifted,
     plan_cancel,
     plan_confirm,
     plan_context,
@@ -536,7 +537,7 @@ def rollback_steps(request: HtmxHttpRequest, plan_id: uuid.UUID) -> HttpResponse
     for step in steps:
         now, error = current.get(step.pk, (None, "not read: manual step"))
         rows.append({"step": step, "now": now, "error": error,
-                     "drift": not error and now != step.expected_state})  # fmt: skip
+                     "drift": not error and drifted(step, now)})  # fmt: skip
     return render(request, "approvals/rollback_plan.html#steps",
                   {"plan": plan, "rows": rows, "page": page})  # fmt: skip
 
