@@ -113,6 +113,17 @@ def seed(session: str, steps: int) -> dict[str, object]:
     return original
 
 
+def verified(original: dict[str, object]) -> tuple[int, int]:
+    """How many targets read their original state again, and how many keys the target
+    applied more than once."""
+    records = admin("GET", "records")
+    assert isinstance(records, dict)
+    restored = sum(1 for key, value in original.items() if records.get(key) == value)
+    stats = admin("GET", "stats")
+    assert isinstance(stats, dict)
+    return restored, sum(1 for n in stats["applied"].values() if n > 1)
+
+
 def done(plan_id: object) -> int:
     from approvals.models import RollbackStep
 
@@ -169,12 +180,7 @@ def main() -> None:
             time.sleep(0.1)
         total = time.monotonic() - started
         plan.refresh_from_db()
-        records = admin("GET", "records")
-        assert isinstance(records, dict)
-        restored = sum(1 for key, value in original.items() if records.get(key) == value)
-        stats = admin("GET", "stats")
-        assert isinstance(stats, dict)
-        twice = sum(1 for n in stats["applied"].values() if n > 1)
+        restored, twice = verified(original)
         print(
             f"rollback of {plan.total} steps: {plan.state} in {total:.1f} s, "
             f"{done(plan.pk) / total:.0f} steps/s; {restored} targets read restored, "
@@ -196,12 +202,7 @@ def main() -> None:
             while RollbackPlan.objects.get(pk=plan.pk).state == "running":
                 time.sleep(0.1)
             plan.refresh_from_db()
-            records = admin("GET", "records")
-            assert isinstance(records, dict)
-            restored = sum(1 for key, value in original.items() if records.get(key) == value)
-            stats = admin("GET", "stats")
-            assert isinstance(stats, dict)
-            twice = sum(1 for n in stats["applied"].values() if n > 1)
+            restored, twice = verified(original)
             print(
                 f"worker killed at {at_kill} of {plan.total} steps; the plan moved again "
                 f"{waited:.1f} s later (lease {os.environ.get('ROLLBACK_LEASE_SECONDS', '10')}"
