@@ -31,3 +31,15 @@ def sign_in(page: Any, desk: Desk, username: str) -> None:
     with page.expect_navigation():
         page.keyboard.press("Enter")
     assert page.url == desk.url + "/", page.content()[:3000]
+
+
+def engage_by_keyboard(page: Any, desk: Desk, scope: str, reason: str) -> None:
+    """On the kill switches page, with the keyboard only: reason, the switch's name to
+    confirm, Enter."""
+    page.goto(desk.url + "/killswitches/")
+    page.locator(f"#reason-{scope}").focus()
+    page.keyboard.type(reason)
+    page.keyboard.press("Tab")
+    page.keyboard.type(scope)
+    with page.expect_navigation():
+        page.keyboard.press("Enter")

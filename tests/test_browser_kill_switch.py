@@ -8,7 +8,7 @@ import pytest
 
 from approvals.models import KillSwitchChange
 from tests.agents import demo_domain
-from tests.browser import SCREENSHOTS, operator_with_real_password, sign_in
+from tests.browser import SCREENSHOTS, engage_by_keyboard, operator_with_real_password, sign_in
 from tests.servers import Desk
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -30,14 +30,7 @@ def test_engage_with_confirmation_and_the_banner_reaches_other_pages_live(
     vera.goto(desk.url + "/queue/")
     vera.locator("#live-status[data-state='open']").wait_for(timeout=10_000)
     assert vera.locator(".kill-banner").count() == 0
-    otto.goto(desk.url + "/killswitches/")
-    # The keyboard is enough: reason, the switch's name to confirm, Enter.
-    otto.locator("#reason-procurement").focus()
-    otto.keyboard.type("runaway orders")
-    otto.keyboard.press("Tab")
-    otto.keyboard.type("procurement")
-    with otto.expect_navigation():
-        otto.keyboard.press("Enter")
+    engage_by_keyboard(otto, desk, "procurement", "runaway orders")
     assert "Kill switch procurement ENGAGED" in otto.content()
     banner = vera.locator(".kill-banner")
     banner.wait_for(timeout=10_000)

@@ -23,7 +23,7 @@ from approvals.demo import demo_connectors
 from approvals.models import Action, AgentSession, AuditEvent, RollbackPlan
 from approvals.tokens import token_issue
 from tests.agents import demo_domain
-from tests.browser import SCREENSHOTS, operator_with_real_password, sign_in
+from tests.browser import SCREENSHOTS, engage_by_keyboard, operator_with_real_password, sign_in
 from tests.servers import ROOT, _stop, free_port
 from tests.servers import Desk as RunningDesk
 
@@ -157,13 +157,7 @@ def test_procurement_runaway_loop_is_stopped_killed_and_its_orders_cancelled(
     otto.locator("ol#tier-1-rows li.item").first.wait_for(timeout=10_000)
     shot(otto, "incident-procurement-queue.png")
     # On-call stops the domain, by keyboard; the waiting agent is told at once.
-    otto.goto(f"{desk.url}/killswitches/")
-    otto.locator("#reason-procurement").focus()
-    otto.keyboard.type("runaway ordering loop")
-    otto.keyboard.press("Tab")
-    otto.keyboard.type("procurement")
-    with otto.expect_navigation():
-        otto.keyboard.press("Enter")
+    engage_by_keyboard(otto, desk, "procurement", "runaway ordering loop")
     otto.locator(".kill-banner").wait_for(timeout=10_000)
     shot(otto, "incident-procurement-kill-switch.png")
     outcome = agent.finished()
