@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -13,12 +14,14 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.template.loader import render_to_string
 from django.utils import timezone
 
 from approvals import audit, live
 from approvals.killswitches import engaged_switches, killswitch_state, state_for
 from approvals.models import Action, AgentToken, RollbackPlan
+from approvals.operators import operator_live_permissions
 from approvals.queue import (
     QueueFilters,
     decision_context,
@@ -30,6 +33,12 @@ from approvals.queue import (
 from approvals.roles import perm
 from approvals.rollbacks import plan_context
 from approvals.tokens import TokenError, token_authenticate
+
+logger = logging.getLogger(__name__)
+
+# Sent when the credentials a socket was opened with no longer hold: a client should not
+# reconnect with them (4000-4999 are the application's own close codes).
+CLOSE_ACCESS_ENDED = 4401
 
 # One rendering per message and permission variant, shared by every socket in this process:
 # a push to 500 open pages renders its fragment once, not 500 times.
@@ -154,13 +163,19 @@ class DeskConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         self.joined = []
+        self.recheck: asyncio.Task[None] | None = None
         if user is None or not user.is_authenticated:
             await self.close()
             return
+        self.user_id = user.pk
+        self.session_key = getattr(self.scope.get("session"), "session_key", None)
         self.permissions = await database_sync_to_async(user.get_all_permissions)()
         if perm("view_desk") not in self.permissions:
             await self.close()
             return
+        # Signing out or a role change closes the page at once (through this group); anything
+        # else that ends the session (expiry, an admin's edit) within LIVE_RECHECK_SECONDS.
+        await self.join(live.operator_group(self.user_id))
         # A page asks for the topics it shows (?topics=audit); it gets those its user may see.
         query = parse_qs(self.scope.get("query_string", b"").decode())
         topics = {t for value in query.get("topics", []) for t in value.split(",")}
@@ -199,6 +214,23 @@ class DeskConsumer(AsyncWebsocketConsumer):
         if self.plan_id:
             html = await database_sync_to_async(plan_progress_html)(self.plan_id, self.can_run)
             await self.send(text_data=html)
+        self.recheck = asyncio.get_running_loop().create_task(self.recheck_periodically())
+
+    async def recheck_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(settings.LIVE_RECHECK_SECONDS)
+            await self.access_changed({})
+
+    async def access_changed(self, event: dict[str, Any]) -> None:
+        """Close the page's socket once its session no longer grants the desk; otherwise
+        render what follows with the operator's current permissions."""
+        permissions = await database_sync_to_async(operator_live_permissions)(
+            session_key=self.session_key, user_id=self.user_id
+        )
+        if permissions is None or perm("view_desk") not in permissions:
+            await self.close(code=CLOSE_ACCESS_ENDED)
+            return
+        self.permissions = permissions
 
     @property
     def can_run(self) -> bool:
@@ -213,6 +245,8 @@ class DeskConsumer(AsyncWebsocketConsumer):
         self.joined.append(group)
 
     async def disconnect(self, code: int) -> None:
+        if self.recheck is not None:
+            self.recheck.cancel()
         for group in self.joined:
             await self.channel_layer.group_discard(group, self.channel_name)
 
@@ -298,11 +332,23 @@ class AgentFanOut:
         self.agents.discard(agent)
 
     async def listen(self) -> None:
+        """Hold this process's membership and pass each change on, for as long as agents are
+        connected here. A lost Redis connection is retried, never the end of the pushes."""
         layer = get_channel_layer()
+        while self.agents:
+            try:
+                await self._relay(layer)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("kill switch fan-out lost the channel layer; retrying in 1 s")
+                await asyncio.sleep(1)
+
+    async def _relay(self, layer: Any) -> None:
         channel = await layer.new_channel()
-        joined = 0.0
-        while True:
-            if time.monotonic() - joined > self.REJOIN_SECONDS:
+        joined: float | None = None  # not 0.0: a machine up for less than REJOIN_SECONDS
+        while self.agents:
+            if joined is None or time.monotonic() - joined > self.REJOIN_SECONDS:
                 await layer.group_add(live.KILLSWITCH_GROUP, channel)
                 joined = time.monotonic()
             try:
@@ -350,12 +396,28 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.close()  # before accept: the handshake is refused (403)
             return
         self.domain = token.domain.slug
+        self.raw_token = raw.strip()
+        self.agent_group = live.agent_group(token.agent_id)
+        # Revoking a token (or quarantining its agent) closes its sockets through this group;
+        # expiry closes them on time.
+        await self.channel_layer.group_add(self.agent_group, self.channel_name)
+        lifetime = (token.expires_at - timezone.now()).total_seconds()
+        self.expiry = asyncio.get_running_loop().call_later(
+            max(0.0, lifetime), lambda: asyncio.ensure_future(self.close(code=CLOSE_ACCESS_ENDED))
+        )
         await self.accept()
         fan_out.add(self)
         await self.send(text_data=await database_sync_to_async(agent_state_json)(self.domain))
 
+    async def access_changed(self, event: dict[str, Any]) -> None:
+        if await database_sync_to_async(_live_token)(self.raw_token) is None:
+            await self.close(code=CLOSE_ACCESS_ENDED)
+
     async def disconnect(self, code: int) -> None:
         fan_out.discard(self)
+        if hasattr(self, "agent_group"):
+            self.expiry.cancel()
+            await self.channel_layer.group_discard(self.agent_group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         return  # one-way: agents act through the HTTP API

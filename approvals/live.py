@@ -24,6 +24,7 @@ AUDIT_VERIFICATION = "audit.verification"
 ESCALATION_UPDATED = "escalation.updated"
 KILLSWITCH_CHANGED = "killswitch.changed"
 ROLLBACK_UPDATED = "rollback.updated"
+ACCESS_CHANGED = "access.changed"  # a token revoked, a sign-out, a role changed: check again
 
 
 def action_group(action_id: object) -> str:
@@ -32,6 +33,16 @@ def action_group(action_id: object) -> str:
 
 def rollback_group(plan_id: object) -> str:
     return f"rollback.{plan_id}"
+
+
+def agent_group(agent_id: object) -> str:
+    """Every socket of one agent."""
+    return f"agent.{agent_id}"
+
+
+def operator_group(user_id: object) -> str:
+    """Every desk page one operator has open."""
+    return f"operator.{user_id}"
 
 
 _server_loop: asyncio.AbstractEventLoop | None = None
@@ -95,3 +106,13 @@ def killswitch_changed(version: int, switches: dict[str, Any]) -> None:
 def rollback_changed(plan_id: object) -> None:
     """A plan changed state or finished a batch of steps."""
     send_on_commit(rollback_group(plan_id), ROLLBACK_UPDATED, plan_id=str(plan_id))
+
+
+def agent_access_changed(agent_id: object) -> None:
+    """A token of this agent was revoked (or the agent quarantined): its sockets check theirs."""
+    send_on_commit(agent_group(agent_id), ACCESS_CHANGED)
+
+
+def operator_access_changed(user_id: object) -> None:
+    """This operator signed out or their role changed: their pages check their access."""
+    send_on_commit(operator_group(user_id), ACCESS_CHANGED)

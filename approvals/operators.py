@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model
+from importlib import import_module
+
+from django.conf import settings
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.contrib.auth.models import AbstractUser, Group
 from django.db import transaction
+from django.utils.crypto import constant_time_compare
 
+from approvals import live
 from approvals.audit import Actor, audit_record
 from approvals.roles import ADMIN, ROLES
 
@@ -37,4 +42,28 @@ def operator_ensure(
             summary=f"{username} now holds the {role} role",
             data={"username": username, "role": role, "previous": before},
         )
+        live.operator_access_changed(user.pk)
     return user, created
+
+
+@transaction.atomic
+def operator_signed_out(*, user: AbstractUser) -> None:
+    """Record a sign-out (its session is already gone) and close the pages it had open."""
+    audit_record(actor=Actor.user(user), action="auth.logout", summary="Signed out")
+    live.operator_access_changed(user.pk)
+
+
+def operator_live_permissions(*, session_key: str | None, user_id: int) -> set[str] | None:
+    """What the operator behind an open page may still do, or None once the page's session
+    has ended (signed out, expired, password changed, account deactivated)."""
+    if not session_key:
+        return None
+    session = import_module(settings.SESSION_ENGINE).SessionStore(session_key=session_key)
+    if session.get(SESSION_KEY) != str(user_id):
+        return None
+    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    if user is None or not constant_time_compare(
+        session.get(HASH_SESSION_KEY, ""), user.get_session_auth_hash()
+    ):
+        return None
+    return user.get_all_permissions()

@@ -19,6 +19,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from approvals import live
 from approvals.audit import Actor, audit_record
 from approvals.models import Agent, AgentToken, Domain
 
@@ -134,6 +135,7 @@ def token_revoke(*, prefix: str, actor: Actor) -> AgentToken:
             object_id=prefix,
             summary=f"Token {prefix} revoked",
         )
+        live.agent_access_changed(token.agent_id)
     return token
 
 

@@ -38,6 +38,7 @@ from approvals.models import (
 )
 from approvals.notifications import failed_deliveries
 from approvals.openapi import document
+from approvals.operators import operator_signed_out
 from approvals.permissions import require
 from approvals.policy import Proposal, policy_current
 from approvals.queue import (
@@ -97,12 +98,11 @@ class LoginView(auth_views.LoginView):
 
 class LogoutView(auth_views.LogoutView):
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if request.user.is_authenticated:
-            with transaction.atomic():
-                audit.audit_record(
-                    actor=Actor.user(request.user), action="auth.logout", summary="Signed out"
-                )
-        return super().post(request, *args, **kwargs)
+        user = request.user if request.user.is_authenticated else None
+        response = super().post(request, *args, **kwargs)
+        if user is not None:
+            operator_signed_out(user=user)
+        return response
 
 
 @require_GET

@@ -166,9 +166,23 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Every Redis client has bounded socket timeouts, so a Redis that hangs fails requests in
+# seconds instead of holding a thread forever.
+REDIS_SOCKET_TIMEOUT = env_int("REDIS_SOCKET_TIMEOUT", 5)
+# channels_redis waits for messages in BZPOPMIN for up to 5 s; a socket timeout no longer than
+# that (redis-py 8 defaults to 5 s) would end the wait with a TimeoutError and kill every quiet
+# websocket. Its reads get that wait on top of the timeout.
+CHANNEL_LAYER_BLOCKING_SECONDS = 5
 if REDIS_URL:
     CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {
+                "socket_timeout": REDIS_SOCKET_TIMEOUT,
+                "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
+            },
+        }
     }
     CHANNEL_LAYERS = {
         "default": {
@@ -180,6 +194,9 @@ if REDIS_URL:
                     {
                         "address": REDIS_URL,
                         "max_connections": env_int("CHANNEL_LAYER_MAX_CONNECTIONS", 2000),
+                        "socket_timeout": CHANNEL_LAYER_BLOCKING_SECONDS + REDIS_SOCKET_TIMEOUT,
+                        "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
+                        "socket_keepalive": True,
                     }
                 ],
                 "capacity": 1000,
@@ -203,7 +220,11 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "incidentdesk")
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     # A task unacknowledged this long is handed to another worker. Tasks are short and
     # idempotent, so this bounds how long a killed worker's work waits.
-    {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 300)}
+    {
+        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 300),
+        "socket_timeout": REDIS_SOCKET_TIMEOUT,
+        "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
+    }
     if REDIS_URL
     else {"polling_interval": 0.05}
 )
@@ -304,6 +325,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES + 1024, 2_621_440)
 API_RATE_LIMIT = env_int("API_RATE_LIMIT", 600)
 IDEMPOTENCY_KEEP_HOURS = env_int("IDEMPOTENCY_KEEP_HOURS", 48)
 API_MAX_WAIT = env_int("API_MAX_WAIT", 30)
+
+# How often an open desk page checks that its session still grants access (signing out and
+# role changes close pages at once; this catches expiry and edits made in the admin).
+LIVE_RECHECK_SECONDS = env_int("LIVE_RECHECK_SECONDS", 60)
 
 # The desk's own address, for links in outgoing notifications.
 DESK_URL = env_str("DESK_URL", "http://127.0.0.1:8000")
