@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from approvals.audit import Actor, audit_record
 from approvals.connectors import connector_check
 from approvals.errors import Refused
+from approvals.inputs import whole_number
 from approvals.models import (
     Agent,
     AgentToken,
@@ -249,8 +250,8 @@ class PolicyVersionAdmin(admin.ModelAdmin):
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         # ?domain=<id> starts the new version from the current one.
         initial: dict[str, Any] = dict(super().get_changeform_initial_data(request))
-        domain_id = str(initial.get("domain", ""))
-        domain = Domain.objects.filter(pk=domain_id).first() if domain_id.isdigit() else None
+        domain_id = whole_number(str(initial.get("domain", "")))
+        domain = Domain.objects.filter(pk=domain_id).first() if domain_id is not None else None
         if domain is not None:
             exported = policy_export(domain)
             initial["rules"] = exported["rules"]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections.abc import Callable
 from decimal import Decimal
 from functools import wraps
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -18,16 +17,31 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Strict as PydanticStrict
 
 from approvals import actions, idempotency
 from approvals.actions import ProposalData, StepData
-from approvals.errors import Refused
+from approvals.errors import Refused, problem
+from approvals.inputs import BadJSON, OutOfLimits, parse_json, whole_number
 from approvals.killswitches import killswitch_state
 from approvals.models import Action, AgentToken
 from approvals.tokens import TokenError, token_allows, token_authenticate
 
 Verb = Literal["read", "create", "update", "delete", "spend", "execute"]
 IDENTIFIER = r"^[A-Za-z0-9_.:-]{1,100}$"
+# Strict: a JSON true is not the integer 1, and "3" is not 3.
+Count = Annotated[int, PydanticStrict(), Field(ge=0, le=2**53 - 1)]
+Flag = Annotated[bool, PydanticStrict()]
+TARGET_ID_MAX = 200  # the longest target a rollback step can hold
+TargetId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=TARGET_ID_MAX,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="a target's id in its system, without control characters",
+    ),
+]
 
 
 class Strict(BaseModel):
@@ -40,8 +54,8 @@ class Amount(Strict):
 
 
 class BlastRadius(Strict):
-    records: int = Field(ge=0, description="records the action touches")
-    population: int = Field(gt=0, description="records of that kind in all")
+    records: Count = Field(description="records the action touches")
+    population: Count = Field(gt=0, description="records of that kind in all")
 
     @model_validator(mode="after")
     def records_within_population(self) -> BlastRadius:
@@ -57,11 +71,13 @@ class Compensation(Strict):
 
 class ActionIn(Strict):
     session_id: str = Field(pattern=IDENTIFIER)
-    step_index: int | None = Field(default=None, ge=0, description="the reasoning step behind it")
+    step_index: Annotated[int, PydanticStrict(), Field(ge=0, le=2**31 - 1)] | None = Field(
+        default=None, description="the reasoning step behind it"
+    )
     tool: str = Field(pattern=IDENTIFIER)
     verb: Verb
     params: dict[str, Any] = Field(default_factory=dict)
-    target_ids: list[str] = Field(default_factory=list, max_length=100_000)
+    target_ids: list[TargetId] = Field(default_factory=list, max_length=100_000)
     amount: Amount | None = None
     blast_radius: BlastRadius | None = None
     pre_action_state: Any = Field(default=None, description="snapshot of the targets now")
@@ -85,14 +101,14 @@ class ActionIn(Strict):
 
 
 class ResultIn(Strict):
-    ok: bool
+    ok: Flag
     result: Any = None
     post_state: Any = Field(default=None, description="state of the targets after the call")
     error: str = Field(default="", max_length=10_000)
 
 
 class StepIn(Strict):
-    index: int = Field(ge=0)
+    index: Annotated[int, PydanticStrict(), Field(ge=0, le=2**31 - 1)]
     kind: Literal["thought", "observation", "tool_call", "tool_result"]
     content: str = Field(max_length=100_000)
     data: dict[str, Any] = Field(default_factory=dict)
@@ -131,38 +147,6 @@ class Verdict(Strict):
     )
 
 
-class Problem(Strict):
-    """RFC 9457 problem details (responses only)."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    errors: list[dict[str, str]] = Field(default_factory=list)
-
-
-def problem(
-    status: int,
-    title: str,
-    detail: str,
-    errors: list[dict[str, str]] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> JsonResponse:
-    slug = title.lower().replace(" ", "-")
-    body = Problem(
-        type=f"urn:incidentdesk:problem:{slug}",
-        title=title,
-        status=status,
-        detail=detail,
-        errors=errors or [],
-    )
-    return JsonResponse(
-        {**body.model_dump(), **(extra or {})},
-        status=status,
-        content_type="application/problem+json",
-    )
-
-
 def validation_problem(error: ValidationError) -> JsonResponse:
     errors = [
         {"field": ".".join(str(part) for part in item["loc"]) or "(body)", "message": item["msg"]}
@@ -173,15 +157,7 @@ def validation_problem(error: ValidationError) -> JsonResponse:
 
 
 def parse[M: BaseModel](model: type[M], request: HttpRequest) -> M:
-    try:
-        raw = json.loads(request.body or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadJSON(str(exc)) from None
-    return model.model_validate(raw)
-
-
-class BadJSON(Exception):
-    pass
+    return model.model_validate(parse_json(request.body))
 
 
 def _rate_limited(token: AgentToken) -> int | None:
@@ -235,8 +211,8 @@ def authorize(request: HttpRequest) -> AgentToken | HttpResponse:
 
 def _body_too_large(request: HttpRequest) -> bool:
     # The declared length first, so an oversized body is refused before it is read.
-    declared = request.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > settings.API_MAX_BODY_BYTES:
+    declared = whole_number(request.headers.get("Content-Length", ""), high=2**63 - 1)
+    if declared is not None and declared > settings.API_MAX_BODY_BYTES:
         return True
     try:
         return len(request.body) > settings.API_MAX_BODY_BYTES
@@ -257,6 +233,8 @@ def agent_api(view: AgentView) -> Callable[..., HttpResponse]:
             return view(request, token, *args, **kwargs)
         except BadJSON as exc:
             return problem(400, "Malformed JSON", f"the body is not JSON: {exc}")
+        except OutOfLimits as exc:
+            return problem(422, "Invalid request", f"invalid fields: {exc}", exc.errors)
         except ValidationError as exc:
             return validation_problem(exc)
         except Refused as exc:
@@ -293,7 +271,10 @@ def actions_create(request: HttpRequest, token: AgentToken) -> HttpResponse:
     match proposed.claim:
         case idempotency.Claim.MISMATCH:
             return problem(
-                409, "Idempotency-Key reused", "this key was used before with another request body"
+                422,
+                "Idempotency-Key reused",
+                "this key was used before with another request body",
+                [{"field": "Idempotency-Key", "message": "already used with another body"}],
             )
         case idempotency.Claim.IN_FLIGHT:
             return problem(
@@ -338,25 +319,33 @@ async def action_detail(request: HttpRequest, action_id: str) -> HttpResponse:
     token = await sync_to_async(authorize)(request)
     if isinstance(token, HttpResponse):
         return token
-    wait_raw = request.GET.get("wait", "0")
-    if not wait_raw.isdigit() or int(wait_raw) > settings.API_MAX_WAIT:
-        return problem(
-            400,
-            "Invalid wait",
-            f"wait must be a whole number of seconds from 0 to {settings.API_MAX_WAIT}",
-            [{"field": "wait", "message": f"{wait_raw!r} is not 0-{settings.API_MAX_WAIT}"}],
-        )
+    wait = _wait_seconds(request.GET.get("wait", "0"))
+    if isinstance(wait, HttpResponse):
+        return wait
     try:
         action = await sync_to_async(actions.action_for_token)(token, action_id)
     except Refused as exc:
         return problem(exc.status, exc.title, exc.detail, extra=exc.extra)
-    deadline = time.monotonic() + int(wait_raw)
+    deadline = time.monotonic() + wait
     seen = action.updated_at  # a decision, a move, or a kill switch freezing it
     while action.updated_at == seen and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
         action = await Action.objects.select_related("domain").aget(pk=action.pk)
     verdict = await sync_to_async(actions.action_verdict)(action, check_kill=True)
     return JsonResponse(verdict)
+
+
+def _wait_seconds(raw: str) -> int | HttpResponse:
+    """?wait=N as whole seconds (ASCII digits only), or the 422 that names it."""
+    if re.fullmatch(r"[0-9]{1,4}", raw) and int(raw) <= settings.API_MAX_WAIT:
+        return int(raw)
+    shown = raw[:20].encode("unicode_escape").decode("ascii")
+    return problem(
+        422,
+        "Invalid request",
+        f"wait must be a whole number of seconds from 0 to {settings.API_MAX_WAIT}",
+        [{"field": "wait", "message": f"{shown!r} is not 0-{settings.API_MAX_WAIT}"}],
+    )
 
 
 @agent_api

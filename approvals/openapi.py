@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from pydantic.json_schema import models_json_schema
 
 from approvals import api
+from approvals.errors import Problem
+from approvals.inputs import JSON_LIMITS, ActionId
 
 PROBLEM = {
     "description": "RFC 9457 problem details",
@@ -29,7 +32,7 @@ def document() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [
             (model, "validation")
-            for model in (api.ActionIn, api.ResultIn, api.StepsIn, api.Verdict, api.Problem)
+            for model in (api.ActionIn, api.ResultIn, api.StepsIn, api.Verdict, Problem)
         ],
         ref_template="#/components/schemas/{model}",
     )
@@ -37,7 +40,9 @@ def document() -> dict[str, Any]:
         "name": "action_id",
         "in": "path",
         "required": True,
-        "schema": {"type": "string", "format": "uuid"},
+        "description": "the action's id: a UUID in canonical form (lowercase, hyphenated); "
+        "other spellings are 404",
+        "schema": {"type": "string", "format": "uuid", "pattern": f"^{ActionId.regex}$"},
     }  # noqa: E501
     common = (400, 401, 413, 422, 429)
     return {
@@ -45,7 +50,9 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "IncidentDesk agent API",
             "version": "1",
-            "description": "Agents propose each risky tool call here before they run it.",
+            "description": "Agents propose each risky tool call here before they run it. "
+            + JSON_LIMITS
+            + " Refusals are RFC 9457 problem documents naming each bad field.",
         },
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearer": []}],
@@ -58,7 +65,10 @@ def document() -> dict[str, Any]:
                             "name": "Idempotency-Key",
                             "in": "header",
                             "required": True,
-                            "schema": {"type": "string", "maxLength": 255},
+                            "description": "one per proposal; the same key with the same body "
+                            "replays the answer, with another body is 422, while the first "
+                            "request with it is still running is 409",
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                         },
                     ],  # fmt: skip
                     "requestBody": {
@@ -100,12 +110,19 @@ def document() -> dict[str, Any]:
                         {
                             "name": "wait",
                             "in": "query",
-                            "schema": {"type": "integer", "minimum": 0, "maximum": 30},
-                        },  # noqa: E501
+                            "description": "long-poll: hold the request up to this many "
+                            "seconds until the verdict changes (so an answer may take that "
+                            "long by design); 0 answers at once",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "maximum": settings.API_MAX_WAIT,
+                            },
+                        },
                     ],
                     "responses": {
                         "200": _json("Verdict", "the verdict"),
-                        **_errors(400, 401, 404, 429),
+                        **_errors(401, 404, 413, 422, 429),
                     },  # noqa: E501
                 }
             },

@@ -13,6 +13,7 @@ from django.http import QueryDict
 from django.utils import timezone
 
 from approvals.escalations import effective_params, may_decide, params_diff, params_fingerprint
+from approvals.inputs import whole_number
 from approvals.killswitches import engaged_over, killed_domain_ids
 from approvals.models import Action
 
@@ -36,10 +37,10 @@ class QueueFilters:
             raw = str(query.get(name, "") or "").strip()
             if not raw:
                 return None
-            if not raw.isdigit() or not low <= int(raw) <= high:
+            value = whole_number(raw, low=low, high=high)
+            if value is None:
                 errors[name] = f"{raw!r} is not a whole number from {low} to {high}"
-                return None
-            return int(raw)
+            return value
 
         filters = cls(
             domain=str(query.get("domain", "") or "").strip(),

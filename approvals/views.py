@@ -17,14 +17,16 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
+from django.views import defaults
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.middleware import HtmxDetails
 
 from approvals import audit
 from approvals.actions import policy_explain
 from approvals.audit import Actor, AuditFilters
-from approvals.errors import Refused
+from approvals.errors import Refused, problem
 from approvals.escalations import escalation_decide, may_decide
+from approvals.inputs import MAX_INTEGER, BadJSON, OutOfLimits, parse_json, whole_number
 from approvals.killswitches import GLOBAL, agent_quarantine, killswitch_set
 from approvals.models import (
     Action,
@@ -151,9 +153,9 @@ def _audit_filters(request: HttpRequest) -> tuple[AuditFilters, dict[str, str]]:
 def audit_list(request: HtmxHttpRequest) -> HttpResponse:
     filters, errors = _audit_filters(request)
     events = audit.audit_events(filters)
-    before = request.GET.get("before", "")
-    if before.isdigit():
-        events = events.filter(id__lt=int(before))
+    before = whole_number(request.GET.get("before", ""), high=2**63 - 1)
+    if before is not None:
+        events = events.filter(id__lt=before)
     page = list(events[: AUDIT_PAGE_SIZE + 1]) if not errors else []
     query = request.GET.copy()
     query.pop("before", None)
@@ -210,6 +212,19 @@ def healthz(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok", content_type="text/plain")
 
 
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """Agents get a problem document, people the page."""
+    if request.path.startswith("/api/"):
+        return problem(404, "Not found", f"nothing at {request.path}")
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        return problem(500, "Server error", "the desk failed to answer; the error is logged")
+    return defaults.server_error(request)
+
+
 @require_GET
 def openapi_json(request: HttpRequest) -> HttpResponse:
     return JsonResponse(document(), json_dumps_params={"indent": 2})
@@ -233,12 +248,15 @@ def _explain_form(query: Any) -> tuple[Proposal | None, dict[str, str]]:
         try:
             amount = Decimal(query["amount"].strip())
         except InvalidOperation:
-            errors["amount"] = f"{query['amount']!r} is not a number"
+            amount = None
+        if amount is None or not amount.is_finite() or abs(amount) >= 10**14:
+            errors["amount"] = f"{query['amount']!r} is not an amount"
+            amount = None
     counts: dict[str, int | None] = {}
     for name in ("records", "population"):
         raw = query.get(name, "").strip()
-        counts[name] = int(raw) if raw.isdigit() else None
-        if raw and not raw.isdigit():
+        counts[name] = whole_number(raw, high=MAX_INTEGER)
+        if raw and counts[name] is None:
             errors[name] = f"{raw!r} is not a whole number"
     if errors:
         return None, errors
@@ -338,9 +356,11 @@ def decide(request: HtmxHttpRequest, action_id: uuid.UUID) -> HttpResponse:
     params = None
     if verdict == "modify":
         try:
-            params = json.loads(request.POST.get("params", ""))
-        except ValueError as exc:
+            params = parse_json(request.POST.get("params", "").encode())
+        except BadJSON as exc:
             return _decision_error(request, action, f"params: not JSON ({exc})", 422)
+        except OutOfLimits as exc:
+            return _decision_error(request, action, f"params: {exc.explained()}", 422)
     try:
         decision = escalation_decide(
             action_id=action.pk,
@@ -525,10 +545,7 @@ def rollback(request: HtmxHttpRequest, plan_id: uuid.UUID) -> HttpResponse:
 def rollback_steps(request: HtmxHttpRequest, plan_id: uuid.UUID) -> HttpResponse:
     """One page of a plan's steps, each target read now, drift marked."""
     plan = get_object_or_404(RollbackPlan, pk=plan_id)
-    try:
-        page = max(1, int(request.GET.get("page", "1")))
-    except ValueError:
-        page = 1
+    page = whole_number(request.GET.get("page", "1"), low=1, high=10**6) or 1
     start = (page - 1) * STEPS_PAGE_SIZE
     steps = list(plan.steps.select_related("action", "action__domain")
                  .order_by("position")[start:start + STEPS_PAGE_SIZE])  # fmt: skip
@@ -590,9 +607,12 @@ def rollback_step(request: HtmxHttpRequest, plan_id: uuid.UUID, step_id: int) ->
     try:
         if decision == "edit":
             try:
-                state = json.loads(request.POST.get("state", ""))
-            except ValueError as exc:
+                state = parse_json(request.POST.get("state", "").encode())
+            except BadJSON as exc:
                 raise Refused(422, "Not JSON", f"state: not JSON ({exc})", field="state") from exc
+            except OutOfLimits as exc:
+                detail = f"state: {exc.explained()}"
+                raise Refused(422, "Out of limits", detail, field="state") from exc
         step_resolve(step_id=step_id, actor=Actor.user(request.user), decision=decision,
                      state=state, note=request.POST.get("note", ""))  # fmt: skip
     except Refused as exc:

@@ -8,3 +8,6 @@ urlpatterns = [
     path("api/v1/", include("approvals.api_urls")),
     path("", include("approvals.urls")),
 ]
+
+handler404 = "approvals.views.not_found"
+handler500 = "approvals.views.server_error"

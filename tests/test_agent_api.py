@@ -177,11 +177,12 @@ def test_same_key_same_body_replays_the_answer(desk: Desk) -> None:
     assert Action.objects.count() == 1
 
 
-def test_same_key_other_body_is_409_with_its_own_problem_type(desk: Desk) -> None:
+def test_same_key_other_body_is_422_with_its_own_problem_type(desk: Desk) -> None:
     token = agent_token("buyer", "procurement", *ORDERS)
     propose(desk, token, order(), key="order-1")
     reply = propose(desk, token, order(params={"qty": 999}), key="order-1")
-    assert reply.status == 409 and reply.json()["title"] == "Idempotency-Key reused"
+    assert reply.status == 422 and reply.json()["title"] == "Idempotency-Key reused"
+    assert problem_fields(reply) == ["Idempotency-Key"]
     # Distinct from "still in flight", which a client may retry.
     assert reply.json()["type"] == "urn:incidentdesk:problem:idempotency-key-reused"
     assert Action.objects.count() == 1
@@ -268,7 +269,7 @@ def test_bad_wait_and_unknown_action(desk: Desk) -> None:
     assert call(desk, token, "GET", "/actions/not-a-uuid").status == 404
     verdict = propose(desk, token, order()).json()
     reply = call(desk, token, "GET", f"/actions/{verdict['id']}?wait=999")
-    assert reply.status == 400 and problem_fields(reply) == ["wait"]
+    assert reply.status == 422 and problem_fields(reply) == ["wait"]
     other = agent_token("stranger", "procurement", *ORDERS)
     assert call(desk, other, "GET", f"/actions/{verdict['id']}").status == 404
     # The same agent, through a token for another domain, does not see it either.

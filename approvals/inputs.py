@@ -1,0 +1,166 @@
+"""What people and agents send, read once and strictly: JSON within limits the desk can store
+and read back, whole numbers written in ASCII digits, text without NUL characters."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+
+from approvals.errors import problem
+
+# What any JSON body may hold, wherever in it (also stated in the OpenAPI document). Beyond
+# these a value could not be stored or read back faithfully: PostgreSQL refuses NUL and lone
+# surrogates in text, and numbers outside I-JSON's range (RFC 7493) lose precision elsewhere.
+MAX_DEPTH = 32
+MAX_STRING = 100_000
+MAX_INTEGER = 2**53 - 1
+JSON_LIMITS = (
+    f"Anywhere in a body: at most {MAX_DEPTH} levels of nesting; strings (and keys) of at most "
+    f"{MAX_STRING:,} characters, without NUL or unpaired surrogates; finite numbers only (no "
+    f"NaN, Infinity or overflowing exponents), integers within ±{MAX_INTEGER:,} (I-JSON)."
+)
+
+
+class BadJSON(Exception):
+    pass
+
+
+class OutOfLimits(Exception):
+    """A value the desk will not take, at a path in the body."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__(", ".join(e["field"] for e in errors))
+        self.errors = errors
+
+    def explained(self) -> str:
+        return "; ".join(f"{e['field']}: {e['message']}" for e in self.errors)
+
+
+class _NotJSON:
+    """Stands in for NaN, Infinity and overflowing numbers until the walk can name the field."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _constant(text: str) -> _NotJSON:
+    return _NotJSON(text)
+
+
+def _float(text: str) -> float | _NotJSON:
+    value = float(text)
+    return value if math.isfinite(value) else _NotJSON(text)
+
+
+def _string_problem(value: str) -> str | None:
+    if len(value) > MAX_STRING:
+        return f"longer than {MAX_STRING} characters"
+    if "\x00" in value:
+        return "contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains an unpaired surrogate (not valid Unicode)"
+    return None
+
+
+def _field(path: tuple[str | int, ...]) -> str:
+    return ".".join(str(part) for part in path) or "(body)"
+
+
+def json_limits_check(value: Any) -> None:
+    """Raise OutOfLimits naming every field that breaks JSON_LIMITS (iterative: no recursion)."""
+    errors: list[dict[str, str]] = []
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), value)]
+    while stack and len(errors) < 20:
+        path, item = stack.pop()
+        problem = None
+        if isinstance(item, _NotJSON):
+            problem = f"{item.text} is not a finite JSON number"
+        elif isinstance(item, bool) or item is None or isinstance(item, float):
+            continue
+        elif isinstance(item, int):
+            if abs(item) > MAX_INTEGER:
+                problem = f"integer outside ±{MAX_INTEGER}"
+        elif isinstance(item, str):
+            problem = _string_problem(item)
+        elif len(path) >= MAX_DEPTH:
+            problem = f"nested more than {MAX_DEPTH} levels deep"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                key_problem = _string_problem(key)
+                if key_problem:
+                    errors.append({"field": _field((*path, key[:100])), "message": key_problem})
+                else:
+                    stack.append(((*path, key), child))
+        elif isinstance(item, list):
+            stack.extend(((*path, index), child) for index, child in enumerate(item))
+        if problem:
+            errors.append({"field": _field(path), "message": problem})
+    if errors:
+        raise OutOfLimits(errors)
+
+
+def parse_json(body: bytes) -> Any:
+    """The body as JSON within JSON_LIMITS: BadJSON if it is not JSON, OutOfLimits if it
+    holds what the desk will not store."""
+    try:
+        raw = json.loads(body or b"null", parse_constant=_constant, parse_float=_float)
+    except RecursionError:
+        deep = {"field": "(body)", "message": f"nested more than {MAX_DEPTH} levels deep"}
+        raise OutOfLimits([deep]) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadJSON(str(exc)) from None
+    json_limits_check(raw)
+    return raw
+
+
+def whole_number(raw: str, *, low: int = 0, high: int = 2**31 - 1) -> int | None:
+    """`raw` as an int from low to high, or None: ASCII digits only (str.isdigit() takes
+    '²' and other digits int() refuses)."""
+    raw = raw.strip()
+    if not re.fullmatch(r"[0-9]{1,18}", raw):
+        return None
+    value = int(raw)
+    return value if low <= value <= high else None
+
+
+class RefuseNulCharacters:
+    """No query or form value may hold a NUL character: PostgreSQL cannot store or compare
+    one, so it would fail deep inside a view. Refused at the door with 400 naming the field."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        sources = [request.GET, request.POST] if request.method == "POST" else [request.GET]
+        for source in sources:
+            for name, values in source.lists():
+                if "\x00" in name or any("\x00" in value for value in values):
+                    return _nul_refused(request, name.replace("\x00", "\\0"))
+        return self.get_response(request)
+
+
+def _nul_refused(request: HttpRequest, field: str) -> HttpResponse:
+    message = f"{field}: contains a NUL character"
+    if request.path.startswith("/api/"):
+        return problem(400, "Bad request", message, [{"field": field, "message": message}])
+    return HttpResponse(message, status=400, content_type="text/plain; charset=utf-8")
+
+
+class ActionId:
+    """An action's id as its canonical UUID (lowercase, hyphenated): the one spelling the
+    production layout routes to the server that holds long-polls. Other spellings are 404."""
+
+    regex = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: object) -> str:
+        return str(value)
