@@ -196,7 +196,7 @@ def _record_proposal(token: AgentToken, data: ProposalData) -> Action:
     session = _session(agent, token, data.session_id)
     if data.step_index is not None and not session.steps.filter(index=data.step_index).exists():
         raise Refused(
-            422,
+            409,
             "Unknown reasoning step",
             f"session {data.session_id} has no step {data.step_index}; post it first",
             field="step_index",
@@ -418,7 +418,7 @@ def steps_record(*, token: AgentToken, session_id: str, steps: list[StepData]) -
             continue
         if step.index != expected:
             raise Refused(
-                422,
+                409,
                 "Steps out of order",
                 f"step {step.index} cannot follow: the next step of session {session_id} "
                 f"is {expected}",

@@ -7,7 +7,7 @@ import re
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from functools import wraps
+from functools import partial, wraps
 from typing import Annotated, Any, Literal
 
 from asgiref.sync import sync_to_async
@@ -16,13 +16,21 @@ from django.core.cache import cache
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic import Strict as PydanticStrict
 
 from approvals import actions, idempotency
 from approvals.actions import ProposalData, StepData
 from approvals.errors import Refused, problem
-from approvals.inputs import BadJSON, OutOfLimits, parse_json, whole_number
+from approvals.inputs import MAX_INTEGER, BadJSON, OutOfLimits, parse_json, whole_number
 from approvals.killswitches import killswitch_state
 from approvals.models import Action, AgentToken
 from approvals.tokens import TokenError, token_allows, token_authenticate
@@ -30,8 +38,52 @@ from approvals.tokens import TokenError, token_allows, token_authenticate
 Verb = Literal["read", "create", "update", "delete", "spend", "execute"]
 IDENTIFIER = r"^[A-Za-z0-9_.:-]{1,100}$"
 # Strict: a JSON true is not the integer 1, and "3" is not 3.
-Count = Annotated[int, PydanticStrict(), Field(ge=0, le=2**53 - 1)]
+
+
+def _json_integer(value: Any) -> Any:
+    """An integer as JSON Schema counts one (5 and 5.0), never a boolean or a string."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON integer")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("must be a whole number")
+    return int(value)
+
+
+JSONInteger = BeforeValidator(_json_integer)
+Count = Annotated[int, Field(ge=0, le=MAX_INTEGER), JSONInteger]
+StepIndex = Annotated[int, Field(ge=0, le=2**31 - 1), JSONInteger]
 Flag = Annotated[bool, PydanticStrict()]
+AMOUNT_PATTERN = r"^(0|[1-9][0-9]{0,13})(\.[0-9]{1,4})?$"
+AMOUNT_MAX = 10**14 - 1
+
+
+def _amount(value: Any) -> Any:
+    """A decimal string is taken exactly; a JSON number (a binary float) to 4 places."""
+    if isinstance(value, bool):
+        raise ValueError("must be a decimal string or a number")
+    if isinstance(value, str):
+        if not re.fullmatch(AMOUNT_PATTERN, value):
+            raise ValueError("must be a decimal string like 450.00 (up to 4 decimal places)")
+        return Decimal(value)
+    if isinstance(value, int | float):
+        return round(Decimal(repr(value)), 4)
+    raise ValueError("must be a decimal string or a number")
+
+
+AmountValue = Annotated[
+    Decimal,
+    BeforeValidator(_amount),
+    Field(ge=0, le=AMOUNT_MAX),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": AMOUNT_PATTERN},
+                {"type": "number", "minimum": 0, "maximum": AMOUNT_MAX},
+            ],
+            "description": "a decimal string, taken exactly, or a number, rounded to 4 places",
+        }
+    ),
+]
 TARGET_ID_MAX = 200  # the longest target a rollback step can hold
 TargetId = Annotated[
     str,
@@ -49,7 +101,7 @@ class Strict(BaseModel):
 
 
 class Amount(Strict):
-    value: Decimal = Field(ge=0, max_digits=18, decimal_places=4)
+    value: AmountValue
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. USD")
 
 
@@ -71,9 +123,7 @@ class Compensation(Strict):
 
 class ActionIn(Strict):
     session_id: str = Field(pattern=IDENTIFIER)
-    step_index: Annotated[int, PydanticStrict(), Field(ge=0, le=2**31 - 1)] | None = Field(
-        default=None, description="the reasoning step behind it"
-    )
+    step_index: StepIndex | None = Field(default=None, description="the reasoning step behind it")
     tool: str = Field(pattern=IDENTIFIER)
     verb: Verb
     params: dict[str, Any] = Field(default_factory=dict)
@@ -108,7 +158,7 @@ class ResultIn(Strict):
 
 
 class StepIn(Strict):
-    index: Annotated[int, PydanticStrict(), Field(ge=0, le=2**31 - 1)]
+    index: StepIndex
     kind: Literal["thought", "observation", "tool_call", "tool_result"]
     content: str = Field(max_length=100_000)
     data: dict[str, Any] = Field(default_factory=dict)
@@ -369,8 +419,9 @@ def session_steps(request: HttpRequest, token: AgentToken, session_id: str) -> H
     if request.method != "POST":
         return _method_not_allowed("POST")
     if not re.fullmatch(IDENTIFIER, session_id):
+        message = "a session id is 1-100 letters, digits, and _ . : -"
         return problem(
-            400, "Invalid session id", "a session id is 1-100 letters, digits, and _ . : -"
+            422, "Invalid session id", message, [{"field": "session_id", "message": message}]
         )
     payload = parse(StepsIn, request)
     session = actions.steps_record(

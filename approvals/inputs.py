@@ -10,19 +10,20 @@ from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
+from django.http.multipartparser import MultiPartParserError
 
 from approvals.errors import problem
 
 # What any JSON body may hold, wherever in it (also stated in the OpenAPI document). Beyond
 # these a value could not be stored or read back faithfully: PostgreSQL refuses NUL and lone
-# surrogates in text, and numbers outside I-JSON's range (RFC 7493) lose precision elsewhere.
+# surrogates in text, and a number that overflows to infinity is not JSON at all.
 MAX_DEPTH = 32
 MAX_STRING = 100_000
-MAX_INTEGER = 2**53 - 1
+MAX_INTEGER = 2**53 - 1  # counts (records, population): exact in every JSON reader (I-JSON)
 JSON_LIMITS = (
     f"Anywhere in a body: at most {MAX_DEPTH} levels of nesting; strings (and keys) of at most "
     f"{MAX_STRING:,} characters, without NUL or unpaired surrogates; finite numbers only (no "
-    f"NaN, Infinity or overflowing exponents), integers within ±{MAX_INTEGER:,} (I-JSON)."
+    "NaN, Infinity or exponents that overflow a double); integers of up to 4,300 digits."
 )
 
 
@@ -82,11 +83,8 @@ def json_limits_check(value: Any) -> None:
         problem = None
         if isinstance(item, _NotJSON):
             problem = f"{item.text} is not a finite JSON number"
-        elif isinstance(item, bool) or item is None or isinstance(item, float):
+        elif item is None or isinstance(item, bool | int | float):
             continue
-        elif isinstance(item, int):
-            if abs(item) > MAX_INTEGER:
-                problem = f"integer outside ±{MAX_INTEGER}"
         elif isinstance(item, str):
             problem = _string_problem(item)
         elif len(path) >= MAX_DEPTH:
@@ -138,16 +136,24 @@ class RefuseNulCharacters:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        sources = [request.GET, request.POST] if request.method == "POST" else [request.GET]
+        sources = [request.GET]
+        if request.method == "POST" and request.content_type in FORM_TYPES:
+            try:
+                sources.append(request.POST)
+            except MultiPartParserError as exc:
+                return _refused(request, "(body)", f"not a readable form ({exc})")
         for source in sources:
             for name, values in source.lists():
                 if "\x00" in name or any("\x00" in value for value in values):
-                    return _nul_refused(request, name.replace("\x00", "\\0"))
+                    field = name.replace("\x00", "\\0")
+                    return _refused(request, field, f"{field}: contains a NUL character")
         return self.get_response(request)
 
 
-def _nul_refused(request: HttpRequest, field: str) -> HttpResponse:
-    message = f"{field}: contains a NUL character"
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def _refused(request: HttpRequest, field: str, message: str) -> HttpResponse:
     if request.path.startswith("/api/"):
         return problem(400, "Bad request", message, [{"field": field, "message": message}])
     return HttpResponse(message, status=400, content_type="text/plain; charset=utf-8")

@@ -152,7 +152,7 @@ def document() -> dict[str, Any]:
                             "name": "session_id",
                             "in": "path",
                             "required": True,
-                            "schema": {"type": "string"},
+                            "schema": {"type": "string", "pattern": api.IDENTIFIER},
                         }
                     ],  # noqa: E501
                     "requestBody": {

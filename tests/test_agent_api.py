@@ -156,10 +156,12 @@ def test_floats_anywhere_in_the_free_form_fields_are_kept(desk: Desk) -> None:
     assert str(action.amount) == "180.5000"
 
 
-def test_unknown_reasoning_step_is_422_and_nothing_is_written(desk: Desk) -> None:
+def test_unknown_reasoning_step_is_409_and_nothing_is_written(desk: Desk) -> None:
+    """Well-formed, but it names a step the session does not have (yet): a conflict with the
+    session's state, not invalid input."""
     token = agent_token("buyer", "procurement", *ORDERS)
     reply = propose(desk, token, order(step_index=7))
-    assert reply.status == 422 and problem_fields(reply) == ["step_index"]
+    assert reply.status == 409 and problem_fields(reply) == ["step_index"]
     assert not Action.objects.exists()
     assert not IdempotencyRecord.objects.exists()
 
@@ -321,7 +323,7 @@ def test_steps_are_recorded_in_order(desk: Desk) -> None:
     assert call(desk, token, "POST", "/sessions/run-9/steps", {"steps": steps}).status == 201
     gap = call(desk, token, "POST", "/sessions/run-9/steps",
                {"steps": [{"index": 5, "kind": "thought", "content": "skip"}]})  # fmt: skip
-    assert gap.status == 422 and problem_fields(gap) == ["steps.0.index"]
+    assert gap.status == 409 and problem_fields(gap) == ["steps.0.index"]
     different = {"steps": [{"index": 0, "kind": "thought", "content": "different"}]}
     changed = call(desk, token, "POST", "/sessions/run-9/steps", different)
     assert changed.status == 409

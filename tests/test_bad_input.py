@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from approvals.inputs import MAX_DEPTH, MAX_INTEGER, MAX_STRING
+from approvals.inputs import MAX_DEPTH, MAX_STRING
 from approvals.models import Action, AgentSession, ReasoningStep
 from tests.agents import agent_token, call, order, propose
 from tests.servers import Desk, Reply, http
@@ -56,10 +56,13 @@ def test_non_finite_numbers_are_422_naming_the_field(
     assert not Action.objects.exists()
 
 
-def test_an_integer_beyond_i_json_is_422(desk: Desk, token: str) -> None:
-    too_big = order(params={"qty": MAX_INTEGER + 1})
-    assert refused(propose(desk, token, too_big)) == ["params.qty"]
-    assert propose(desk, token, order(params={"qty": MAX_INTEGER})).status == 201
+def test_big_integers_are_kept_exactly_and_overlong_ones_refused(desk: Desk, token: str) -> None:
+    reply = propose(desk, token, order(params={"qty": 2**70, "id": -(10**30)}))
+    assert reply.status == 201
+    assert Action.objects.get().params == {"qty": 2**70, "id": -(10**30)}
+    digits = json.dumps(order()).replace('"qty": 2', '"qty": ' + "9" * 5000)
+    assert refused(raw_propose(desk, token, digits.encode()), 400) == []
+    assert Action.objects.count() == 1
 
 
 def test_json_nested_thousands_of_levels_is_422_not_a_crash(desk: Desk, token: str) -> None:

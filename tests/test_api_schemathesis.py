@@ -1,0 +1,56 @@
+"""Schemathesis, an independent client, against the agent API of a live desk.
+
+It reads the OpenAPI document the desk serves, then sends what that document allows and what
+it forbids, with a real token and every check on: a 500, an answer that breaks the document, a
+valid request refused, an invalid one accepted, or a response slower than allowed is a
+finding, and any finding fails this test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.agents import agent_token
+from tests.servers import ROOT, running_desk
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Verdict reads long-poll for up to API_MAX_WAIT seconds by design; the response-time check
+# allows that plus a margin instead of being dropped.
+MAX_WAIT = 2
+MAX_RESPONSE_SECONDS = MAX_WAIT + 3
+EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "30"))
+
+
+def test_the_agent_api_holds_to_its_openapi_document(tmp_path: Path, django_db_setup) -> None:
+    token = agent_token("schemathesis", "procurement", "*:*")
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
+    with running_desk(
+        tmp_path / "desk", API_MAX_WAIT=str(MAX_WAIT), API_RATE_LIMIT="1000000"
+    ) as desk:
+        run = subprocess.run(
+            [
+                sys.executable, "-m", "schemathesis.cli", "run",
+                f"{desk.url}/api/v1/openapi.json",
+                "--checks", "all",
+                "--max-response-time", str(MAX_RESPONSE_SECONDS),
+                "--header", f"Authorization: Bearer {token}",
+                "--max-examples", str(EXAMPLES),
+                # The document states these limits in words; JSON Schema cannot say them for
+                # the free-form params and snapshots, so nothing outside them is generated.
+                "--generation-allow-x00", "false",
+                "--generation-codec", "utf-8",
+                "--no-color",
+            ],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        desk_log = (tmp_path / "desk" / "uvicorn.log").read_text()
+    print(run.stdout[-6000:])
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert "Traceback" not in desk_log, desk_log[-4000:]
+    assert "generated" in run.stdout and "No issues found" in run.stdout
