@@ -10,7 +10,11 @@ alone stands for the state to restore, as JSON. Requests carry `Idempotency-Key`
 signed: `X-IncidentDesk-Signature` is hex HMAC-SHA256 with the connector's secret over the
 timestamp, method, path, key and body (see `sign`), the timestamp (Unix seconds) in
 `X-IncidentDesk-Timestamp`. A read answers the state as JSON (404: the target does not exist,
-read as null). Connection errors and 5xx answers are retried with backoff; other answers fail.
+read as null). Connection errors, answers not complete within the connector's timeout (the
+whole exchange, however the server paces it), 429 and 5xx answers are retried with backoff;
+other answers fail, and so do redirects (never followed) and answers over
+CONNECTOR_MAX_RESPONSE_BYTES. Connector calls run with no transaction open: rollbacks claim
+their steps first and record the outcomes after.
 
 Python connectors name a function `f(operation, *, target, state, action, key)`; it returns
 the current state for a read.
@@ -30,10 +34,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from django.conf import settings
 from django.db import transaction
 from django.utils.module_loading import import_string
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from approvals import outbound
 from approvals.audit import Actor, audit_record
 from approvals.errors import Refused
 from approvals.models import Action, Connector, Domain
@@ -167,14 +173,11 @@ class _Connections(threading.local):
 _connections = _Connections()
 
 
-def _connection(scheme: str, netloc: str, timeout: float) -> http.client.HTTPConnection:
+def _connection(scheme: str, netloc: str) -> http.client.HTTPConnection:
     key = (scheme, netloc)
     conn = _connections.open.get(key)
     if conn is None:
-        cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-        conn = cls(netloc, timeout=timeout)
-        _connections.open[key] = conn
-    conn.timeout = timeout
+        conn = _connections.open[key] = outbound.connection(scheme, netloc)
     return conn
 
 
@@ -210,22 +213,32 @@ def _http_once(connector: Connector, method: str, url: str, body: bytes, key: st
             connector.secret, timestamp=timestamp, method=method, path=path, key=key, body=body
         ),
     }
-    conn = _connection(parts.scheme, parts.netloc, connector.timeout_seconds)
+    conn = _connection(parts.scheme, parts.netloc)
     try:
-        conn.request(method, path, body=body if body or method != "GET" else None, headers=headers)
-        response = conn.getresponse()
-        payload = response.read()
-    except (OSError, http.client.HTTPException) as exc:
+        answer = outbound.exchange(
+            conn,
+            method,
+            path,
+            body=body if body or method != "GET" else None,
+            headers=headers,
+            seconds=connector.timeout_seconds,
+            max_bytes=settings.CONNECTOR_MAX_RESPONSE_BYTES,
+        )
+    except outbound.Unanswered as exc:
         _drop(parts.scheme, parts.netloc)
-        raise _Retry(f"{method} {url}: {exc.__class__.__name__}: {exc}") from exc
-    if response.getheader("Connection", "").lower() == "close":
+        raise _Retry(f"{method} {url}: {exc}") from exc
+    except outbound.OutboundError as exc:
         _drop(parts.scheme, parts.netloc)
-    if response.status >= 500 or response.status == 429:
-        raise _Retry(f"{method} {url} answered {response.status}: {payload[:200]!r}")
-    if response.status == 404 and method == "GET":
+        raise ConnectorError(f"{method} {url} {exc}") from exc
+    if answer.will_close:
+        _drop(parts.scheme, parts.netloc)
+    status, payload = answer.status, answer.body
+    if status >= 500 or status == 429:
+        raise _Retry(f"{method} {url} answered {status}: {payload[:200]!r}")
+    if status == 404 and method == "GET":
         return None
-    if response.status >= 400:
-        raise ConnectorError(f"{method} {url} answered {response.status}: {payload[:300]!r}")
+    if status >= 400:
+        raise ConnectorError(f"{method} {url} answered {status}: {payload[:300]!r}")
     if not payload:
         return None
     try:

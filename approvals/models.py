@@ -406,6 +406,7 @@ class Webhook(models.Model):
 class WebhookDelivery(models.Model):
     class State(models.TextChoices):
         PENDING = "pending"
+        SENDING = "sending"  # claimed by a worker (attempted_at: when)
         SENT = "sent"
         FAILED = "failed"
 

@@ -3,27 +3,33 @@
 A notification is recorded in the transaction of the change it reports and sent after commit
 by a Celery task with retries and backoff; a request never waits for it. Deliveries that keep
 failing are marked failed and shown on the dashboard and the queue.
+
+A worker claims a delivery with a conditional UPDATE, sends it with no transaction open (a
+slow endpoint holds no lock and no connection in a transaction), then writes the outcome for
+the claim it still holds. A claim older than the longest a send may take is a dead worker's:
+the periodic sweep hands it to another.
 """
 
 from __future__ import annotations
 
 import json
-import urllib.request
 from datetime import timedelta
-from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
+from approvals import outbound
 from approvals.models import Action, KillSwitchChange, Webhook, WebhookDelivery
 
 MAX_ATTEMPTS = 5
-TIMEOUT_SECONDS = 5
+# A claim this much older than the longest a send may take belongs to a worker that died.
+CLAIM_GRACE = timedelta(seconds=60)
+
+S = WebhookDelivery.State
 
 EVENTS = {
     "escalation.opened": "needs a decision",
@@ -78,53 +84,101 @@ def _queue(hooks: list[Webhook], event: str, body: dict[str, Any], action: Actio
     for hook in hooks:
         delivery = WebhookDelivery.objects.create(webhook=hook, event=event, action=action,
                                                   body=body)  # fmt: skip
-        transaction.on_commit(partial(webhook_deliver_task.delay, delivery.pk), robust=True)
+        webhook_deliver_task.delay_on_commit(delivery.pk)
+
+
+def claim_lease() -> timedelta:
+    return timedelta(seconds=settings.WEBHOOK_TIMEOUT_SECONDS) + CLAIM_GRACE
+
+
+def _claim(delivery_id: int) -> WebhookDelivery | None:
+    """Take the delivery if it waits to be sent, or its claim is a dead worker's."""
+    now = timezone.now()
+    stale = now - claim_lease()
+    deliveries = WebhookDelivery.objects.filter(pk=delivery_id)
+    # A delivery whose worker died with it every time is not tried forever.
+    deliveries.filter(state=S.SENDING, attempted_at__lt=stale, attempts__gte=MAX_ATTEMPTS).update(
+        state=S.FAILED,
+        finished_at=now,
+        last_error=f"gave up: the worker sending it stopped {MAX_ATTEMPTS} times",
+    )
+    claimable = Q(state=S.PENDING) | Q(state=S.SENDING, attempted_at__lt=stale)
+    taken = deliveries.filter(claimable).update(
+        state=S.SENDING, attempts=F("attempts") + 1, attempted_at=now
+    )
+    return deliveries.select_related("webhook").first() if taken else None
+
+
+def _send(url: str, body: dict[str, Any]) -> None:
+    """POST the body to the webhook, within the limits. Raises outbound.OutboundError."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise outbound.OutboundError("the webhook URL is not an http(s) URL")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    conn = outbound.connection(parts.scheme, parts.netloc)
+    try:
+        answer = outbound.exchange(
+            conn,
+            "POST",
+            target,
+            body=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "User-Agent": "IncidentDesk"},
+            seconds=settings.WEBHOOK_TIMEOUT_SECONDS,
+            max_bytes=settings.WEBHOOK_MAX_RESPONSE_BYTES,
+        )
+    finally:
+        conn.close()
+    if answer.status >= 400:
+        raise outbound.Unanswered(f"answered {answer.status}")
+
+
+def _record(delivery: WebhookDelivery, failure: outbound.OutboundError | None) -> bool:
+    """Write the outcome of this worker's attempt. Returns whether the delivery is done."""
+    now = timezone.now()
+    deliveries = WebhookDelivery.objects.filter(pk=delivery.pk)
+    if failure is None:
+        # Sent is sent, even if another worker took the claim over meanwhile.
+        deliveries.filter(state__in=[S.PENDING, S.SENDING]).update(
+            state=S.SENT, last_error="", finished_at=now
+        )
+        return True
+    # A redirect or an oversized answer comes back the same however often it is sent.
+    final = delivery.attempts >= MAX_ATTEMPTS or isinstance(
+        failure, outbound.Redirected | outbound.TooLarge
+    )
+    mine = deliveries.filter(state=S.SENDING, attempts=delivery.attempts)
+    written = mine.update(
+        state=S.FAILED if final else S.PENDING,
+        last_error=f"attempt {delivery.attempts}: {failure}"[:1000],
+        finished_at=now if final else None,
+    )
+    return final or not written  # not written: another worker holds the delivery now
 
 
 def webhook_deliver(*, delivery_id: int) -> bool:
-    """Try one delivery. Returns True when it is done (sent, failed for good, or gone); False
-    when it should be tried again later."""
-    with transaction.atomic():
-        delivery = (
-            WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("webhook")
-            .filter(pk=delivery_id, state=WebhookDelivery.State.PENDING)
-            .first()
-        )
-        if delivery is None:
-            return True  # sent already, given up on, or another worker has it now
-        delivery.attempts += 1
-        delivery.attempted_at = timezone.now()
-        request = urllib.request.Request(
-            delivery.webhook.url,
-            data=json.dumps(delivery.body).encode(),
-            method="POST",
-            headers={"Content-Type": "application/json", "User-Agent": "IncidentDesk"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
-                response.read(1024)
-            delivery.state, delivery.last_error = WebhookDelivery.State.SENT, ""
-        except Exception as exc:  # noqa: BLE001 - any failure of the endpoint is recorded
-            delivery.last_error = f"attempt {delivery.attempts}: {exc}"[:1000]
-            if delivery.attempts >= MAX_ATTEMPTS:
-                delivery.state = WebhookDelivery.State.FAILED
-        if delivery.state != WebhookDelivery.State.PENDING:
-            delivery.finished_at = timezone.now()
-        delivery.save(
-            update_fields=["attempts", "attempted_at", "state", "last_error", "finished_at"]
-        )
-        return delivery.state != WebhookDelivery.State.PENDING
+    """Try one delivery. Returns True when it is done (sent, failed for good, gone, or held by
+    another worker); False when it should be tried again later. Call it outside a transaction
+    (Celery tasks are): the send must not hold one open."""
+    delivery = _claim(delivery_id)
+    if delivery is None:
+        return True  # sent already, given up on, or another worker has it now
+    try:
+        _send(delivery.webhook.url, delivery.body)
+    except outbound.OutboundError as failure:
+        return _record(delivery, failure)
+    return _record(delivery, None)
 
 
 def stalled_deliveries(*, older_than: timedelta = timedelta(minutes=10)) -> list[int]:
-    """Pending deliveries nobody has tried for a while (their task was lost): to try again."""
-    cutoff = timezone.now() - older_than
-    return list(
-        WebhookDelivery.objects.filter(state=WebhookDelivery.State.PENDING)
-        .filter(Q(attempted_at__lt=cutoff) | Q(attempted_at=None, created_at__lt=cutoff))
-        .values_list("pk", flat=True)[:500]
+    """Deliveries whose task was lost (pending, not tried for a while) or whose worker died
+    while sending (a claim older than the lease): to try again."""
+    now = timezone.now()
+    cutoff = now - older_than
+    lost = Q(state=S.PENDING) & (
+        Q(attempted_at__lt=cutoff) | Q(attempted_at=None, created_at__lt=cutoff)
     )
+    abandoned = Q(state=S.SENDING, attempted_at__lt=now - claim_lease())
+    return list(WebhookDelivery.objects.filter(lost | abandoned).values_list("pk", flat=True)[:500])
 
 
 def endpoint_host(url: str) -> str:

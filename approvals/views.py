@@ -86,16 +86,8 @@ class LoginView(auth_views.LoginView):
             )
         return response
 
-    def form_invalid(self, form: Any) -> HttpResponse:
-        username = str(form.data.get("username", ""))[:150]
-        with transaction.atomic():
-            audit.audit_record(
-                actor=Actor.system("login"),
-                action="auth.login_failed",
-                summary=f"Failed sign-in as {username!r}",
-                data={"username": username},
-            )
-        return super().form_invalid(form)
+    # A failed sign-in is counted by django-axes, not audited (what was typed may be a
+    # password); a lockout is audited once (approvals/signin.py).
 
 
 class LogoutView(auth_views.LogoutView):

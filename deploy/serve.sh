@@ -23,6 +23,9 @@ WS_WORKERS=${WS_WORKERS:-1}
 CELERY_CONCURRENCY=${CELERY_CONCURRENCY:-2}
 RUN_DIR=${RUN_DIR:-var/run}
 export STATIC_MANIFEST=true
+# nginx below is the proxy in front of the desk: sign-in throttling takes the client's address
+# from the X-Forwarded-For it writes. Add the addresses of any proxy in front of nginx.
+export TRUSTED_PROXIES=${TRUSTED_PROXIES:-127.0.0.1,::1}
 
 mkdir -p "$RUN_DIR"
 "$BIN/python" manage.py migrate --no-input -v0

@@ -17,12 +17,13 @@ def test_sign_in_lands_on_the_dashboard_and_is_audited(client, viewer) -> None:
     assert event.actor == viewer.username
 
 
-def test_failed_sign_in_says_so_and_is_audited(client, viewer) -> None:
+def test_failed_sign_in_says_so_and_is_counted_not_audited(client, viewer) -> None:
+    # What was typed may be a password: failures are counted (tests/test_login_throttle.py),
+    # and only a lockout reaches the audit trail.
     response = client.post(reverse("login"), {"username": viewer.username, "password": "nope"})
     assert response.status_code == 200
     assert "Please enter a correct username and password" in response.content.decode()
-    event = AuditEvent.objects.get(action="auth.login_failed")
-    assert event.data == {"username": viewer.username}
+    assert not AuditEvent.objects.filter(action__startswith="auth.").exists()
 
 
 def test_sign_out_is_a_post_and_is_audited(viewer, login) -> None:
