@@ -211,14 +211,23 @@ def parse[M: BaseModel](model: type[M], request: HttpRequest) -> M:
 
 
 def _rate_limited(token: AgentToken) -> int | None:
-    """Seconds to wait, if this token has used up its requests for the current minute."""
+    """Seconds to wait, if this token has used up its requests for the current minute.
+
+    Counted in the cache; while that is unreachable, in this process (approvals/ratelimit.py).
+    """
+    from approvals.ratelimit import requests
+
     now = time.time()
     window = int(now // 60)
     key = f"api-rate:{token.prefix}:{window}"
-    try:
-        used = cache.incr(key)
-    except ValueError:  # the first request of this window
-        used = 1 if cache.add(key, 1, timeout=90) else cache.incr(key)
+
+    def count_in_cache() -> int:
+        try:
+            return cache.incr(key)
+        except ValueError:  # the first request of this window
+            return 1 if cache.add(key, 1, timeout=90) else cache.incr(key)
+
+    used = requests.count(key, count_in_cache)
     if used > settings.API_RATE_LIMIT:
         return max(1, int((window + 1) * 60 - now) + 1)
     return None
@@ -227,8 +236,9 @@ def _rate_limited(token: AgentToken) -> int | None:
 AgentView = Callable[..., HttpResponse]
 
 
-def authorize(request: HttpRequest) -> AgentToken | HttpResponse:
-    """The request's live token, or the problem response that refuses it (401, 429, 413)."""
+def authorize(request: HttpRequest, *, rate_limited: bool = True) -> AgentToken | HttpResponse:
+    """The request's live token, or the problem response that refuses it (401, 429, 413).
+    Without `rate_limited`, the request is neither counted nor refused for the rate."""
     header = request.headers.get("Authorization", "")
     scheme, _, raw = header.partition(" ")
     if scheme.lower() != "bearer" or not raw:
@@ -241,7 +251,7 @@ def authorize(request: HttpRequest) -> AgentToken | HttpResponse:
         response = problem(401, "Unauthorized", f"the token is not valid: {exc}")
         response["WWW-Authenticate"] = 'Bearer realm="incidentdesk", error="invalid_token"'
         return response
-    retry_after = _rate_limited(token)
+    retry_after = _rate_limited(token) if rate_limited else None
     if retry_after is not None:
         response = problem(
             429,
@@ -270,13 +280,13 @@ def _body_too_large(request: HttpRequest) -> bool:
         return True
 
 
-def agent_api(view: AgentView) -> Callable[..., HttpResponse]:
+def agent_api(view: AgentView, *, rate_limited: bool = True) -> Callable[..., HttpResponse]:
     """Authenticate the bearer token, apply limits, and turn refusals into problem documents."""
 
     @csrf_exempt
     @wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        token = authorize(request)
+        token = authorize(request, rate_limited=rate_limited)
         if isinstance(token, HttpResponse):
             return token
         try:
@@ -398,7 +408,8 @@ def _wait_seconds(raw: str) -> int | HttpResponse:
     )
 
 
-@agent_api
+# Never rate-limited: an action that ran must always be reportable.
+@partial(agent_api, rate_limited=False)
 def action_result(request: HttpRequest, token: AgentToken, action_id: str) -> HttpResponse:
     if request.method != "POST":
         return _method_not_allowed("POST")

@@ -25,7 +25,13 @@ from typing import Any
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import close_old_connections, connection, transaction
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -202,6 +208,11 @@ class BackgroundSealer:
             self.event.clear()
             try:
                 audit_seal(wait=False)
+            except (OperationalError, InterfaceError) as exc:
+                # The database is restarting or unreachable: the next round seals the events.
+                reason = str(exc).partition("\n")[0]
+                log.warning("sealing audit events failed, retrying: %s", reason)
+                time.sleep(1)
             except Exception:
                 log.exception("sealing audit events failed; retrying")
                 time.sleep(1)

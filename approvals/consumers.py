@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -33,12 +34,15 @@ from approvals.queue import (
 from approvals.roles import perm
 from approvals.rollbacks import plan_context
 from approvals.tokens import TokenError, token_authenticate
+from incidentdesk.outage import REDIS_DOWN, redis_outage
 
 logger = logging.getLogger(__name__)
 
 # Sent when the credentials a socket was opened with no longer hold: a client should not
 # reconnect with them (4000-4999 are the application's own close codes).
 CLOSE_ACCESS_ENDED = 4401
+# Sent when the channel layer failed: reconnect (the state comes whole on connect).
+CLOSE_SERVICE_RESTART = 1012
 
 # One rendering per message and permission variant, shared by every socket in this process:
 # a push to 500 open pages renders its fragment once, not 500 times.
@@ -150,7 +154,43 @@ def decision_html(action_id: str, permissions: Permissions) -> str:
     return render_to_string("approvals/review.html#decision", context)
 
 
-class DeskConsumer(AsyncWebsocketConsumer):
+class LiveConsumer(AsyncWebsocketConsumer):
+    """A socket whose channel layer (Redis) fails is closed cleanly rather than crashing:
+    its cleanup runs, the client is told to come back (1012) and gets the whole state when it
+    does, and the log says so once per outage (incidentdesk/outage.py), not once a socket."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except REDIS_DOWN as exc:
+            redis_outage.failed("a websocket's channel layer", exc)
+            with contextlib.suppress(Exception):
+                await self.disconnect(CLOSE_SERVICE_RESTART)  # cleanup first, then groups
+            with contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": CLOSE_SERVICE_RESTART})
+
+    # Every LIVE_RECHECK_SECONDS the socket checks that what opened it still holds: a backstop
+    # for changes no message announced (an expiry, an admin's edit, a revocation by another
+    # process in embedded mode, where the channel layer lives in this one).
+    recheck: asyncio.Task[None] | None = None
+
+    def start_rechecks(self) -> None:
+        self.recheck = asyncio.get_running_loop().create_task(self._recheck_periodically())
+
+    def stop_rechecks(self) -> None:
+        if self.recheck is not None:
+            self.recheck.cancel()
+
+    async def _recheck_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(settings.LIVE_RECHECK_SECONDS)
+            await self.access_changed({})
+
+    async def access_changed(self, event: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class DeskConsumer(LiveConsumer):
     """The operators' live channel: pushes the same template partials the pages render.
 
     Anonymous users and users without desk access are refused at the handshake. On every
@@ -163,7 +203,6 @@ class DeskConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         self.joined = []
-        self.recheck: asyncio.Task[None] | None = None
         if user is None or not user.is_authenticated:
             await self.close()
             return
@@ -214,12 +253,7 @@ class DeskConsumer(AsyncWebsocketConsumer):
         if self.plan_id:
             html = await database_sync_to_async(plan_progress_html)(self.plan_id, self.can_run)
             await self.send(text_data=html)
-        self.recheck = asyncio.get_running_loop().create_task(self.recheck_periodically())
-
-    async def recheck_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(settings.LIVE_RECHECK_SECONDS)
-            await self.access_changed({})
+        self.start_rechecks()
 
     async def access_changed(self, event: dict[str, Any]) -> None:
         """Close the page's socket once its session no longer grants the desk; otherwise
@@ -245,8 +279,7 @@ class DeskConsumer(AsyncWebsocketConsumer):
         self.joined.append(group)
 
     async def disconnect(self, code: int) -> None:
-        if self.recheck is not None:
-            self.recheck.cancel()
+        self.stop_rechecks()
         for group in self.joined:
             await self.channel_layer.group_discard(group, self.channel_name)
 
@@ -322,6 +355,7 @@ class AgentFanOut:
     def __init__(self) -> None:
         self.agents: set[AgentConsumer] = set()
         self.task: asyncio.Task[None] | None = None
+        self.lost = False  # the channel layer failed: changes may have been missed
 
     def add(self, agent: AgentConsumer) -> None:
         self.agents.add(agent)
@@ -333,15 +367,21 @@ class AgentFanOut:
 
     async def listen(self) -> None:
         """Hold this process's membership and pass each change on, for as long as agents are
-        connected here. A lost Redis connection is retried, never the end of the pushes."""
+        connected here. A lost Redis connection is retried, never the end of the pushes; once
+        it is back, the sockets get the whole state, since changes may have been missed."""
         layer = get_channel_layer()
         while self.agents:
             try:
                 await self._relay(layer)
             except asyncio.CancelledError:
                 raise
+            except REDIS_DOWN as exc:
+                redis_outage.failed("the kill switch fan-out", exc)
+                self.lost = True
+                await asyncio.sleep(1)
             except Exception:
-                logger.exception("kill switch fan-out lost the channel layer; retrying in 1 s")
+                logger.exception("kill switch fan-out failed; retrying in 1 s")
+                self.lost = True
                 await asyncio.sleep(1)
 
     async def _relay(self, layer: Any) -> None:
@@ -351,6 +391,10 @@ class AgentFanOut:
             if joined is None or time.monotonic() - joined > self.REJOIN_SECONDS:
                 await layer.group_add(live.KILLSWITCH_GROUP, channel)
                 joined = time.monotonic()
+                if self.lost:  # changes may have been missed: every socket gets the state
+                    redis_outage.worked()
+                    self.lost = False
+                    await self.push({})  # no state in it: read from the database
             try:
                 message = await asyncio.wait_for(layer.receive(channel), self.REJOIN_SECONDS)
             except TimeoutError:
@@ -380,7 +424,7 @@ class AgentFanOut:
 fan_out = AgentFanOut()
 
 
-class AgentConsumer(AsyncWebsocketConsumer):
+class AgentConsumer(LiveConsumer):
     """Agents' live channel (/ws/agent/, bearer token): the kill switches over the token's
     domain, as a full state with its version, on connect and after every change."""
 
@@ -408,6 +452,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await self.accept()
         fan_out.add(self)
         await self.send(text_data=await database_sync_to_async(agent_state_json)(self.domain))
+        self.start_rechecks()
 
     async def access_changed(self, event: dict[str, Any]) -> None:
         if await database_sync_to_async(_live_token)(self.raw_token) is None:
@@ -415,6 +460,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         fan_out.discard(self)
+        self.stop_rechecks()
         if hasattr(self, "agent_group"):
             self.expiry.cancel()
             await self.channel_layer.group_discard(self.agent_group, self.channel_name)

@@ -101,10 +101,9 @@ def _schedule_timer(action: Action) -> None:
 
     assert action.sla_due_at is not None
     action_id, timer_id, due = str(action.pk), action.timer_id, action.sla_due_at
-    transaction.on_commit(
-        lambda: escalation_timer_task.apply_async((action_id, timer_id), eta=due),
-        robust=True,  # a broker hiccup must not fail the committed change; the sweep covers it
-    )
+    # A broker hiccup does not fail the committed change (the task class logs it); the
+    # sweep covers a lost timer.
+    escalation_timer_task.apply_async_on_commit((action_id, timer_id), eta=due)
 
 
 def may_decide(user: Any, action: Action) -> bool:

@@ -13,7 +13,12 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import transaction
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from incidentdesk.outage import REDIS_DOWN, redis_outage
 
 AUDIT_GROUP = "audit"
 QUEUE_GROUP = "approvals.queue"
@@ -64,7 +69,10 @@ def message(event_type: str, **payload: Any) -> dict[str, Any]:
 
 
 def send(group: str | tuple[str, ...], event_type: str, **payload: Any) -> None:
-    """Send one message to one group, or the same message (one id) to several."""
+    """Send one message to one group, or the same message (one id) to several.
+
+    At most REDIS_SOCKET_TIMEOUT seconds: the channel layer's own socket timeout is longer,
+    for its blocking reads (settings.py), and a Redis that hangs must not hold the caller."""
     layer = get_channel_layer()
     if layer is None:
         return
@@ -75,16 +83,40 @@ def send(group: str | tuple[str, ...], event_type: str, **payload: Any) -> None:
         for name in groups:
             await layer.group_send(name, event)
 
+    async def send_all_in_time() -> None:
+        try:
+            async with asyncio.timeout(settings.REDIS_SOCKET_TIMEOUT):
+                await send_all()
+        except TimeoutError:
+            raise RedisTimeoutError("the channel layer did not answer in time") from None
+
     loop = _server_loop
-    if loop is not None and loop.is_running():
+    if loop is not None and loop.is_running():  # embedded: the in-memory layer
         asyncio.run_coroutine_threadsafe(send_all(), loop).result(timeout=5)
     else:
-        async_to_sync(send_all)()
+        async_to_sync(send_all_in_time)()
 
 
 def send_on_commit(group: str | tuple[str, ...], event_type: str, **payload: Any) -> None:
-    """Send once the current transaction commits; never for a change that rolled back."""
-    transaction.on_commit(lambda: send(group, event_type, **payload), robust=True)
+    """Send once the current transaction commits; never for a change that rolled back.
+
+    While Redis is out (incidentdesk/outage.py) the message is lost, never the change that
+    committed: pages and agents get the whole state again when they reconnect."""
+
+    def send_after_commit() -> None:
+        if not redis_outage.usable():
+            return
+        try:
+            try:
+                send(group, event_type, **payload)
+            except RedisConnectionError:  # a connection pooled before Redis restarted
+                send(group, event_type, **payload)
+        except REDIS_DOWN as exc:
+            redis_outage.failed(f"live update {event_type}", exc)
+        else:
+            redis_outage.worked()
+
+    transaction.on_commit(send_after_commit, robust=True)
 
 
 def audit_verification_changed(verification_id: int) -> None:

@@ -25,7 +25,8 @@ def _json(ref: str, description: str) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    return {str(code): PROBLEM for code in codes}
+    # 503: the database or Redis cannot be reached; the request may be sent again.
+    return {str(code): PROBLEM for code in (*codes, 503)}
 
 
 def document() -> dict[str, Any]:
@@ -140,7 +141,8 @@ def document() -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _json("Verdict", "recorded"),
-                        **_errors(*common, 404, 409),
+                        # Never rate-limited: a tool that ran can always be reported.
+                        **_errors(400, 401, 413, 422, 404, 409),
                     },  # noqa: E501
                 }
             },

@@ -7,8 +7,10 @@ Every variable is listed in README.md.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -50,6 +52,33 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None or raw == "":
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_networks(name: str) -> list[str]:
+    """Comma-separated IP addresses or networks (10.0.0.0/8)."""
+    networks = env_list(name, [])
+    for item in networks:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            detail = f"{item!r} is not an IP address or network"
+            raise ImproperlyConfigured(f"{name}: {detail}") from None
+    return networks
+
+
+def env_lockout(name: str, default: str) -> list[str | list[str]]:
+    """Comma-separated lockouts, each a parameter or parameters joined by `+`
+    (`username+ip_address,ip_address`), as django-axes' AXES_LOCKOUT_PARAMETERS."""
+    known = {"username", "ip_address", "user_agent"}
+    lockouts: list[str | list[str]] = []
+    for item in env_list(name, [default]):
+        parts = [part.strip() for part in item.split("+")]
+        if not set(parts) <= known:
+            raise ImproperlyConfigured(
+                f"{name}: {item!r} is not one of {', '.join(sorted(known))} or those joined by +"
+            )
+        lockouts.append(parts[0] if len(parts) == 1 else parts)
+    return lockouts
 
 
 def env_secret(name: str) -> str:
@@ -97,11 +126,14 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "channels",
+    "axes",
     "approvals",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # A database that cannot be reached answers 503, not 500 (incidentdesk/middleware.py).
+    "incidentdesk.middleware.DatabaseUnavailableMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -112,6 +144,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a lockout into the 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "incidentdesk.urls"
@@ -148,12 +182,17 @@ else:
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A pool per process instead of a connection per request (or per ASGI thread, which
-    # exhausts the server): each web or worker process holds at most DB_POOL_MAX.
+    # exhausts the server): each web or worker process holds at most DB_POOL_MAX. The pool
+    # checks a connection before lending it (one empty query), so that those a database
+    # restart broke are dropped, not handed out (incidentdesk/db.py).
+    from incidentdesk.db import check_pooled_connection
+
     DATABASES["default"]["OPTIONS"] = {
         "pool": {
             "min_size": env_int("DB_POOL_MIN", 1),
             "max_size": env_int("DB_POOL_MAX", 12),
             "timeout": env_int("DB_POOL_TIMEOUT", 10),
+            "check": check_pooled_connection,
         }
     }
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -212,10 +251,16 @@ else:
 # Celery: Redis broker in production; in embedded mode an in-memory broker consumed by a
 # worker thread that the ASGI process starts (incidentdesk/embedded.py).
 CELERY_BROKER_URL = REDIS_URL or "memory://"
+if REDIS_URL:
+    # kombu's Redis transport, fixed so that a worker survives losing Redis (see the module).
+    CELERY_BROKER_TRANSPORT = "incidentdesk.broker:Transport"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A send that fails is not tried again on the caller's time (against a Redis that hangs, each
+# try costs REDIS_SOCKET_TIMEOUT); the periodic sweep covers the tasks lost that way.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 0}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "incidentdesk")
 CELERY_BROKER_TRANSPORT_OPTIONS = (
@@ -250,6 +295,34 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"
+
+# Sign-in throttling (django-axes, approvals/signin.py), for the desk's login page and the
+# admin's: failed sign-ins are counted per LOGIN_LOCKOUT_BY; at LOGIN_FAILURE_LIMIT within
+# LOGIN_COOLOFF_SECONDS of each other that client is locked out (429) for LOGIN_COOLOFF_SECONDS.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+LOGIN_COOLOFF_SECONDS = env_int("LOGIN_COOLOFF_SECONDS", 900)
+if AXES_FAILURE_LIMIT < 1 or LOGIN_COOLOFF_SECONDS < 1:
+    raise ImproperlyConfigured("LOGIN_FAILURE_LIMIT and LOGIN_COOLOFF_SECONDS must be 1 or more")
+AXES_COOLOFF_TIME = timedelta(seconds=LOGIN_COOLOFF_SECONDS)
+AXES_LOCKOUT_PARAMETERS = env_lockout("LOGIN_LOCKOUT_BY", "username+ip_address")
+# Attempts while locked out do not push the end of the lockout further away.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_RESET_ON_SUCCESS = True
+# Whoever connects is the client, unless it is one of TRUSTED_PROXIES (the production
+# layout's nginx): then the address that proxy put in X-Forwarded-For.
+TRUSTED_PROXIES = env_networks("TRUSTED_PROXIES")
+AXES_CLIENT_IP_CALLABLE = "approvals.signin.client_ip"
+# A username no account has is kept as a keyed hash: it may be a password typed in the wrong field.
+AXES_USERNAME_CALLABLE = "approvals.signin.attempted_username"
+AXES_LOCKOUT_CALLABLE = "approvals.signin.lockout_response"
+# Sign-ins are in the audit trail; axes keeps only the counts.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_ENABLE_ACCESS_FAILURE_LOG = False
+AXES_VERBOSE = False
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
@@ -326,6 +399,14 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES + 1024, 2_621_440)
 API_RATE_LIMIT = env_int("API_RATE_LIMIT", 600)
 IDEMPOTENCY_KEEP_HOURS = env_int("IDEMPOTENCY_KEEP_HOURS", 48)
 API_MAX_WAIT = env_int("API_MAX_WAIT", 30)
+
+# Outgoing HTTP (webhooks, connectors): redirects are not followed, and an answer is read up
+# to a limit (more is an error). A webhook delivery attempt has WEBHOOK_TIMEOUT_SECONDS in all:
+# connecting, sending, the answer; a connector request has its connector's timeout in all.
+WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10)
+WEBHOOK_MAX_RESPONSE_BYTES = env_int("WEBHOOK_MAX_RESPONSE_BYTES", 64 * 1024)
+# A connector's read answers a target's state: as large as a snapshot an agent may send.
+CONNECTOR_MAX_RESPONSE_BYTES = env_int("CONNECTOR_MAX_RESPONSE_BYTES", API_MAX_BODY_BYTES)
 
 # How often an open desk page checks that its session still grants access (signing out and
 # role changes close pages at once; this catches expiry and edits made in the admin).

@@ -10,4 +10,4 @@ urlpatterns = [
 ]
 
 handler404 = "approvals.views.not_found"
-handler500 = "approvals.views.server_error"
+handler500 = "incidentdesk.middleware.server_error"  # 503 when the database is down

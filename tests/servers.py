@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -69,6 +69,9 @@ def server_env(**extra: str) -> dict[str, str]:
 class Desk:
     url: str
     processes: list[subprocess.Popen[bytes]]
+    # What start_worker needs to start another worker for this desk.
+    env: dict[str, str] = field(default_factory=dict)
+    queue: str = ""
 
     @property
     def ws_url(self) -> str:
@@ -140,7 +143,7 @@ def running_desk(log_dir: Path, port: int | None = None, **extra_env: str) -> It
             workers = [processes[-1]]
         url = f"http://127.0.0.1:{port}"
         _wait_http(f"{url}/healthz", web, timeout=30)
-        yield Desk(url=url, processes=processes)
+        yield Desk(url=url, processes=processes, env=env, queue=queue)
     finally:
         for process in processes:
             if process in workers:

@@ -126,11 +126,12 @@ def test_a_result_must_say_ok_as_a_boolean(desk: Desk, token: str) -> None:
 
 
 def test_steps_refuse_nul_and_boolean_indexes(desk: Desk, token: str) -> None:
-    steps = "/sessions/run-9/steps"
-    assert refused(call(desk, token, "POST", steps, {"steps": [
-        {"index": True, "kind": "thought", "content": "x"}]})) == ["steps.0.index"]  # fmt: skip
-    assert refused(call(desk, token, "POST", steps, {"steps": [
-        {"index": 0, "kind": "thought", "content": "a\u0000b"}]})) == ["steps.0.content"]  # fmt: skip
+    def steps(**step: object) -> Reply:
+        body = {"steps": [{"index": 0, "kind": "thought", "content": "x", **step}]}
+        return call(desk, token, "POST", "/sessions/run-9/steps", body)
+
+    assert refused(steps(index=True)) == ["steps.0.index"]
+    assert refused(steps(content="a\u0000b")) == ["steps.0.content"]
     assert not ReasoningStep.objects.exists() and not AgentSession.objects.exists()
 
 
