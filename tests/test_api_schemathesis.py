@@ -25,6 +25,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 MAX_WAIT = 2
 MAX_RESPONSE_SECONDS = MAX_WAIT + 3
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "30"))
+SEED = os.environ.get("SCHEMATHESIS_SEED")  # to replay a run: its seed is printed
 
 
 def test_the_agent_api_holds_to_its_openapi_document(tmp_path: Path, django_db_setup) -> None:
@@ -35,7 +36,8 @@ def test_the_agent_api_holds_to_its_openapi_document(tmp_path: Path, django_db_s
     ) as desk:
         run = subprocess.run(
             [
-                sys.executable, "-m", "schemathesis.cli", "run",
+                sys.executable, "-m", "schemathesis.cli",
+                "--config-file", str(ROOT / "tests" / "schemathesis.toml"), "run",
                 f"{desk.url}/api/v1/openapi.json",
                 "--checks", "all",
                 "--max-response-time", str(MAX_RESPONSE_SECONDS),
@@ -46,11 +48,22 @@ def test_the_agent_api_holds_to_its_openapi_document(tmp_path: Path, django_db_s
                 "--generation-allow-x00", "false",
                 "--generation-codec", "utf-8",
                 "--no-color",
+                *(["--seed", SEED] if SEED else []),
             ],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         desk_log = (tmp_path / "desk" / "uvicorn.log").read_text()
-    print(run.stdout[-6000:])
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    report = _shortened(run.stdout)
+    print(report)
+    assert run.returncode == 0, report + run.stderr[-2000:]
     assert "Traceback" not in desk_log, desk_log[-4000:]
     assert "generated" in run.stdout and "No issues found" in run.stdout
+
+
+def _shortened(output: str, width: int = 600) -> str:
+    """The report with each line cut to `width` characters: a failing case may carry a body of
+    many kilobytes, which would push the findings themselves out of sight."""
+    return "\n".join(
+        line if len(line) <= width else f"{line[:width]} [... {len(line) - width} more]"
+        for line in output.splitlines()
+    )

@@ -61,7 +61,7 @@ def test_tier_two_escalation_is_sent_after_commit(receiver, django_capture_on_co
     with django_capture_on_commit_callbacks() as queued:
         action = escalated_action(tier=2, agent="janitor")
     assert receiver.bodies == []  # nothing is sent inside the request's transaction
-    assert any("delay" in repr(callback) for callback in queued)
+    assert any("webhook_deliver_task" in repr(callback) for callback in queued)
     deliver_all()
     [body] = receiver.bodies
     assert body["event"] == "escalation.opened" and body["action_id"] == str(action.pk)
