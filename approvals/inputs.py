@@ -49,15 +49,6 @@ class _NotJSON:
         self.text = text
 
 
-def _constant(text: str) -> _NotJSON:
-    return _NotJSON(text)
-
-
-def _float(text: str) -> float | _NotJSON:
-    value = float(text)
-    return value if math.isfinite(value) else _NotJSON(text)
-
-
 def _string_problem(value: str) -> str | None:
     if len(value) > MAX_STRING:
         return f"longer than {MAX_STRING} characters"
@@ -107,15 +98,54 @@ def json_limits_check(value: Any) -> None:
 def parse_json(body: bytes) -> Any:
     """The body as JSON within JSON_LIMITS: BadJSON if it is not JSON, OutOfLimits if it
     holds what the desk will not store."""
+    not_finite: list[str] = []
+
+    def constant(text: str) -> _NotJSON:  # NaN, Infinity, -Infinity
+        not_finite.append(text)
+        return _NotJSON(text)
+
+    def number(text: str) -> float | _NotJSON:
+        value = float(text)
+        return value if math.isfinite(value) else constant(text)
+
     try:
-        raw = json.loads(body or b"null", parse_constant=_constant, parse_float=_float)
+        raw = json.loads(body or b"null", parse_constant=constant, parse_float=number)
     except RecursionError:
         deep = {"field": "(body)", "message": f"nested more than {MAX_DEPTH} levels deep"}
         raise OutOfLimits([deep]) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadJSON(str(exc)) from None
-    json_limits_check(raw)
+    if not_finite or _may_break_limits(body, raw):
+        json_limits_check(raw)
     return raw
+
+
+# A NUL or a surrogate can only reach a parsed string as a \u escape, or (a surrogate) as its
+# UTF-8-style bytes, which json.loads lets through.
+_SUSPECT_TEXT = re.compile(rb"\\u0000|\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+
+
+def _may_break_limits(body: bytes, raw: Any) -> bool:
+    """Whether the field-by-field walk that names what is wrong is needed. One pass without
+    paths, looking only for what the bytes say may be there, finds out: most bodies are
+    within the limits, and a 10,000-target proposal is checked in milliseconds."""
+    texts = bool(_SUSPECT_TEXT.search(body))
+    lengths = len(body) > MAX_STRING
+    stack = [(1, raw)] if isinstance(raw, dict | list) else []
+    while stack:
+        depth, item = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        values = item.values() if isinstance(item, dict) else item
+        strings = [*item.keys(), *values] if isinstance(item, dict) else item
+        if texts or lengths:
+            for value in strings:
+                if isinstance(value, str) and (
+                    len(value) > MAX_STRING or (texts and _string_problem(value))
+                ):
+                    return True
+        stack.extend((depth + 1, child) for child in values if isinstance(child, dict | list))
+    return False
 
 
 def whole_number(raw: str, *, low: int = 0, high: int = 2**31 - 1) -> int | None:
