@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -138,15 +139,12 @@ def test_revoking_a_token_closes_its_socket(live_desk: Desk) -> None:
 def test_quarantine_closes_every_socket_of_the_agent(live_desk: Desk) -> None:
     desk = live_desk
     tokens = [agent_token("loose-bot", "procurement", "*:read") for _ in range(2)]
-    sockets = [agent_socket(desk, token) for token in tokens]
-    try:
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(agent_socket(desk, token)) for token in tokens]
         for ws in sockets:
             ws.recv(timeout=10)
         agent_quarantine(agent_name="loose-bot", actor=Actor("user", "otto"), reason="loops")
         assert [closed_with(ws) for ws in sockets] == [consumers.CLOSE_ACCESS_ENDED] * 2
-    finally:
-        for ws in sockets:
-            ws.close()
 
 
 def test_a_socket_closes_when_its_token_expires(desk: Desk) -> None:
