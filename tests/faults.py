@@ -36,14 +36,23 @@ SCOPE = "create_order:create"
 # Small orders are allowed; big ones escalate to tier 2 (a timer, a live push, a webhook).
 POLICY = {
     "rules": [
-        {"id": "spend-cap", "when": {"amount_over": "500"}, "outcome": "escalate", "tier": 2,
-         "reason": "over the spend cap"},
-        {"id": "allow-orders", "match": {"tools": ["create_order"]}, "outcome": "allow",
-         "reason": "small orders"},
+        {
+            "id": "spend-cap",
+            "when": {"amount_over": "500"},
+            "outcome": "escalate",
+            "tier": 2,
+            "reason": "over the spend cap",
+        },
+        {
+            "id": "allow-orders",
+            "match": {"tools": ["create_order"]},
+            "outcome": "allow",
+            "reason": "small orders",
+        },
     ],
     "default_outcome": "deny",
     "default_tier": None,
-}  # fmt: skip
+}
 
 
 def order(marker: str, amount: str = "10.00") -> dict[str, Any]:

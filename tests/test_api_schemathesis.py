@@ -26,6 +26,7 @@ MAX_WAIT = 2
 MAX_RESPONSE_SECONDS = MAX_WAIT + 3
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "30"))
 SEED = os.environ.get("SCHEMATHESIS_SEED")  # to replay a run: its seed is printed
+CONFIG = ROOT / "tests" / "schemathesis.toml"
 
 
 def test_the_agent_api_holds_to_its_openapi_document(tmp_path: Path, django_db_setup) -> None:
@@ -34,24 +35,23 @@ def test_the_agent_api_holds_to_its_openapi_document(tmp_path: Path, django_db_s
     with running_desk(
         tmp_path / "desk", API_MAX_WAIT=str(MAX_WAIT), API_RATE_LIMIT="1000000"
     ) as desk:
+        options = {
+            "--checks": "all",
+            "--max-response-time": str(MAX_RESPONSE_SECONDS),
+            "--header": f"Authorization: Bearer {token}",
+            "--max-examples": str(EXAMPLES),
+            # The document states these limits in words; JSON Schema cannot say them for the
+            # free-form params and snapshots, so nothing outside them is generated.
+            "--generation-allow-x00": "false",
+            "--generation-codec": "utf-8",
+            **({"--seed": SEED} if SEED else {}),
+        }
+        command = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG)]
+        command += ["run", f"{desk.url}/api/v1/openapi.json", "--no-color"]
+        command += [part for option in options.items() for part in option]
         run = subprocess.run(
-            [
-                sys.executable, "-m", "schemathesis.cli",
-                "--config-file", str(ROOT / "tests" / "schemathesis.toml"), "run",
-                f"{desk.url}/api/v1/openapi.json",
-                "--checks", "all",
-                "--max-response-time", str(MAX_RESPONSE_SECONDS),
-                "--header", f"Authorization: Bearer {token}",
-                "--max-examples", str(EXAMPLES),
-                # The document states these limits in words; JSON Schema cannot say them for
-                # the free-form params and snapshots, so nothing outside them is generated.
-                "--generation-allow-x00", "false",
-                "--generation-codec", "utf-8",
-                "--no-color",
-                *(["--seed", SEED] if SEED else []),
-            ],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
         desk_log = (tmp_path / "desk" / "uvicorn.log").read_text()
     report = _shortened(run.stdout)
     print(report)

@@ -181,8 +181,12 @@ def test_nul_in_operator_query_strings_and_forms_is_400(desk: Desk, login, viewe
 
 def test_operator_query_numbers_take_ascii_digits_only(login, viewer, commander) -> None:
     client = login(viewer)
-    for path in ("/audit/?before=²", "/queue/?tier=²", "/queue/?older_than=٣",
-                 "/policies/?tool=x&verb=read&records=²&population=¹"):  # fmt: skip
+    for path in (
+        "/audit/?before=²",
+        "/queue/?tier=²",
+        "/queue/?older_than=٣",
+        "/policies/?tool=x&verb=read&records=²&population=¹",
+    ):
         assert client.get(path).status_code < 500, path
     from tests.agents import demo_domain
 
@@ -193,6 +197,8 @@ def test_operator_query_numbers_take_ascii_digits_only(login, viewer, commander)
 
 def test_ids_beyond_the_database_range_are_404(login, commander) -> None:
     client = login(commander)
-    for path in ("/sessions/99999999999999999999/",
-                 f"/rollbacks/{uuid.uuid4()}/steps/99999999999999999999"):  # fmt: skip
+    for path in (
+        "/sessions/99999999999999999999/",
+        f"/rollbacks/{uuid.uuid4()}/steps/99999999999999999999",
+    ):
         assert client.get(path).status_code in (404, 405), path

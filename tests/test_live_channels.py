@@ -45,14 +45,23 @@ def live_desk(desk: Desk, tmp_path_factory, django_db_setup, django_db_blocker) 
 
 
 def agent_socket(desk: Desk, token: str) -> ClientConnection:
-    return connect(f"{desk.ws_url}/ws/agent/", open_timeout=10, proxy=None,
-                   additional_headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    return connect(
+        f"{desk.ws_url}/ws/agent/",
+        open_timeout=10,
+        proxy=None,
+        additional_headers={"Authorization": f"Bearer {token}"},
+    )
 
 
 def desk_socket(desk: Desk, cookies: dict[str, str]) -> ClientConnection:
     header = "; ".join(f"{name}={value}" for name, value in cookies.items())
-    return connect(f"{desk.ws_url}/ws/desk/?topics=count", origin=desk.url,  # type: ignore[arg-type]
-                   additional_headers={"Cookie": header}, open_timeout=10, proxy=None)  # fmt: skip
+    return connect(
+        f"{desk.ws_url}/ws/desk/?topics=count",
+        origin=desk.url,  # type: ignore[arg-type]
+        additional_headers={"Cookie": header},
+        open_timeout=10,
+        proxy=None,
+    )
 
 
 def closed_with(ws: ClientConnection, timeout: float = 10) -> int | None:
@@ -79,8 +88,12 @@ def test_quiet_sockets_still_get_the_next_push(desk: Desk, viewer) -> None:
             page.recv(timeout=QUIET_SECONDS)
         with pytest.raises(TimeoutError):
             agent.recv(timeout=0.1)
-        killswitch_set(scope="procurement", engaged=True, actor=Actor("user", "otto"),
-                       reason="after the silence")  # fmt: skip
+        killswitch_set(
+            scope="procurement",
+            engaged=True,
+            actor=Actor("user", "otto"),
+            reason="after the silence",
+        )
         pushed = json.loads(agent.recv(timeout=10))
         assert pushed["switches"]["procurement"]["engaged"] is True
         receive_until(page, "after the silence", timeout=10)
@@ -108,8 +121,10 @@ def test_fan_out_joins_at_once_on_a_machine_just_booted(monkeypatch) -> None:
                 break
             await asyncio.sleep(0.01)
         switches = {"procurement": {"scope": "procurement", "engaged": True}}
-        await layer.group_send(live.KILLSWITCH_GROUP, live.message(
-            live.KILLSWITCH_CHANGED, version=7, switches=switches))  # fmt: skip
+        await layer.group_send(
+            live.KILLSWITCH_GROUP,
+            live.message(live.KILLSWITCH_CHANGED, version=7, switches=switches),
+        )
         for _ in range(100):
             if received:
                 break
@@ -131,8 +146,9 @@ def test_revoking_a_token_closes_its_socket(live_desk: Desk) -> None:
         token_revoke(prefix=token_authenticate(token).prefix, actor=Actor.system("tests"))
         assert closed_with(revoked) == consumers.CLOSE_ACCESS_ENDED
         # The agent's other, live token keeps its socket.
-        killswitch_set(scope="procurement", engaged=True, actor=Actor("user", "otto"),
-                       reason="still heard")  # fmt: skip
+        killswitch_set(
+            scope="procurement", engaged=True, actor=Actor("user", "otto"), reason="still heard"
+        )
         assert "still heard" in str(kept.recv(timeout=10))
 
 

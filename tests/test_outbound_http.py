@@ -261,8 +261,14 @@ def test_a_delivery_being_sent_is_left_to_its_worker(endpoint) -> None:
 
 
 def read_from(url: str, *, timeout: float = 5.0) -> Any:
-    connector = Connector(kind="http", tool="t", secret=SECRET, timeout_seconds=timeout,
-                          max_attempts=1, spec={"read": {"method": "GET", "url": url}})  # fmt: skip
+    connector = Connector(
+        kind="http",
+        tool="t",
+        secret=SECRET,
+        timeout_seconds=timeout,
+        max_attempts=1,
+        spec={"read": {"method": "GET", "url": url}},
+    )
     context = Context(action=Action(tool="t", params={}), target="r1", key="k")
     return connector_call(connector, "read", context)
 
@@ -301,8 +307,12 @@ def test_rollback_connector_calls_hold_no_transaction() -> None:
     with running_target(served, free_port()) as url:
         records_domain(url)
         token = records_token()
-        executed(token, targets=["r1", "r2"], pre={"r1": {"v": 1}, "r2": {"v": 2}},
-                 post={"r1": {"v": 10}, "r2": {"v": 20}})  # fmt: skip
+        executed(
+            token,
+            targets=["r1", "r2"],
+            pre={"r1": {"v": 1}, "r2": {"v": 2}},
+            post={"r1": {"v": 10}, "r2": {"v": 20}},
+        )
         served.seed({"r1": {"v": 10}, "r2": {"v": 20}})
         plan = run_plan(session_of())
     assert plan.state == "completed"
