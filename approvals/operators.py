@@ -42,7 +42,8 @@ def operator_ensure(
             summary=f"{username} now holds the {role} role",
             data={"username": username, "role": role, "previous": before},
         )
-        live.operator_access_changed(user.pk)
+        if before:  # pages opened under the previous role render or close by the new one
+            live.operator_access_changed(user.pk)
     return user, created
 
 

@@ -127,8 +127,7 @@ def roll_back_session(page: Any, desk: RunningDesk, session: AgentSession) -> Ro
         selection__session=f"{session.agent.name}/{session.external_id}"
     )
     page.locator("#live-status[data-state='open']").wait_for(timeout=10_000)
-    page.locator("#plan-start").focus()
-    page.keyboard.press("Enter")
+    page.locator("#plan-start").press("Enter")
     return plan
 
 
@@ -220,16 +219,15 @@ def test_discount_batch_is_escalated_and_once_approved_rolled_back_with_drift_sh
     cora.locator("#plan-progress[data-state='awaiting_confirmation']").wait_for(timeout=10_000)
     ian = browser_as(chromium, make_operator, desk, "ian", "incident_commander")
     ian.goto(f"{desk.url}/rollbacks/{plan.pk}/")
-    ian.locator("#plan-confirm").focus()
-    ian.keyboard.press("Enter")
+    ian.locator("#live-status[data-state='open']").wait_for(timeout=10_000)
+    ian.locator("#plan-confirm").press("Enter")
     cora.locator("#plan-progress[data-state='waiting']").wait_for(timeout=60_000)
     shot(cora, "incident-discount-drift.png")
     drifted = cora.locator(".waiting-steps li")
     assert drifted.count() == 1, drifted.all_inner_texts()
     assert touched in drifted.inner_text()
     # Keep the person's fix.
-    cora.locator(".waiting-steps button[value='skip']").focus()
-    cora.keyboard.press("Enter")
+    cora.locator(".waiting-steps button[value='skip']").press("Enter")
     cora.locator("#plan-progress[data-state='completed']").wait_for(timeout=10_000)
     accounts = acme.call("GET", "/_admin/accounts")
     assert accounts[touched]["discount_rate"] == 0.1
