@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from websockets.sync.client import ClientConnection, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -186,6 +187,16 @@ def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> N
         except ProcessLookupError:
             return
         time.sleep(0.05)
+
+
+def agent_socket(desk: Desk, token: str) -> ClientConnection:
+    """An agent's websocket to a running desk (/ws/agent/, bearer token)."""
+    return connect(
+        f"{desk.ws_url}/ws/agent/",
+        open_timeout=10,
+        proxy=None,
+        additional_headers={"Authorization": f"Bearer {token}"},
+    )
 
 
 class Browser:

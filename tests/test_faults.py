@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection
 
 from tests.faults import (
     DOMAIN,
@@ -43,6 +43,7 @@ from tests.faults import (
 from tests.servers import (
     Browser,
     Desk,
+    agent_socket,
     free_port,
     http,
     running_desk,
@@ -109,15 +110,6 @@ def receiver() -> Iterator[Receiver]:
 def desk_on(db: PrivateDatabase, logs: Path, **env: str) -> Any:
     return running_desk(
         logs, DATABASE_URL=db.env["DATABASE_URL"], REDIS_URL=db.env["REDIS_URL"], **env
-    )
-
-
-def agent_socket(desk: Desk, token: str) -> ClientConnection:
-    return connect(
-        f"{desk.ws_url}/ws/agent/",
-        open_timeout=10,
-        proxy=None,
-        additional_headers={"Authorization": f"Bearer {token}"},
     )
 
 

@@ -23,7 +23,7 @@ from approvals.roles import VIEWER
 from approvals.tokens import token_authenticate, token_revoke
 from tests.agents import agent_token
 from tests.conftest import session_cookie
-from tests.servers import Browser, Desk, running_desk
+from tests.servers import Browser, Desk, agent_socket, running_desk
 from tests.test_live import receive_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -42,15 +42,6 @@ def live_desk(desk: Desk, tmp_path_factory, django_db_setup, django_db_blocker) 
         return
     with running_desk(tmp_path_factory.mktemp("rechecking"), LIVE_RECHECK_SECONDS="1") as quick:
         yield quick
-
-
-def agent_socket(desk: Desk, token: str) -> ClientConnection:
-    return connect(
-        f"{desk.ws_url}/ws/agent/",
-        open_timeout=10,
-        proxy=None,
-        additional_headers={"Authorization": f"Bearer {token}"},
-    )
 
 
 def desk_socket(desk: Desk, cookies: dict[str, str]) -> ClientConnection:
