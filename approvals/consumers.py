@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -126,6 +127,11 @@ def plan_progress_html(plan_id: str, can_run: bool) -> str:
     granted = frozenset({perm("run_rollback")} if can_run else set())
     context = {**plan_context(plan, Permissions(granted)), "oob": True}
     return render_to_string("approvals/rollback_plan.html#progress", context)
+
+
+@functools.cache
+def live_in_sync_html() -> str:
+    return render_to_string("approvals/live_status.html", {"live_state": "open", "oob": True})
 
 
 def _is_uuid(value: str) -> bool:
@@ -253,6 +259,8 @@ class DeskConsumer(LiveConsumer):
         if self.plan_id:
             html = await database_sync_to_async(plan_progress_html)(self.plan_id, self.can_run)
             await self.send(text_data=html)
+        # Last: the page is up to date now, and its status says so.
+        await self.send(text_data=live_in_sync_html())
         self.start_rechecks()
 
     async def access_changed(self, event: dict[str, Any]) -> None:

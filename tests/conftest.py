@@ -139,6 +139,18 @@ def page(chromium: Any) -> Iterator[Any]:
     context.close()
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test that used the served desk shows the end of the desk's own logs."""
+    report = yield
+    desk = getattr(item, "funcargs", {}).get("desk")
+    if report.failed and isinstance(desk, Desk) and desk.log_dir is not None:
+        for log in sorted(desk.log_dir.glob("*.log")):
+            lines = log.read_text(errors="replace").splitlines()[-60:]
+            report.sections.append((f"end of {log.name}", "\n".join(lines)))
+    return report
+
+
 @pytest.fixture(scope="session")
 def desk(
     django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory

@@ -73,6 +73,7 @@ class Desk:
     # What start_worker needs to start another worker for this desk.
     env: dict[str, str] = field(default_factory=dict)
     queue: str = ""
+    log_dir: Path | None = None
 
     @property
     def ws_url(self) -> str:
@@ -144,7 +145,7 @@ def running_desk(log_dir: Path, port: int | None = None, **extra_env: str) -> It
             workers = [processes[-1]]
         url = f"http://127.0.0.1:{port}"
         _wait_http(f"{url}/healthz", web, timeout=30)
-        yield Desk(url=url, processes=processes, env=env, queue=queue)
+        yield Desk(url=url, processes=processes, env=env, queue=queue, log_dir=log_dir)
     finally:
         for process in processes:
             if process in workers:

@@ -108,8 +108,8 @@ def test_request_without_csrf_token_is_refused(desk: Desk, oncall) -> None:
 
 
 def test_a_page_gets_only_the_topics_it_asks_for(desk: Desk, viewer) -> None:
-    """Without topics a page hears nothing but the kill switch banner, which every page shows
-    (a switch changed by an earlier test may still be on its way)."""
+    """Without topics a page hears nothing but that it is in sync and the kill switch banner,
+    which every page shows (a switch changed by an earlier test may still be on its way)."""
     header = "; ".join(f"{k}={v}" for k, v in session_cookie(viewer).items())
     url = f"{desk.ws_url}/ws/desk/"
     received: list[str] = []
@@ -118,4 +118,5 @@ def test_a_page_gets_only_the_topics_it_asks_for(desk: Desk, viewer) -> None:
         with contextlib.suppress(TimeoutError):
             while time.monotonic() < deadline:
                 received.append(str(ws.recv(timeout=max(0.01, deadline - time.monotonic()))))
-    assert all(message.startswith('<div id="kill-banner"') for message in received), received
+    assert received and 'id="live-status"' in received[0] and 'data-state="open"' in received[0]
+    assert all(message.startswith('<div id="kill-banner"') for message in received[1:]), received

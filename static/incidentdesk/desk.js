@@ -12,7 +12,8 @@
     el.dataset.state = state;
     el.textContent = text;
   }
-  document.addEventListener("htmx:wsOpen", function () { setState("open", "Live"); });
+  // Open, but not yet in sync: the server's catch-up ends with the "open" state itself.
+  document.addEventListener("htmx:wsOpen", function () { setState("syncing", "Live: catching up"); });
   // The ws extension reconnects after abnormal closes only; after a normal one, say to reload.
   var RECONNECTS = [1006, 1011, 1012, 1013];
   document.addEventListener("htmx:wsClose", function (event) {
