@@ -213,6 +213,11 @@ class PolicyVersion(models.Model):
     rules = models.JSONField(default=list)
     default_outcome = models.CharField(max_length=10, default="escalate")
     default_tier = models.PositiveSmallIntegerField(default=1)
+    # The tool registry, versioned with the rules: each tool's verb, amount, targets and undo.
+    tools = models.JSONField(default=list, blank=True)
+    unregistered = models.CharField(
+        max_length=10, default="escalate", help_text="the least caution for a tool not registered"
+    )
     created_by = models.CharField(max_length=150)
     created_at = models.DateTimeField(auto_now_add=True)
     comment = models.CharField(max_length=300, blank=True)
@@ -259,7 +264,10 @@ class Action(models.Model):
     currency = models.CharField(max_length=3, blank=True)
     blast_records = models.PositiveBigIntegerField(null=True, blank=True)
     blast_population = models.PositiveBigIntegerField(null=True, blank=True)
-    pre_action_state = models.JSONField(null=True, blank=True)
+    pre_action_state = models.JSONField(null=True, blank=True)  # the agent's word
+    # The desk's own read of the targets at proposal time, where the domain's connector reads.
+    desk_snapshot = models.JSONField(null=True, blank=True)
+    snapshot_differs = models.BooleanField(default=False)
     compensation = models.JSONField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices)
     rule = models.CharField(max_length=100)
@@ -273,9 +281,13 @@ class Action(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     timer_id = models.CharField(max_length=32, blank=True)
     modified_params = models.JSONField(null=True, blank=True)
+    # Who modified the params: someone else must approve the modified version.
+    modified_by = models.CharField(max_length=150, blank=True)
     decided_by = models.CharField(max_length=150, blank=True)
     decided_at = models.DateTimeField(null=True, blank=True)
     decision_reason = models.TextField(blank=True)
+    # An allowed or approved action may start until then (APPROVAL_TTL after the yes).
+    run_by = models.DateTimeField(null=True, blank=True)
     # Its result was reported while a kill switch over it was engaged.
     ran_during_kill = models.BooleanField(default=False)
     rolled_back_at = models.DateTimeField(null=True, blank=True)
