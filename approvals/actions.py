@@ -4,38 +4,43 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from approvals.audit import Actor, audit_action_event, audit_record
+from approvals.connectors import DeskRead, compensation_connected, desk_snapshot_take
 from approvals.errors import Refused
-from approvals.escalations import effective_params, escalation_open, escalation_opened
-from approvals.idempotency import Claim, idempotency_claim, idempotency_complete
-from approvals.killswitches import (
-    Killed,
-    admission_check,
-    agent_quarantine,
-    engaged_over,
-    flag_ran_during_kill,
-    ran_during_kill,
-    switch_info,
+from approvals.escalations import (
+    effective_params,
+    escalation_open,
+    escalation_opened,
+    run_deadline,
 )
+from approvals.idempotency import Claim, idempotency_claim, idempotency_complete
+from approvals.killswitches import Killed, admission_check, engaged_over, switch_info
 from approvals.models import (
     Action,
     Agent,
     AgentSession,
     AgentToken,
-    Domain,
     ReasoningStep,
 )
-from approvals.policy import Facts, Proposal, Trace, Verdict, evaluate, policy_current
-from approvals.rollbacks import compensation_connected
-from approvals.tokens import token_allows
+from approvals.policy import (
+    FLAPPING_RULE,
+    CallClaim,
+    ClaimRefused,
+    Proposal,
+    Trace,
+    Verdict,
+    policy_current,
+    policy_decide,
+    proposal_from,
+)
+from approvals.stops import agent_quarantine, flag_ran_during_kill, ran_during_kill
+from approvals.tokens import Quarantined, agent_admission_check, token_allows
 
 S = Action.Status
 STATUS_OF_OUTCOME = {"allow": S.ALLOWED, "deny": S.DENIED, "escalate": S.ESCALATED}
@@ -50,10 +55,12 @@ def agent_actor(token: AgentToken) -> Actor:
 
 @dataclass(frozen=True)
 class ProposalData:
+    """A proposal as the agent sent it: claims, checked against the registry."""
+
     session_id: str
     step_index: int | None
     tool: str
-    verb: str
+    verb: str | None
     params: dict[str, Any]
     target_ids: list[str]
     amount: Decimal | None
@@ -64,40 +71,40 @@ class ProposalData:
     compensation: dict[str, Any] | None
 
 
-def _proposal(token: AgentToken, data: ProposalData) -> Proposal:
-    # Reversible: a snapshot to restore, or a way to compensate (the agent's own, or the
-    # domain's connector for the tool).
-    compensable = data.compensation is not None or (
-        data.pre_action_state is None and compensation_connected(token.domain, data.tool)
+def _claim(token: AgentToken, data: ProposalData) -> CallClaim:
+    compensation_tool = (data.compensation or {}).get("tool")
+    # For a tool the registry does not know: the domain's connector may still compensate it.
+    connected = (
+        compensation_tool is None
+        and data.pre_action_state is None
+        and compensation_connected(token.domain, data.tool)
     )
-    return Proposal(
+    return CallClaim(
         agent=token.agent.name,
         tool=data.tool,
         verb=data.verb,
+        params=data.params,
+        target_ids=tuple(data.target_ids),
         amount=data.amount,
+        currency=data.currency,
         blast_records=data.blast_records,
         blast_population=data.blast_population,
-        target_ids=tuple(data.target_ids),
         has_snapshot=data.pre_action_state is not None,
-        has_compensation=compensable,
+        compensation_tool=compensation_tool,
+        compensation_connected=connected,
     )
 
 
-def _facts(agent: Agent | None, tool: str, target_ids: list[str]) -> Facts:
-    if agent is None:
-        return Facts()
+def _registry_refusal(exc: ClaimRefused) -> Refused:
+    return Refused(422, "Contradicts the tool registry", exc.detail, field=exc.field)
 
-    def recent_count(window_seconds: int, cap: int) -> int:
-        since = timezone.now() - timedelta(seconds=window_seconds)
-        recent = Action.objects.filter(agent=agent, tool=tool, created_at__gte=since)
-        return recent[:cap].count()
 
-    def rolled_back_repeat() -> bool:
-        return Action.objects.filter(
-            agent=agent, tool=tool, target_ids=target_ids, status=S.ROLLED_BACK
-        ).exists()
-
-    return Facts(recent_count=recent_count, rolled_back_repeat=rolled_back_repeat)
+def _decide(token: AgentToken, agent: Agent | None, data: ProposalData
+            ) -> tuple[Proposal, Verdict, list[Trace]]:  # fmt: skip
+    try:
+        return policy_decide(token.domain, agent, _claim(token, data))
+    except ClaimRefused as exc:
+        raise _registry_refusal(exc) from None
 
 
 def _record_refusal(token: AgentToken, event: str, summary: str, data: dict[str, Any]) -> None:
@@ -132,17 +139,34 @@ def check_scope(token: AgentToken, *, tool: str, verb: str, session_id: str = ""
     )
 
 
-def action_explain(*, token: AgentToken, data: ProposalData) -> tuple[Verdict, list[Trace]]:
-    """The verdict a proposal would get now, and why, without recording anything."""
-    return policy_explain(domain=token.domain, proposal=_proposal(token, data))
+@dataclass(frozen=True)
+class Explained:
+    proposal: Proposal
+    verdict: Verdict
+    trace: list[Trace]
+    in_scope: bool
 
 
-def policy_explain(*, domain: Domain, proposal: Proposal) -> tuple[Verdict, list[Trace]]:
-    """Which rule of the domain's current policy would decide `proposal` now, and why."""
-    document, version = policy_current(domain)
-    agent = Agent.objects.filter(name=proposal.agent).first()
-    facts = _facts(agent, proposal.tool, list(proposal.target_ids))
-    return evaluate(document, version, proposal, facts)
+def action_explain(*, token: AgentToken, data: ProposalData) -> Explained:
+    """The verdict a proposal would get now, and every step to it, through the same function as
+    a proposal. Nothing is proposed, but the question is audited: explain probes thresholds."""
+    proposal, verdict, trace = _decide(token, token.agent, data)
+    in_scope = token_allows(token, tool=proposal.tool, verb=proposal.verb)
+    with transaction.atomic():
+        audit_record(
+            actor=agent_actor(token),
+            action="action.explained",
+            domain=token.domain.slug,
+            object_type="token",
+            object_id=token.prefix,
+            summary=f"Asked what {proposal.tool}:{proposal.verb} would get: {verdict.outcome} "
+            f"by {verdict.rule}",
+            data={"tool": proposal.tool, "verb": proposal.verb, "outcome": verdict.outcome,
+                  "rule": verdict.rule, "policy_version": verdict.version,
+                  "amount": None if proposal.amount is None else f"{proposal.amount:f}",
+                  "targets": len(proposal.target_ids), "in_scope": in_scope},
+        )  # fmt: skip
+    return Explained(proposal, verdict, trace, in_scope)
 
 
 @dataclass(frozen=True)
@@ -161,9 +185,25 @@ def action_propose(
     """Record a proposed tool call with the policy's verdict, once per Idempotency-Key.
 
     Call it outside any transaction: a refusal for scope is audited in a transaction of its own,
-    and the proposal, its audit event and the key's stored answer commit together.
+    and the proposal, its audit event and the key's stored answer commit together. Scopes are
+    checked against the tool's registered verb, never the agent's word.
     """
-    check_scope(token, tool=data.tool, verb=data.verb, session_id=data.session_id)
+    document, _ = policy_current(token.domain)
+    try:
+        registered = proposal_from(document, _claim(token, data))
+    except ClaimRefused as exc:
+        raise _registry_refusal(exc) from None
+    verb = registered.verb
+    check_scope(token, tool=data.tool, verb=verb, session_id=data.session_id)
+    # Read over the network before the transaction, never inside it.
+    desk_read = desk_snapshot_take(
+        domain=token.domain,
+        tool=data.tool,
+        verb=verb,
+        target_ids=list(registered.target_ids),
+        params=data.params,
+        claim=data.pre_action_state,
+    )
     try:
         with transaction.atomic():
             claimed = idempotency_claim(agent_id=token.agent_id, key=key, fingerprint=fingerprint)
@@ -176,7 +216,7 @@ def action_propose(
                 return Proposed(claimed.claim, record.response_status, record.response_body)
             if claimed.claim is not Claim.NEW:
                 return Proposed(claimed.claim)
-            action = _record_proposal(token, data)
+            action = _record_proposal(token, data, desk_read)
             body = action_verdict(action)
             idempotency_complete(claimed=claimed, status=201, body=body)
     except Killed as killed:
@@ -187,12 +227,23 @@ def action_propose(
             {"tool": data.tool, "verb": data.verb, "session": data.session_id},
         )
         raise
+    except Quarantined as quarantined:
+        _record_refusal(
+            token,
+            "action.refused_quarantined",
+            f"{data.tool}:{data.verb} refused: agent {quarantined.agent.name} is quarantined",
+            {"tool": data.tool, "verb": data.verb, "session": data.session_id},
+        )
+        raise
     return Proposed(Claim.NEW, 201, body, action)
 
 
-def _record_proposal(token: AgentToken, data: ProposalData) -> Action:
+def _record_proposal(
+    token: AgentToken, data: ProposalData, desk_read: DeskRead | None = None
+) -> Action:
     # One proposal at a time per agent, so rate rules count exactly.
     agent = Agent.objects.select_for_update().get(pk=token.agent_id)
+    agent_admission_check(agent)  # read after the lock: a quarantine meanwhile is seen
     session = _session(agent, token, data.session_id)
     if data.step_index is not None and not session.steps.filter(index=data.step_index).exists():
         raise Refused(
@@ -201,22 +252,7 @@ def _record_proposal(token: AgentToken, data: ProposalData) -> Action:
             f"session {data.session_id} has no step {data.step_index}; post it first",
             field="step_index",
         )
-    document, version = policy_current(token.domain)
-    facts = _facts(agent, data.tool, data.target_ids)
-    verdict, _ = evaluate(document, version, _proposal(token, data), facts)
-    flapping = _flapping(agent, data)
-    # The guard only adds caution: what the policy denies stays denied.
-    if flapping is not None and not (flapping == "escalate" and verdict.outcome == "deny"):
-        verdict = Verdict(
-            outcome="deny" if flapping == "quarantine" else "escalate",
-            tier=None if flapping == "quarantine" else max(2, verdict.tier or 1),
-            rule=FLAPPING_RULE,
-            reason=f"{data.tool} on these targets was rolled back within the last "
-            f"{settings.ROLLBACK_COOLDOWN_SECONDS // 60} minutes: "
-            + ("a second repeat, so the agent is quarantined" if flapping == "quarantine"
-               else "a person must approve a repeat"),
-            version=verdict.version,
-        )  # fmt: skip
+    proposal, verdict, _ = _decide(token, agent, data)
     status = STATUS_OF_OUTCOME[verdict.outcome]
     action = Action(
         agent=agent,
@@ -225,20 +261,23 @@ def _record_proposal(token: AgentToken, data: ProposalData) -> Action:
         session=session,
         step_index=data.step_index,
         tool=data.tool,
-        verb=data.verb,
+        verb=proposal.verb,
         params=data.params,
-        target_ids=data.target_ids,
-        amount=data.amount,
-        currency=data.currency,
-        blast_records=data.blast_records,
-        blast_population=data.blast_population,
+        target_ids=list(proposal.target_ids),
+        amount=proposal.amount,
+        currency=proposal.currency,
+        blast_records=proposal.blast_records,
+        blast_population=proposal.blast_population,
         pre_action_state=data.pre_action_state,
+        desk_snapshot=desk_read.snapshot if desk_read else None,
+        snapshot_differs=bool(desk_read and desk_read.differences),
         compensation=data.compensation,
         status=status,
         rule=verdict.rule,
         reason=verdict.reason,
         policy_version=verdict.version,
         tier=verdict.tier,
+        run_by=run_deadline() if status == S.ALLOWED else None,
     )
     if status == S.ESCALATED:
         escalation_open(action)
@@ -249,44 +288,23 @@ def _record_proposal(token: AgentToken, data: ProposalData) -> Action:
         actor=agent_actor(token),
         action=action,
         event=f"action.{status}",
-        summary=f"{data.tool}:{data.verb} {status} by rule {verdict.rule} "
+        summary=f"{data.tool}:{proposal.verb} {status} by rule {verdict.rule} "
         f"(policy v{verdict.version}): {verdict.reason}",
         data={
             "session": data.session_id,
             "tool": data.tool,
-            "verb": data.verb,
+            "verb": proposal.verb,
+            "registered": proposal.registered,
             "rule": verdict.rule,
             "policy_version": verdict.version,
             "tier": verdict.tier,
+            **(desk_read.audit_data() if desk_read else {}),
         },
     )
-    if flapping == "quarantine":
+    if verdict.quarantine:
         agent_quarantine(agent_name=agent.name, actor=Actor.system(FLAPPING_RULE),
                          reason=f"repeated {data.tool} on targets it had rolled back")  # fmt: skip
     return action
-
-
-FLAPPING_RULE = "flapping-guard"
-
-
-def _flapping(agent: Agent, data: ProposalData) -> str | None:
-    """After a rollback, the same tool on any of the same targets by the same agent: during the
-    cool-down the first repeat is escalated and a second one quarantines the agent."""
-    since = timezone.now() - timedelta(seconds=settings.ROLLBACK_COOLDOWN_SECONDS)
-    targets = set(data.target_ids)
-
-    def same(other: list[str]) -> bool:
-        return bool(targets & set(other)) or not targets and not other
-
-    same_tool = Action.objects.filter(agent=agent, tool=data.tool)
-    rolled_back = [
-        at for at, other in same_tool.filter(rolled_back_at__gte=since)
-        .values_list("rolled_back_at", "target_ids") if at is not None and same(other)
-    ]  # fmt: skip
-    if not rolled_back:
-        return None
-    after = same_tool.filter(created_at__gt=max(rolled_back)).values_list("target_ids", flat=True)
-    return "quarantine" if any(same(other) for other in after) else "escalate"
 
 
 def _session(agent: Agent, token: AgentToken, session_id: str) -> AgentSession:
@@ -317,6 +335,11 @@ def action_for_token(token: AgentToken, action_id: str, *, lock: bool = False) -
 PUBLIC_STATUS = {S.ESCALATED: "pending"}
 
 
+def past_run_by(action: Action) -> bool:
+    """Whether the yes that lets `action` run has lapsed (APPROVAL_TTL): it may not start now."""
+    return action.run_by is not None and timezone.now() >= action.run_by
+
+
 def action_verdict(action: Action, *, check_kill: bool = False) -> dict[str, Any]:
     """The desk's answer about an action, as agents see it. With `check_kill`, it also says
     whether a kill switch over its domain is engaged (then nothing may run)."""
@@ -324,7 +347,8 @@ def action_verdict(action: Action, *, check_kill: bool = False) -> dict[str, Any
     return {
         "id": str(action.pk),
         "status": PUBLIC_STATUS.get(S(action.status), action.status),
-        "may_execute": action.status in EXECUTABLE and switch is None,
+        "may_execute": action.status in EXECUTABLE and switch is None and not past_run_by(action),
+        "run_by": action.run_by.isoformat() if action.run_by else None,
         "kill_switch": switch_info(switch) if switch else None,
         "rule": action.rule,
         "reason": action.reason,
@@ -355,7 +379,9 @@ def action_report_result(
                 return action  # a retried report
             raise Refused(409, "Result already reported", f"action {action.pk} is {action.status}")
         killed = ran_during_kill(action)
-        # A call cancelled by a kill switch may still have run: what it did must be recorded.
+        late = action.status in EXECUTABLE and past_run_by(action)
+        # A call cancelled by a kill switch, or started after its yes lapsed, may still have
+        # run: what it did must be recorded, and is flagged.
         if action.status in EXECUTABLE or killed and action.status == S.CANCELLED:
             action.status = S.SUCCEEDED if ok else S.FAILED
             action.result, action.post_state, action.error = result, post_state, error
@@ -369,9 +395,10 @@ def action_report_result(
                 event="action.ran_during_kill" if killed else f"action.{action.status}",
                 summary=f"{action.tool}:{action.verb} {action.status}"
                 + (" while a kill switch was engaged: RAN DURING KILL" if killed else "")
+                + (" after its approval lapsed (APPROVAL_TTL)" if late else "")
                 + (f": {error}" if error else ""),
                 data={"ok": ok, "has_post_state": post_state is not None,
-                      "ran_during_kill": killed},
+                      "ran_during_kill": killed, "ran_after_run_by": late},
             )  # fmt: skip
             return action
         # The refusal is part of the record: it commits, though the request fails.
@@ -397,10 +424,24 @@ class StepData:
     data: dict[str, Any]
 
 
-@transaction.atomic
 def steps_record(*, token: AgentToken, session_id: str, steps: list[StepData]) -> AgentSession:
     """Append reasoning steps in order. Re-sending a step already stored, unchanged, is a no-op."""
+    try:
+        return _steps_record(token, session_id, steps)
+    except Quarantined as quarantined:
+        _record_refusal(
+            token,
+            "session.refused_quarantined",
+            f"steps of session {session_id} refused: agent {quarantined.agent.name} is quarantined",
+            {"session": session_id},
+        )
+        raise
+
+
+@transaction.atomic
+def _steps_record(token: AgentToken, session_id: str, steps: list[StepData]) -> AgentSession:
     agent = Agent.objects.select_for_update().get(pk=token.agent_id)
+    agent_admission_check(agent)
     session = _session(agent, token, session_id)
     existing = {s.index: s for s in session.steps.filter(index__in=[s.index for s in steps])}
     expected = session.steps.count()

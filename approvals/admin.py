@@ -214,10 +214,23 @@ class PolicyVersionForm(forms.ModelForm):
     rules = forms.JSONField(
         initial=list, help_text="JSON list of rules, as `manage.py policy export` writes them"
     )
+    tools = forms.JSONField(
+        initial=list, required=False,
+        help_text="the tool registry: JSON list of tools, as `manage.py tools export` writes them",
+    )  # fmt: skip
+    unregistered = forms.ChoiceField(
+        choices=[("escalate", "escalate"), ("deny", "deny"), ("allow", "allow (the rules alone)")],
+        initial="escalate",
+        required=False,
+        help_text="the least caution for a tool not in the registry",
+    )
 
     class Meta:
         model = PolicyVersion
-        fields = ["domain", "rules", "default_outcome", "default_tier", "comment"]
+        fields = [
+            "domain", "rules", "default_outcome", "default_tier", "tools", "unregistered",
+            "comment",
+        ]  # fmt: skip
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -229,6 +242,8 @@ class PolicyVersionForm(forms.ModelForm):
                     "default_tier": data.get("default_tier")
                     if data.get("default_outcome") == "escalate"
                     else None,
+                    "tools": data.get("tools") or [],
+                    "unregistered": data.get("unregistered") or "escalate",
                     "comment": data.get("comment", ""),
                 }
             )
@@ -256,6 +271,8 @@ class PolicyVersionAdmin(admin.ModelAdmin):
             exported = policy_export(domain)
             initial["rules"] = exported["rules"]
             initial["default_outcome"] = exported["default_outcome"]
+            initial["tools"] = exported["tools"]
+            initial["unregistered"] = exported["unregistered"]
         return initial
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:

@@ -30,10 +30,19 @@ from pydantic import Strict as PydanticStrict
 from approvals import actions, idempotency
 from approvals.actions import ProposalData, StepData
 from approvals.errors import Refused, problem
-from approvals.inputs import MAX_INTEGER, BadJSON, OutOfLimits, parse_json, whole_number
+from approvals.inputs import (
+    MAX_INTEGER,
+    TARGET_ID_MAX,
+    TARGET_ID_PATTERN,
+    BadJSON,
+    OutOfLimits,
+    parse_json,
+    whole_number,
+)
 from approvals.killswitches import killswitch_state
 from approvals.models import Action, AgentToken
-from approvals.tokens import TokenError, token_allows, token_authenticate
+from approvals.policy import AMOUNT_MAX
+from approvals.tokens import TokenError, token_authenticate
 
 Verb = Literal["read", "create", "update", "delete", "spend", "execute"]
 IDENTIFIER = r"^[A-Za-z0-9_.:-]{1,100}$"
@@ -54,7 +63,6 @@ Count = Annotated[int, Field(ge=0, le=MAX_INTEGER), JSONInteger]
 StepIndex = Annotated[int, Field(ge=0, le=2**31 - 1), JSONInteger]
 Flag = Annotated[bool, PydanticStrict()]
 AMOUNT_PATTERN = r"^(0|[1-9][0-9]{0,13})(\.[0-9]{1,4})?$"
-AMOUNT_MAX = 10**14 - 1
 
 
 def _amount(value: Any) -> Any:
@@ -84,14 +92,14 @@ AmountValue = Annotated[
         }
     ),
 ]
-TARGET_ID_MAX = 200  # the longest target a rollback step can hold
 TargetId = Annotated[
     str,
     Field(
         min_length=1,
         max_length=TARGET_ID_MAX,
-        pattern=r"^[^\x00-\x1f\x7f]+$",
-        description="a target's id in its system, without control characters",
+        pattern=TARGET_ID_PATTERN,
+        description="a target's id in its system: one path segment (no control characters, "
+        'no "/", not "." or "..")',
     ),
 ]
 
@@ -125,7 +133,11 @@ class ActionIn(Strict):
     session_id: str = Field(pattern=IDENTIFIER)
     step_index: StepIndex | None = Field(default=None, description="the reasoning step behind it")
     tool: str = Field(pattern=IDENTIFIER)
-    verb: Verb
+    verb: Verb | None = Field(
+        default=None,
+        description="checked against the tool registry (a mismatch is 422); needed only for a "
+        "tool the domain has not registered",
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     target_ids: list[TargetId] = Field(default_factory=list, max_length=100_000)
     amount: Amount | None = None
@@ -182,6 +194,9 @@ class Verdict(Strict):
     policy_version: int
     tier: int | None
     expires_at: str | None
+    run_by: str | None = Field(
+        description="an allowed or approved action may start until then (APPROVAL_TTL)"
+    )
     params: dict[str, Any] = Field(
         description="the params to run with (an operator's, if modified)"
     )
@@ -353,10 +368,20 @@ def actions_explain(request: HttpRequest, token: AgentToken) -> HttpResponse:
     if request.method != "POST":
         return _method_not_allowed("POST")
     proposal = parse(ActionIn, request)
-    verdict, trace = actions.action_explain(token=token, data=proposal.data())
+    explained = actions.action_explain(token=token, data=proposal.data())
+    verdict, trace = explained.verdict, explained.trace
     return JsonResponse(
         {
-            "in_scope": token_allows(token, tool=proposal.tool, verb=proposal.verb),
+            "in_scope": explained.in_scope,
+            "verb": explained.proposal.verb,
+            "registered": explained.proposal.registered,
+            "amount": None
+            if explained.proposal.amount is None
+            else {
+                "value": f"{explained.proposal.amount:f}",
+                "currency": explained.proposal.currency,
+            },
+            "target_ids": list(explained.proposal.target_ids),
             "outcome": verdict.outcome,
             "rule": verdict.rule,
             "reason": verdict.reason,

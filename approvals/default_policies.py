@@ -30,6 +30,17 @@ ALLOW_READS = {
 DEFAULT_POLICIES: dict[str, dict[str, Any]] = {
     "billing": {
         "comment": "Discounts: escalate anything touching more than 1% of accounts",
+        "tools": [
+            {"name": "list_accounts", "verb": "read", "description": "accounts of a plan"},
+            {
+                "name": "update_discount",
+                "verb": "update",
+                "undo": "restore",
+                "targets": "account_ids",
+                "population": 10_000,
+                "description": "set the discount rate of accounts",
+            },
+        ],
         "rules": [
             ALLOW_READS,
             FLAPPING,
@@ -62,6 +73,22 @@ DEFAULT_POLICIES: dict[str, dict[str, Any]] = {
     },
     "procurement": {
         "comment": "Orders: $500 autonomous cap; a runaway ordering loop is stopped early",
+        "tools": [
+            {
+                "name": "create_order",
+                "verb": "create",
+                "undo": "compensate",
+                "compensating_tool": "cancel_order",
+                "amount": {"params": ["qty", "unit_price"], "currency": "USD"},
+                "description": "order qty units of a sku from the vendor",
+            },
+            {
+                "name": "cancel_order",
+                "verb": "update",
+                "targets": "order_id",
+                "description": "cancel an open order",
+            },
+        ],
         "rules": [
             ALLOW_READS,
             FLAPPING,
@@ -94,6 +121,21 @@ DEFAULT_POLICIES: dict[str, dict[str, Any]] = {
     },
     "devops": {
         "comment": "Protected snapshots are never deleted by an agent",
+        "tools": [
+            {"name": "list_snapshots", "verb": "read", "description": "snapshots and their use"},
+            {
+                "name": "delete_snapshot",
+                "verb": "delete",
+                "targets": "snapshot_id",
+                "description": "delete a storage snapshot: it cannot be brought back",
+            },
+            {
+                "name": "restart_service",
+                "verb": "execute",
+                "targets": "service",
+                "description": "restart one service",
+            },
+        ],
         "rules": [
             {
                 "id": "protected-targets",

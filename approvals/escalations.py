@@ -16,16 +16,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from approvals import live
 from approvals.audit import Actor, audit_action_event
 from approvals.errors import Refused
-from approvals.killswitches import engaged_over, killed_domain_ids
+from approvals.killswitches import engaged_over, killed_domain_ids, switch_held
 from approvals.models import Action, Approval, Tier
 from approvals.notifications import notify
+from approvals.policy import CallClaim, ClaimRefused, policy_current, policy_decide
 from approvals.roles import perm
+from approvals.tokens import token_allows
 
 S = Action.Status
 
@@ -142,17 +145,21 @@ def escalation_decide(
     user: Any,
     verdict: str,
     reason: str = "",
+    params_seen: str,
     params: dict[str, Any] | None = None,
-    params_seen: str | None = None,
 ) -> Decision:
     """Approve, reject or modify an escalated action, as `user`.
 
     Exactly one decision counts: the row is locked, and a second decider finds it decided and
     is told by whom. Four-eyes: approvals at a tier come from different people, none of them the
-    agent's owner, and a tier with a senior permission needs one approver who holds it. An
-    approval is of the params the approver saw (`params_seen`, their fingerprint): if someone
-    modified them meanwhile, the decider is asked to look again, and a modification sets aside
-    the approvals given to the params before it.
+    agent's owner, and a tier with a senior permission needs one approver who holds it. A
+    decision is of the params the decider saw (`params_seen`, their fingerprint): if someone
+    modified them meanwhile, the decider is asked to look again.
+
+    A modification is a new proposal: the token's scopes and the policy judge the new params
+    (a deny refuses it, naming the rule), the amount and targets are worked out again, the
+    approvals given before are set aside, and it waits at the tier the policy now asks (never
+    lower) for someone other than the person who modified it.
     """
     if verdict not in ("approve", "reject", "modify"):
         raise Refused(400, "Unknown decision", f"decide approve, reject or modify, not {verdict!r}")
@@ -170,14 +177,19 @@ def escalation_decide(
         )
         if action.status != S.ESCALATED:
             raise AlreadyDecided(action)
-        switch = engaged_over(action.domain.slug)
+        # Under the switches' shared lock, as a proposal: a decision cannot commit after an
+        # engage and escape its effects.
+        switch = switch_held(action.domain.slug)
         if switch is not None:
             raise Refused(
                 423, "Frozen",
                 f"the {switch.scope} kill switch is engaged: escalations under it wait, "
                 "undecidable, until it is released",
             )  # fmt: skip
-        if params_seen is not None and params_seen != params_fingerprint(effective_params(action)):
+        if not params_seen:
+            raise Refused(422, "params_seen required", "send the fingerprint of the params you "
+                          "reviewed (params_seen)", field="params_seen")  # fmt: skip
+        if params_seen != params_fingerprint(effective_params(action)):
             raise Refused(
                 409, "Params changed",
                 "someone modified the params since you opened this item; review them again",
@@ -198,22 +210,11 @@ def escalation_decide(
             )  # fmt: skip
         if verdict == "modify":
             assert params is not None
-            before = effective_params(action)
-            if params == before:
-                raise Refused(422, "Nothing modified", "the params are unchanged; approve instead",
-                              field="params")  # fmt: skip
-            action.modified_params = params
-            action.save(update_fields=["modified_params", "updated_at"])
-            # Approvals given so far were of other params: they no longer count.
-            set_aside, _ = Approval.objects.filter(action=action, tier=level).delete()
-            audit_action_event(
-                actor=actor,
-                action=action,
-                event="escalation.modified",
-                summary=f"{action.tool} params modified: {params_diff_text(before, params)}"
-                + (f"; {set_aside} earlier approval(s) set aside" if set_aside else ""),
-                data={"before": before, "after": params, "reason": reason,
-                      "approvals_set_aside": set_aside},
+            return _modify(action, params, actor, reason)
+        if action.modified_by and action.modified_by == actor.name:
+            raise Refused(
+                403, "You modified it",
+                "you modified these params; another approver must approve the modified version",
             )  # fmt: skip
         if Approval.objects.filter(action=action, tier=level, user=user).exists():
             raise Refused(
@@ -224,7 +225,7 @@ def escalation_decide(
         senior = bool(tier.senior_permission) and user.has_perm(perm(tier.senior_permission))
         Approval.objects.create(
             action=action, tier=level, user=user, senior=senior,
-            modified_params=params if verdict == "modify" else None, reason=reason,
+            modified_params=action.modified_params, reason=reason,
         )  # fmt: skip
         approvals = list(Approval.objects.filter(action=action, tier=level))
         missing = _missing(tier, approvals)
@@ -241,6 +242,76 @@ def escalation_decide(
             return Decision(action, final=False, waiting_for=missing)
         status = S.MODIFIED if action.modified_params is not None else S.APPROVED
         return Decision(_finish(action, status, actor, reason), final=True)
+
+
+def _modify(action: Action, params: dict[str, Any], actor: Actor, reason: str) -> Decision:
+    """Judge modified params as a new proposal of the same agent, token and tool."""
+    before = effective_params(action)
+    if params == before:
+        raise Refused(422, "Nothing modified", "the params are unchanged; approve instead",
+                      field="params")  # fmt: skip
+    claim = _claim_of(action, params)
+    try:
+        proposal, verdict, _ = policy_decide(action.domain, action.agent, claim)
+    except ClaimRefused as exc:
+        raise Refused(422, "Contradicts the tool registry", exc.detail, field=exc.field) from None
+    if not token_allows(action.token, tool=proposal.tool, verb=proposal.verb):
+        raise Refused(403, "Out of the agent's scope", f"the agent's token may not "
+                      f"{proposal.verb} with {proposal.tool}")  # fmt: skip
+    if verdict.outcome == "deny":
+        raise Refused(
+            422, "Denied by the policy",
+            f"rule {verdict.rule} denies the modified params: {verdict.reason}", field="params",
+        )  # fmt: skip
+    level = action.tier or 1
+    action.modified_params, action.modified_by = params, actor.name
+    action.target_ids = list(proposal.target_ids)
+    action.amount, action.currency = proposal.amount, proposal.currency
+    action.blast_records = proposal.blast_records
+    action.blast_population = proposal.blast_population
+    action.rule, action.reason = verdict.rule, verdict.reason
+    raised = (verdict.tier or 1) > level
+    if raised:  # the new params need more: the wait starts again at that tier
+        action.tier = verdict.tier
+        escalation_open(action)
+    action.save()
+    # Approvals given so far were of other params: they no longer count.
+    set_aside, _ = Approval.objects.filter(action=action).delete()
+    if raised:
+        _schedule_timer(action)
+    audit_action_event(
+        actor=actor,
+        action=action,
+        event="escalation.modified",
+        summary=f"{action.tool} params modified: {params_diff_text(before, params)}; "
+        f"{verdict.outcome} by {verdict.rule} at tier {action.tier}, waiting for another approver"
+        + (f"; {set_aside} earlier approval(s) set aside" if set_aside else ""),
+        data={"before": before, "after": params, "reason": reason, "rule": verdict.rule,
+              "outcome": verdict.outcome, "tier": action.tier, "approvals_set_aside": set_aside,
+              "amount": None if proposal.amount is None else f"{proposal.amount:f}",
+              "targets": len(proposal.target_ids)},
+    )  # fmt: skip
+    live.escalation_changed(action.pk)
+    tier = _tier(tiers_of(action.domain_id), action.tier or 1)
+    return Decision(action, final=False,
+                    waiting_for=f"{tier.describe()}, other than {actor.name}")  # fmt: skip
+
+
+def _claim_of(action: Action, params: dict[str, Any]) -> CallClaim:
+    """The action's proposal again, with other params. For a registered tool the registry works
+    out the amount and targets from them again; otherwise the agent's word stands."""
+    document, _ = policy_current(action.domain)
+    registered = document.tool(action.tool) is not None
+    return CallClaim(
+        agent=action.agent.name, tool=action.tool, verb=action.verb, params=params,
+        amount=None if registered else action.amount,
+        currency="" if registered else action.currency,
+        blast_records=None if registered else action.blast_records,
+        blast_population=action.blast_population,
+        target_ids=() if registered else tuple(action.target_ids),
+        has_snapshot=action.pre_action_state is not None,
+        compensation_tool=(action.compensation or {}).get("tool"),
+    )  # fmt: skip
 
 
 def effective_params(action: Action) -> dict[str, Any]:
@@ -265,7 +336,15 @@ def _missing(tier: TierSpec, approvals: list[Approval]) -> str:
     return ""
 
 
+def run_deadline(now: datetime | None = None) -> datetime:
+    """Until when a yes given now lets an action start (APPROVAL_TTL)."""
+    return (now or timezone.now()) + timedelta(seconds=settings.APPROVAL_TTL)
+
+
 def _finish(action: Action, status: str, actor: Actor, reason: str) -> Action:
+    if status in (S.APPROVED, S.MODIFIED):
+        action.run_by = run_deadline()
+        action.save(update_fields=["run_by"])
     action.settle(status, by=actor.name, reason=reason)
     audit_action_event(
         actor=actor,

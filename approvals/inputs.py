@@ -26,6 +26,25 @@ JSON_LIMITS = (
     "NaN, Infinity or exponents that overflow a double); integers of up to 4,300 digits."
 )
 
+# A target id is one path segment in its system: 1-200 characters (what a rollback step holds),
+# no control characters, no "/", and not "." or ".." (which a URL would resolve away).
+TARGET_ID_MAX = 200
+_SEGMENT = r"[^\x00-\x1f\x7f/]"
+TARGET_ID_PATTERN = (
+    rf"^(?:[^\x00-\x1f\x7f/.]{_SEGMENT}*|\.[^\x00-\x1f\x7f/.]{_SEGMENT}*|\.\.{_SEGMENT}+)$"
+)
+
+
+def target_id_problem(value: Any) -> str | None:
+    """Why `value` is not a target id, or None."""
+    if not isinstance(value, str):
+        return "a target id is a string"
+    if not 1 <= len(value) <= TARGET_ID_MAX:
+        return f"a target id is 1-{TARGET_ID_MAX} characters"
+    if not re.fullmatch(TARGET_ID_PATTERN, value):
+        return 'a target id has no control characters or "/", and is not "." or ".."'
+    return None
+
 
 class BadJSON(Exception):
     pass

@@ -13,6 +13,7 @@ NAVIGATION = [
     ("Dashboard", "dashboard", "view_desk"),
     ("Queue", "queue", "view_desk"),
     ("Kill switches", "killswitches", "view_desk"),
+    ("Agents", "agents", "view_desk"),
     ("Sessions", "sessions", "view_desk"),
     ("Rollbacks", "rollbacks", "view_desk"),
     ("Policies", "policies", "view_desk"),

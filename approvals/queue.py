@@ -8,17 +8,19 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import QueryDict
 from django.utils import timezone
 
+from approvals.connectors import snapshot_differences, state_of
 from approvals.escalations import effective_params, may_decide, params_diff, params_fingerprint
 from approvals.inputs import whole_number
 from approvals.killswitches import engaged_over, killed_domain_ids
-from approvals.models import Action
+from approvals.models import Action, AuditEvent
 
 S = Action.Status
 SNAPSHOT_LINES_SHOWN = 2000
+SNAPSHOT_TARGETS_SHOWN = 50  # targets whose claimed and read states are shown side by side
 PER_TIER = 50  # rows shown per tier; the rest are counted, and filters narrow them
 
 
@@ -83,7 +85,9 @@ def open_escalations() -> QuerySet[Action]:
     return (
         Action.objects.filter(status=S.ESCALATED)
         .select_related("agent", "domain")
-        .defer("pre_action_state", "params", "result", "post_state", "compensation")
+        .defer(
+            "pre_action_state", "desk_snapshot", "params", "result", "post_state", "compensation"
+        )
         .order_by("tier", "sla_due_at", "created_at")
     )
 
@@ -159,6 +163,80 @@ def would_change(action: Action) -> list[FieldChange]:
     return rows
 
 
+@dataclass(frozen=True)
+class JsonPart:
+    """A piece of indented JSON: a top-level field of an object, its braces, or a whole value."""
+
+    text: str
+    differs: bool = False
+
+
+def json_parts(value: Any, fields: set[str], whole: bool) -> list[JsonPart]:
+    """`value` as indented JSON in pieces, one per top-level field of an object; a piece is
+    marked when its field is one of `fields`, or when `whole` (the whole value differs)."""
+    if not isinstance(value, dict) or not value:
+        return [JsonPart(json.dumps(value, indent=2), whole)]
+    parts = [JsonPart("{")]
+    for n, (key, item) in enumerate(value.items(), start=1):
+        nested = json.dumps(item, indent=2).replace("\n", "\n  ")
+        comma = "," if n < len(value) else ""
+        parts.append(JsonPart(f"  {json.dumps(key)}: {nested}{comma}", whole or key in fields))
+    return [*parts, JsonPart("}")]
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    target: str
+    differs: bool
+    fields: tuple[str, ...]  # the top-level fields that differ; none named: the whole state
+    claim: list[JsonPart]
+    desk: list[JsonPart]
+
+
+@dataclass(frozen=True)
+class SnapshotComparison:
+    read: bool  # whether the desk read the targets itself when the action was proposed
+    missing: str  # why it did not, when its proposal's audit event says
+    rows: list[SnapshotRow]
+    differing: int
+    more: int
+
+
+def snapshot_comparison(action: Action) -> SnapshotComparison:
+    """The agent's claimed pre-action state next to the desk's own read, target by target, the
+    targets that differ first; or, when the desk has no read, why not."""
+    read = action.desk_snapshot is not None or action.snapshot_differs
+    if not read:
+        audited = (
+            AuditEvent.objects.filter(object_type="action", object_id=str(action.pk))
+            .filter(Q(data__has_key="snapshot_differs") | Q(data__has_key="desk_snapshot_missing"))
+            .order_by("id")
+            .values_list("data", flat=True)
+            .first()
+        ) or {}
+        if "snapshot_differs" not in audited:  # a read of absent targets is still a read
+            return SnapshotComparison(False, audited.get("desk_snapshot_missing", ""), [], 0, 0)
+    targets = [str(t) for t in action.target_ids]
+    claim, desk = action.pre_action_state, action.desk_snapshot
+    differences = {d.target: d for d in snapshot_differences(desk, claim, targets)}
+    names = sorted(targets or [""], key=lambda t: t not in differences)
+    rows = []
+    for target in names[:SNAPSHOT_TARGETS_SHOWN]:
+        difference = differences.get(target)
+        fields = difference.fields if difference else ()
+        whole = difference is not None and not fields
+        rows.append(
+            SnapshotRow(
+                target=target,
+                differs=difference is not None,
+                fields=fields,
+                claim=json_parts(state_of(claim, target, targets), set(fields), whole),
+                desk=json_parts(state_of(desk, target, targets), set(fields), whole),
+            )
+        )
+    return SnapshotComparison(True, "", rows, len(differences), len(names) - len(rows))
+
+
 def modification(action: Action) -> list[tuple[str, Any, Any]]:
     """What an operator changed in the agent's params, if anyone did."""
     if action.modified_params is None:
@@ -179,6 +257,8 @@ def decision_context(action: Action, user: Any, error: str = "") -> dict[str, An
         "error": error,
         "params_json": json.dumps(effective_params(action), indent=2),
         "params_seen": params_fingerprint(effective_params(action)),
+        # The one who modified the params is not the approval that lets them run.
+        "modified_by_you": bool(action.modified_by) and action.modified_by == user.get_username(),
     }
 
 

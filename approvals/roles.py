@@ -16,6 +16,7 @@ PERMISSIONS: tuple[tuple[str, str], ...] = (
     ("decide_tier2", "Give the senior approval of tier 2 escalations"),
     ("decide_tier3", "Decide tier 3 escalations"),
     ("operate_killswitch", "Engage and release kill switches"),
+    ("release_agent", "Release a quarantined agent"),
     ("run_rollback", "Plan and run rollbacks"),
     ("manage_desk", "Manage agents, tokens, domains, policies and users"),
 )
@@ -41,6 +42,7 @@ ROLES: dict[str, set[str]] = {
         "decide_tier2",
         "decide_tier3",
         "operate_killswitch",
+        "release_agent",
         "run_rollback",
     },
     ADMIN: {codename for codename, _ in PERMISSIONS},

@@ -1,11 +1,12 @@
 """Rollbacks: undo what agents did, newest first, through connectors, never through the agent.
 
 A plan holds one step per executed action and target. Each step restores the target's
-pre-action snapshot, calls a compensating action, or, when neither is possible, is a manual
-step for a person. Before a step the desk reads the target: if it no longer reads what the
-action left (drift), the step waits for a person (skip, force, or edit the state to restore).
-After a step it reads the target again and the step fails loudly unless the target reads
-what was restored.
+pre-action snapshot (the desk's own read of it where the desk took one when the action was
+proposed, else the state the agent claimed), calls a compensating action, or, when neither is
+possible, is a manual step for a person. Before a step the desk reads the target: if it no
+longer reads what the action left (drift), the step waits for a person (skip, force, or edit
+the state to restore). After a step it reads the target again and the step fails loudly
+unless the target reads what was restored.
 
 Execution: Celery tasks run a plan in batches. A batch is claimed under the plan's row lock
 with a conditional update (pending -> running, with the worker's name and the time); a step
@@ -47,6 +48,9 @@ from approvals.connectors import (
     compensation_target,
     connector_call,
     connector_supports,
+    connectors_for,
+    has_state,
+    state_of,
 )
 from approvals.errors import Refused
 from approvals.models import (
@@ -79,21 +83,19 @@ def system_actor(plan: RollbackPlan) -> Actor:
 
 # -- Snapshots ------------------------------------------------------------------------------
 
-
-def state_of(snapshot: Any, target: str, targets: list[str]) -> Any:
-    """A target's part of a snapshot. An action on several targets keys its snapshots by
-    target id; an action on one target (or none) snapshots that target whole."""
-    if len(targets) > 1:
-        return snapshot.get(target) if isinstance(snapshot, dict) else None
-    return snapshot
+RESTORES_DESK_READ = "restores the desk's own read of the target"
+RESTORES_AGENT_CLAIM = "restores the pre-action state the agent claimed"
 
 
-def has_state(snapshot: Any, target: str, targets: list[str]) -> bool:
-    if snapshot is None:
-        return False
-    if len(targets) > 1:
-        return isinstance(snapshot, dict) and target in snapshot
-    return True
+def restore_source(action: Action, target: str, targets: list[str]) -> tuple[bool, Any, str]:
+    """What a restore of `target` puts back: (whether there is a state, the state, a note).
+    The desk's own read where it read the target (a target it read as absent has no state
+    to restore); otherwise the agent's claim."""
+    desk = state_of(action.desk_snapshot, target, targets)
+    if desk is not None:
+        return True, desk, RESTORES_DESK_READ
+    claimed = state_of(action.pre_action_state, target, targets)
+    return has_state(action.pre_action_state, target, targets), claimed, RESTORES_AGENT_CLAIM
 
 
 # -- Planning -------------------------------------------------------------------------------
@@ -175,16 +177,6 @@ def _selected(selection: Selection) -> Q:
     return q
 
 
-def connectors_for(domain_ids: set[int]) -> dict[tuple[int, str], Connector]:
-    return {(c.domain_id, c.tool): c for c in Connector.objects.filter(domain_id__in=domain_ids)}
-
-
-def compensation_connected(domain: Domain, tool: str) -> bool:
-    """Whether the domain has a connector that can compensate the tool's actions."""
-    return connector_supports(Connector.objects.filter(domain=domain, tool=tool).first(),
-                              "compensate")  # fmt: skip
-
-
 def _steps_for(action: Action, connector: Connector | None) -> list[RollbackStep]:
     targets = [str(t) for t in action.target_ids or []]
     can_restore = connector_supports(connector, "restore")
@@ -193,7 +185,8 @@ def _steps_for(action: Action, connector: Connector | None) -> list[RollbackStep
         targets = [compensation_target(connector, action) if connector else ""]
     steps = []
     for target in targets:
-        restorable = can_restore and has_state(action.pre_action_state, target, targets)
+        has_snapshot, snapshot, source = restore_source(action, target, targets)
+        restorable = can_restore and has_snapshot
         method = M.RESTORE if restorable else M.COMPENSATE if can_compensate else M.MANUAL
         steps.append(
             RollbackStep(
@@ -202,7 +195,8 @@ def _steps_for(action: Action, connector: Connector | None) -> list[RollbackStep
                 method=method,
                 state=T.MANUAL if method == M.MANUAL else T.PENDING,
                 expected_state=state_of(action.post_state, target, targets),
-                restore_state=state_of(action.pre_action_state, target, targets),
+                restore_state=snapshot,
+                note=source if method == M.RESTORE else "",
             )
         )
     return steps
@@ -245,6 +239,8 @@ def plan_create(*, actor: Actor, selection: Selection, reason: str = "") -> Roll
         plan.total = len(steps)
         plan.save(update_fields=["total"])
         manual = sum(1 for s in steps if s.method == M.MANUAL)
+        from_desk = sum(1 for s in steps if s.note == RESTORES_DESK_READ)
+        from_agent = sum(1 for s in steps if s.note == RESTORES_AGENT_CLAIM)
         audit_record(
             actor=actor,
             action="rollback.planned",
@@ -253,7 +249,13 @@ def plan_create(*, actor: Actor, selection: Selection, reason: str = "") -> Roll
             object_id=plan.pk,
             summary=f"Rollback planned for {plan.description}: {len(steps)} steps over "
             f"{len(actions)} actions, {manual} manual",
-            data={"selection": plan.selection, "steps": len(steps), "manual": manual},
+            data={
+                "selection": plan.selection,
+                "steps": len(steps),
+                "manual": manual,
+                "restores_desk_read": from_desk,
+                "restores_agent_claim": from_agent,
+            },
         )
     return plan
 
@@ -504,7 +506,7 @@ def _claim(plan_id: UUID | str, worker: str, size: int) -> list[RollbackStep]:
     # the steps carry their own part of them).
     actions = (
         Action.objects.select_related("domain")
-        .defer("pre_action_state", "post_state", "compensation", "modified_params")
+        .defer("pre_action_state", "desk_snapshot", "post_state", "compensation", "modified_params")
         .in_bulk({s.action_id for s in chosen})
     )
     for step in chosen:

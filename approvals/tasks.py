@@ -6,9 +6,9 @@ from celery.app.task import Task
 from approvals.audit import audit_seal, verification_run
 from approvals.escalations import escalation_timer_fired, escalations_sweep
 from approvals.idempotency import idempotency_purge
-from approvals.killswitches import killswitch_effects, killswitch_effects_pending
 from approvals.notifications import stalled_deliveries, webhook_deliver
 from approvals.rollbacks import rollback_run, rollbacks_stalled
+from approvals.stops import killswitch_effects, killswitch_effects_pending
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)

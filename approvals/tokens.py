@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from approvals import live
 from approvals.audit import Actor, audit_record
+from approvals.errors import Refused
 from approvals.models import Agent, AgentToken, Domain
 
 PREFIX = "idk_"
@@ -85,7 +86,8 @@ def agent_save(*, agent: Agent, actor: Actor) -> Agent:
 def token_issue(
     *, agent_name: str, domain_slug: str, scopes: list[str], ttl: int | None, actor: Actor
 ) -> IssuedToken:
-    """Create the agent if needed and issue a token; the secret is returned once, never stored."""
+    """Create the agent if needed and issue a token; the secret is returned once, never stored.
+    A quarantined agent gets none until it is released."""
     scopes = _validate_scopes(scopes)
     ttl = settings.TOKEN_DEFAULT_TTL if ttl is None else ttl
     if not 60 <= ttl <= settings.TOKEN_MAX_TTL:
@@ -93,9 +95,12 @@ def token_issue(
     domain = Domain.objects.filter(slug=domain_slug).first()
     if domain is None:
         raise ValueError(f"no domain {domain_slug!r}")
-    agent = Agent.objects.filter(name=agent_name).first() or agent_save(
+    # Locked, so a quarantine either sees this token (and revokes it) or is seen here.
+    agent = Agent.objects.select_for_update().filter(name=agent_name).first() or agent_save(
         agent=Agent(name=agent_name), actor=actor
     )
+    if agent.quarantined_at is not None:
+        raise ValueError(f"no token issued: {quarantine_note(agent)}")
     prefix = PREFIX + secrets.token_hex(6)
     token = f"{prefix}_{secrets.token_urlsafe(32)}"
     record = AgentToken.objects.create(
@@ -150,6 +155,8 @@ def token_authenticate(raw: str) -> AgentToken:
     )
     if token is None:
         raise TokenError("unknown token")
+    if token.agent.quarantined_at is not None:
+        raise TokenError(f"token {token.prefix}: {quarantine_note(token.agent)}")
     if token.revoked_at is not None:
         raise TokenError(f"token {token.prefix} was revoked")
     if token.expires_at <= timezone.now():
@@ -163,3 +170,40 @@ def token_allows(token: AgentToken, *, tool: str, verb: str) -> bool:
         if fnmatch.fnmatchcase(tool, tool_pattern) and fnmatch.fnmatchcase(verb, verb_pattern):
             return True
     return False
+
+
+def quarantine_note(agent: Agent) -> str:
+    """Why a quarantined agent is refused, in words for whoever is refused."""
+    since = timezone.localtime(agent.quarantined_at) if agent.quarantined_at else None
+    when = f"{since:%Y-%m-%d %H:%M:%S %Z}" if since else "an unknown time"
+    return (
+        f"agent {agent.name} is quarantined since {when} ({agent.quarantine_reason}); "
+        "an incident commander must release it"
+    )
+
+
+class Quarantined(Refused):
+    """423: the agent is quarantined."""
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__(
+            423,
+            "Agent quarantined",
+            quarantine_note(agent),
+            extra={
+                "quarantine": {
+                    "agent": agent.name,
+                    "since": agent.quarantined_at.isoformat() if agent.quarantined_at else None,
+                    "reason": agent.quarantine_reason,
+                }
+            },
+        )
+        self.agent = agent
+
+
+def agent_admission_check(agent: Agent) -> None:
+    """Refuse (423) any request of a quarantined agent. Call it on the agent's row as read under
+    its lock (select_for_update): that read sees a quarantine that committed while the request
+    waited for the lock."""
+    if agent.quarantined_at is not None:
+        raise Quarantined(agent)

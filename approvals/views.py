@@ -10,11 +10,13 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.db import connection, transaction
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from django.views import defaults
@@ -22,12 +24,12 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.middleware import HtmxDetails
 
 from approvals import audit
-from approvals.actions import policy_explain
+from approvals.agents import agent_rows, agents_listed, agents_summary
 from approvals.audit import Actor, AuditFilters
 from approvals.errors import Refused, problem
 from approvals.escalations import escalation_decide, may_decide
 from approvals.inputs import MAX_INTEGER, BadJSON, OutOfLimits, parse_json, whole_number
-from approvals.killswitches import GLOBAL, agent_quarantine, killswitch_set
+from approvals.killswitches import GLOBAL, killswitch_set
 from approvals.models import (
     Action,
     Agent,
@@ -42,7 +44,7 @@ from approvals.notifications import failed_deliveries
 from approvals.openapi import document
 from approvals.operators import operator_signed_out
 from approvals.permissions import require
-from approvals.policy import Proposal, policy_current
+from approvals.policy import Proposal, policy_current, policy_explain
 from approvals.queue import (
     SNAPSHOT_LINES_SHOWN,
     QueueFilters,
@@ -51,6 +53,7 @@ from approvals.queue import (
     frozen_context,
     modification,
     queue_groups,
+    snapshot_comparison,
     would_change,
 )
 from approvals.roles import perm
@@ -67,6 +70,7 @@ from approvals.rollbacks import (
     read_current,
     step_resolve,
 )
+from approvals.stops import agent_quarantine, agent_release
 from approvals.timeline import session_timeline, timeline_export
 from approvals.tokens import VERBS
 
@@ -331,6 +335,7 @@ def review(request: HtmxHttpRequest, action_id: uuid.UUID) -> HttpResponse:
         "modification": modification(action),
         "snapshot_lines": snapshot_lines[:SNAPSHOT_LINES_SHOWN],
         "snapshot_more": max(0, len(snapshot_lines) - SNAPSHOT_LINES_SHOWN),
+        "comparison": snapshot_comparison(action),
         "compensation_params": json.dumps((action.compensation or {}).get("params", {})),
         "targets_shown": action.target_ids[:50],
         "targets_more": max(0, len(action.target_ids) - 50),
@@ -360,7 +365,7 @@ def decide(request: HtmxHttpRequest, action_id: uuid.UUID) -> HttpResponse:
             verdict=verdict,
             reason=request.POST.get("reason", ""),
             params=params,
-            params_seen=request.POST.get("params_seen") or None,
+            params_seen=request.POST.get("params_seen", ""),
         )
     except Refused as exc:
         action.refresh_from_db()
@@ -372,7 +377,10 @@ def decide(request: HtmxHttpRequest, action_id: uuid.UUID) -> HttpResponse:
     if decision.final:
         messages.success(request, f"{decision.action.tool} {decision.action.status}.")
         return redirect("queue")
-    messages.info(request, f"Approval recorded; waiting for {decision.waiting_for}.")
+    if verdict == "modify":
+        messages.info(request, f"Modified: the new params wait for {decision.waiting_for}.")
+    else:
+        messages.info(request, f"Approval recorded; waiting for {decision.waiting_for}.")
     return redirect("review", action_id=action.pk)
 
 
@@ -452,6 +460,68 @@ def quarantine(request: HtmxHttpRequest) -> HttpResponse:
         f"Agent {agent} quarantined: {revoked} tokens revoked, {cancelled} actions cancelled.",
     )
     return redirect("killswitches")
+
+
+AGENTS_PAGE_SIZE = 50
+
+
+@require_GET
+@require("view_desk")
+def agents(request: HttpRequest) -> HttpResponse:
+    page = Paginator(agents_listed(), AGENTS_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "approvals/agents.html",
+        {
+            "page": page,
+            "rows": agent_rows(page.object_list),
+            "summary": agents_summary(),
+            "can_quarantine": request.user.has_perm(perm("operate_killswitch")),
+            "can_release": request.user.has_perm(perm("release_agent")),
+        },
+    )
+
+
+def _back_to_agents(request: HttpRequest, name: str) -> HttpResponse:
+    page = whole_number(request.POST.get("page", ""), low=2, high=10**6)
+    query = f"?page={page}" if page else ""
+    return redirect(f"{reverse('agents')}{query}#agent-{name}")
+
+
+@require_POST
+@require("operate_killswitch")
+def agents_quarantine(request: HttpRequest, name: str) -> HttpResponse:
+    if request.POST.get("confirm") != name:
+        messages.error(request, f"Type {name} in the confirmation box to quarantine it.")
+        return _back_to_agents(request, name)
+    try:
+        revoked, cancelled = agent_quarantine(
+            agent_name=name, actor=Actor.user(request.user), reason=request.POST.get("reason", "")
+        )
+    except Refused as exc:
+        messages.error(request, exc.detail)
+        return _back_to_agents(request, name)
+    messages.success(
+        request,
+        f"Agent {name} quarantined: {revoked} tokens revoked, {cancelled} actions cancelled.",
+    )
+    return _back_to_agents(request, name)
+
+
+@require_POST
+@require("release_agent")
+def agents_release(request: HttpRequest, name: str) -> HttpResponse:
+    try:
+        agent_release(
+            agent_name=name, actor=Actor.user(request.user), reason=request.POST.get("reason", "")
+        )
+    except Refused as exc:
+        messages.error(request, exc.detail)
+        return _back_to_agents(request, name)
+    messages.success(
+        request, f"Agent {name} released. Its tokens stay revoked: issue new ones for it to act."
+    )
+    return _back_to_agents(request, name)
 
 
 # -- Rollbacks and sessions -----------------------------------------------------------------

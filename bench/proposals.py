@@ -49,6 +49,7 @@ PROPOSAL = {
 }
 POLICY = {
     "comment": "bench: everything small is allowed, after the usual checks",
+    "tools": [{"name": "update_record", "verb": "update", "undo": "restore", "population": 10000}],
     "rules": [
         {"id": "protected", "when": {"protected_targets": ["prod-*"]}, "outcome": "deny",
          "reason": "protected"},

@@ -86,7 +86,8 @@ def seed(session: str, steps: int) -> dict[str, object]:
                               actor=actor)  # fmt: skip
     if not PolicyVersion.objects.filter(domain=domain).exists():
         policy_publish(domain=domain, actor=actor,
-                       document=PolicyDocument(rules=[], default_outcome="allow"))  # fmt: skip
+                       document=PolicyDocument(rules=[], default_outcome="allow",
+                                               unregistered="allow"))  # fmt: skip
     connector_save(domain=domain, tool="set_record", kind="http", secret=SECRET, actor=actor,
                    spec=connector_spec(f"http://127.0.0.1:{TARGET_PORT}"))  # fmt: skip
     issued = token_issue(agent_name="bench-clerk", domain_slug=domain.slug,

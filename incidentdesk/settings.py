@@ -407,6 +407,10 @@ WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10)
 WEBHOOK_MAX_RESPONSE_BYTES = env_int("WEBHOOK_MAX_RESPONSE_BYTES", 64 * 1024)
 # A connector's read answers a target's state: as large as a snapshot an agent may send.
 CONNECTOR_MAX_RESPONSE_BYTES = env_int("CONNECTOR_MAX_RESPONSE_BYTES", API_MAX_BODY_BYTES)
+# The desk's own snapshot of a proposal's targets, read through the connector before the
+# proposal is recorded: all reads within this long (0: none), for at most this many targets.
+DESK_SNAPSHOT_SECONDS = env_int("DESK_SNAPSHOT_SECONDS", 2)
+DESK_SNAPSHOT_MAX_TARGETS = env_int("DESK_SNAPSHOT_MAX_TARGETS", 500)
 
 # How often an open desk page checks that its session still grants access (signing out and
 # role changes close pages at once; this catches expiry and edits made in the admin).
@@ -431,3 +435,5 @@ ROLLBACK_LEASE_SECONDS = env_int("ROLLBACK_LEASE_SECONDS", 10)  # then a claim i
 ROLLBACK_TASK_SECONDS = env_int("ROLLBACK_TASK_SECONDS", 20)  # one task's share, then the next
 ROLLBACK_MAX_ATTEMPTS = env_int("ROLLBACK_MAX_ATTEMPTS", 5)  # claims of one step before it fails
 ROLLBACK_COOLDOWN_SECONDS = env_int("ROLLBACK_COOLDOWN_SECONDS", 3600)  # the flapping guard
+# Approvals: an allowed or approved action may start within this long of the yes, never after.
+APPROVAL_TTL = env_int("APPROVAL_TTL", 15 * 60)

@@ -39,12 +39,19 @@ def order(**overrides: Any) -> dict[str, Any]:
         "session_id": "run-1",
         "tool": "create_order",
         "verb": "create",
-        "params": {"sku": "GPU-A100", "qty": 2},
+        "params": {"sku": "GPU-A100", "qty": 2, "unit_price": 90},
         "amount": {"value": "180.00", "currency": "USD"},
         "pre_action_state": {"open_orders": 0},
         "compensation": {"tool": "cancel_order", "params": {}},
     }
+    # Params are merged: the registry takes the amount from qty and unit_price, so an amount
+    # given alone is one unit at that price.
+    params = overrides.pop("params", None) or {}
+    amount = overrides.get("amount")
+    if isinstance(amount, dict) and not {"qty", "unit_price"} & set(params):
+        params = {"qty": 1, "unit_price": amount["value"], **params}
     body.update(overrides)
+    body["params"] = {**body["params"], **params}
     return body
 
 
@@ -76,7 +83,8 @@ def escalated_action(*, tier: int = 1, agent: str = "buyer") -> Action:
         token = token_authenticate(agent_token(agent, "procurement", "create_order:create"))
         data = ProposalData(
             session_id="run-1", step_index=None, tool="create_order", verb="create",
-            params={"sku": "GPU-A100", "qty": 10}, target_ids=[], amount=Decimal("900"),
+            params={"sku": "GPU-A100", "qty": 10, "unit_price": 90}, target_ids=[],
+            amount=Decimal("900"),
             currency="USD", blast_records=None, blast_population=None,
             pre_action_state={"open_orders": 0, "qty": 0}, compensation=None,
         )  # fmt: skip
@@ -91,3 +99,15 @@ def escalated_action(*, tier: int = 1, agent: str = "buyer") -> Action:
     action = record_proposal(token, data)
     assert action.status == Action.Status.ESCALATED and action.tier == tier, action.rule
     return action
+
+
+def decide(*, action_id: Any, user: Any, verdict: str, **kwargs: Any) -> Any:
+    """Decide as the review page does: of the params as they are when the decider looks, unless
+    the test says which params were seen."""
+    from approvals.escalations import effective_params, escalation_decide, params_fingerprint
+
+    if "params_seen" not in kwargs:
+        kwargs["params_seen"] = params_fingerprint(
+            effective_params(Action.objects.get(pk=action_id))
+        )
+    return escalation_decide(action_id=action_id, user=user, verdict=verdict, **kwargs)

@@ -35,6 +35,13 @@ DOMAIN = "faults"
 SCOPE = "create_order:create"
 # Small orders are allowed; big ones escalate to tier 2 (a timer, a live push, a webhook).
 POLICY = {
+    "tools": [
+        {
+            "name": "create_order",
+            "verb": "create",
+            "amount": {"params": ["total"], "currency": "USD"},
+        },
+    ],
     "rules": [
         {
             "id": "spend-cap",
@@ -61,7 +68,7 @@ def order(marker: str, amount: str = "10.00") -> dict[str, Any]:
         "session_id": "faults",
         "tool": "create_order",
         "verb": "create",
-        "params": {"marker": marker},
+        "params": {"marker": marker, "total": amount},
         "amount": {"value": amount, "currency": "USD"},
         "pre_action_state": {"open_orders": 0},
     }
@@ -95,7 +102,7 @@ def unexecuted_actions(token: str, count: int) -> None:
         step_index=None,
         tool="create_order",
         verb="create",
-        params={"marker": "0"},
+        params={"marker": "0", "total": "10"},
         target_ids=[],
         amount=None,
         currency="",

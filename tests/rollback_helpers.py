@@ -27,7 +27,8 @@ def records_domain(base_url: str, slug: str = "records") -> Domain:
                                     actor=Actor.system("tests"))  # fmt: skip
     if created:
         policy_publish(domain=domain, actor=Actor.system("tests"),
-                       document=PolicyDocument(rules=[], default_outcome="allow"))  # fmt: skip
+                       document=PolicyDocument(rules=[], default_outcome="allow",
+                                                unregistered="allow"))  # fmt: skip
     for tool in ("set_record", "create_order"):
         connector_save(domain=domain, tool=tool, kind="http", spec=connector_spec(base_url),
                        secret=SECRET, actor=Actor.system("tests"))  # fmt: skip

@@ -11,7 +11,7 @@ from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from approvals.models import Action, AuditEvent, IdempotencyRecord, ReasoningStep
-from tests.agents import agent_token, call, order, propose
+from tests.agents import agent_token, call, decide, order, propose
 from tests.servers import Desk, http, running_desk
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -51,6 +51,7 @@ def test_order_over_the_cap_is_pending_with_tier_and_expiry(desk: Desk) -> None:
 def test_protected_target_is_denied_with_the_rule_and_reason(desk: Desk) -> None:
     token = agent_token("janitor", "devops", "delete_snapshot:delete")
     body = {"session_id": "s", "tool": "delete_snapshot", "verb": "delete",
+            "params": {"snapshot_id": "snap-staging-critical-01"},
             "target_ids": ["snap-staging-critical-01"]}  # fmt: skip
     verdict = propose(desk, token, body).json()
     assert verdict["status"] == "denied"
@@ -145,7 +146,7 @@ def test_body_over_the_limit_is_413(desk: Desk) -> None:
 def test_floats_anywhere_in_the_free_form_fields_are_kept(desk: Desk) -> None:
     token = agent_token("buyer", "procurement", *ORDERS)
     body = order(
-        params={"sku": "GPU-A100", "qty": 2, "weight_kg": 1.25},
+        params={"sku": "GPU-A100", "qty": 2, "unit_price": 90.25, "weight_kg": 1.25},
         amount={"value": 180.5, "currency": "USD"},
         pre_action_state={"stock": 0.5, "ratio": 1e-3},
     )
@@ -182,7 +183,7 @@ def test_same_key_same_body_replays_the_answer(desk: Desk) -> None:
 def test_same_key_other_body_is_422_with_its_own_problem_type(desk: Desk) -> None:
     token = agent_token("buyer", "procurement", *ORDERS)
     propose(desk, token, order(), key="order-1")
-    reply = propose(desk, token, order(params={"qty": 999}), key="order-1")
+    reply = propose(desk, token, order(params={"qty": 3, "unit_price": 60}), key="order-1")
     assert reply.status == 422 and reply.json()["title"] == "Idempotency-Key reused"
     assert problem_fields(reply) == ["Idempotency-Key"]
     # Distinct from "still in flight", which a client may retry.
@@ -241,7 +242,6 @@ def test_twenty_threads_with_one_key_create_one_action(desk: Desk) -> None:
 
 
 def test_get_and_long_poll_until_an_operator_decides(desk: Desk, approver) -> None:
-    from approvals.escalations import escalation_decide
 
     token = agent_token("buyer", "procurement", *ORDERS)
     verdict = propose(desk, token, order(amount={"value": "900", "currency": "USD"})).json()
@@ -249,20 +249,21 @@ def test_get_and_long_poll_until_an_operator_decides(desk: Desk, approver) -> No
     unchanged = call(desk, token, "GET", f"/actions/{verdict['id']}?wait=1")
     assert unchanged.json()["status"] == "pending" and time.monotonic() - started >= 0.9
 
-    def decide() -> None:
+    def decide_later() -> None:
         time.sleep(0.5)
-        escalation_decide(
+        decide(
             action_id=verdict["id"], user=approver, verdict="modify",
-            params={"sku": "GPU-A100", "qty": 1},
+            params={"sku": "GPU-A100", "qty": 1, "unit_price": 90},
         )  # fmt: skip
         connections.close_all()
 
-    threading.Thread(target=decide).start()
+    threading.Thread(target=decide_later).start()
     started = time.monotonic()
     changed = call(desk, token, "GET", f"/actions/{verdict['id']}?wait=10").json()
     assert time.monotonic() - started < 5
-    assert changed["status"] == "modified" and changed["may_execute"] is True
-    assert changed["params"] == {"sku": "GPU-A100", "qty": 1} and changed["modified"] is True
+    # Modified: a new proposal, still pending until someone else approves it.
+    assert changed["status"] == "pending" and changed["may_execute"] is False
+    assert changed["params"]["qty"] == 1 and changed["modified"] is True
 
 
 def test_bad_wait_and_unknown_action(desk: Desk) -> None:
@@ -356,7 +357,7 @@ def test_openapi_document_and_api_page(desk: Desk) -> None:
     assert page.status == 200 and b"POST /api/v1/actions" in page.body
 
 
-def test_explain_names_the_rule_and_records_nothing(desk: Desk) -> None:
+def test_explain_names_the_rule_and_records_no_action(desk: Desk) -> None:
     token = agent_token("buyer", "procurement", *ORDERS)
     reply = call(
         desk, token, "POST", "/actions/explain", order(amount={"value": "750", "currency": "USD"})
@@ -368,6 +369,8 @@ def test_explain_names_the_rule_and_records_nothing(desk: Desk) -> None:
         "flapping",
         "order-rate",
         "spend-cap",
+        "unregistered-tool",
+        "flapping-guard",
     ]
     assert not Action.objects.exists()
 

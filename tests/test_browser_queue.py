@@ -51,7 +51,8 @@ class Agent(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.result = guarded_order(self.client, self.vendor)(sku="A100", qty=10)
+            self.result = guarded_order(self.client, self.vendor)(sku="A100", qty=10,
+                                                                  unit_price=90)  # fmt: skip
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             self.error = exc
 
@@ -100,11 +101,18 @@ def test_modified_params_are_what_the_agent_runs(
     wait_for_row(ben).first.locator("a.open").click()
     ben.locator("#decision").wait_for()
     ben.keyboard.press("m")  # opens the params editor and puts the cursor in it
-    ben.locator("#d-params").fill('{"sku": "A100", "qty": 2}')
+    ben.locator("#d-params").fill('{"sku": "A100", "qty": 2, "unit_price": 90}')
     ben.locator("#d-reason").fill("two are enough")
-    ben.get_by_role("button", name="Approve with these params").click()
-    ben.locator("#decision .status-modified").wait_for(timeout=10_000)
-    ann.locator("ol#tier-1-rows li.item").wait_for(state="detached", timeout=10_000)
+    ben.get_by_role("button", name="Propose these params").click()
+    # A new proposal: Ben may not be the one who lets it run.
+    ben.locator("#decision .modified-note").filter(has_text="another approver").wait_for(
+        timeout=10_000
+    )
+    assert ben.locator("#decision button[value='approve']").count() == 0
+    wait_for_row(ann).first.locator("a.open").click()
+    ann.locator("#decision .modified-note").wait_for()
+    ann.keyboard.press("a")
+    ann.locator("#decision .status-modified").wait_for(timeout=10_000)
     agent.join(timeout=20)
     assert agent.error is None
     assert agent.vendor.orders[0]["qty"] == 2

@@ -19,7 +19,7 @@ from incidentdesk_client import (
 
 from approvals.audit import Actor
 from approvals.models import Action, ReasoningStep
-from tests.agents import agent_token
+from tests.agents import agent_token, decide
 from tests.servers import Desk as RunningDesk
 from tests.servers import free_port
 
@@ -37,7 +37,7 @@ class Vendor:
     def open_orders(self, **params) -> dict:
         return {"open_orders": len(self.orders)}
 
-    def create_order(self, sku: str, qty: int, idempotency_key: str) -> dict:
+    def create_order(self, sku: str, qty: int, unit_price: float, idempotency_key: str) -> dict:
         self.orders.append({"sku": sku, "qty": qty, "key": idempotency_key})
         return {"order_id": f"PO-{len(self.orders)}"}
 
@@ -49,8 +49,8 @@ def guarded_order(desk: Desk, vendor: Vendor, session_id: str = "restock-1"):
         "create_order",
         "create",
         snapshot=vendor.open_orders,
-        amount=lambda sku, qty: (qty * 90, "USD"),
-        compensation=lambda sku, qty: {"tool": "cancel_order", "params": {"sku": sku}},
+        amount=lambda sku, qty, unit_price: (qty * unit_price, "USD"),
+        compensation=lambda sku, qty, unit_price: {"tool": "cancel_order", "params": {"sku": sku}},
     )(vendor.create_order)
 
 
@@ -60,15 +60,18 @@ def decide_later(status: str, params: dict | None = None, delay: float = 0.5) ->
 
     from django.contrib.auth import get_user_model
 
-    from approvals.escalations import escalation_decide, escalation_timer_fired
+    from approvals.escalations import escalation_timer_fired
     from approvals.operators import operator_ensure
 
     operator, _ = operator_ensure(
         username="decider", role="approver", password="x" * 20, actor=Actor.system("tests")
     )
-    user_id = operator.pk
+    second, _ = operator_ensure(
+        username="second-decider", role="approver", password="x" * 20, actor=Actor.system("tests")
+    )
+    user_id, second_id = operator.pk, second.pk
 
-    def decide() -> None:
+    def run() -> None:
         try:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
@@ -85,16 +88,19 @@ def decide_later(status: str, params: dict | None = None, delay: float = 0.5) ->
                             pending.refresh_from_db()
                         return
                     verdict = {"approved": "approve", "modified": "modify"}.get(status, "reject")
-                    escalation_decide(
+                    decide(
                         action_id=pending.pk, user=user, verdict=verdict, params=params,
                         reason="decided in the test",
                     )  # fmt: skip
+                    if verdict == "modify":  # someone else approves the modified version
+                        other = get_user_model().objects.get(pk=second_id)
+                        decide(action_id=pending.pk, user=other, verdict="approve")
                     return
                 time.sleep(0.05)
         finally:
             connections.close_all()
 
-    thread = threading.Thread(target=decide)
+    thread = threading.Thread(target=run)
     thread.start()
     return thread
 
@@ -102,7 +108,7 @@ def decide_later(status: str, params: dict | None = None, delay: float = 0.5) ->
 def test_allowed_call_runs_and_is_reported(desk: RunningDesk) -> None:
     vendor = Vendor()
     client = Desk(desk.url, agent_token("buyer", "procurement", *ORDERS))
-    result = guarded_order(client, vendor)(sku="A100", qty=2)
+    result = guarded_order(client, vendor)(sku="A100", qty=2, unit_price=90)
     assert result == {"order_id": "PO-1"}
     action = Action.objects.get()
     assert action.status == "succeeded"
@@ -124,8 +130,10 @@ def test_a_call_that_ran_but_could_not_be_reported_says_so(desk: RunningDesk) ->
     vendor = Vendor()
     client = Desk(desk.url, agent_token("buyer", "procurement", *ORDERS), retries=0)
 
-    def order_then_lose_the_token(sku: str, qty: int, idempotency_key: str) -> dict:
-        placed = vendor.create_order(sku, qty, idempotency_key)
+    def order_then_lose_the_token(
+        sku: str, qty: int, unit_price: float, idempotency_key: str
+    ) -> dict:
+        placed = vendor.create_order(sku, qty, unit_price, idempotency_key)
         token_revoke(prefix=AgentToken.objects.get().prefix, actor=Actor.system("tests"))
         return placed
 
@@ -134,7 +142,7 @@ def test_a_call_that_ran_but_could_not_be_reported_says_so(desk: RunningDesk) ->
         order_then_lose_the_token
     )
     with pytest.raises(ReportFailed) as failed:
-        call(sku="A100", qty=2)
+        call(sku="A100", qty=2, unit_price=90)
     assert failed.value.result == {"order_id": "PO-1"}
     assert failed.value.post_state == {"open_orders": 1}
     assert len(vendor.orders) == 1
@@ -159,7 +167,7 @@ def test_escalated_then_approved_runs(desk: RunningDesk) -> None:
     vendor = Vendor()
     client = Desk(desk.url, agent_token("buyer", "procurement", *ORDERS), poll_wait=5)
     operator = decide_later("approved")
-    result = guarded_order(client, vendor)(sku="A100", qty=10)  # $900: over the cap
+    result = guarded_order(client, vendor)(sku="A100", qty=10, unit_price=90)  # $900: over the cap
     operator.join()
     assert result == {"order_id": "PO-1"} and vendor.orders[0]["qty"] == 10
     assert Action.objects.get().status == "succeeded"
@@ -168,8 +176,8 @@ def test_escalated_then_approved_runs(desk: RunningDesk) -> None:
 def test_escalated_then_modified_runs_the_operators_params(desk: RunningDesk) -> None:
     vendor = Vendor()
     client = Desk(desk.url, agent_token("buyer", "procurement", *ORDERS), poll_wait=5)
-    operator = decide_later("modified", {"sku": "A100", "qty": 3})
-    guarded_order(client, vendor)(sku="A100", qty=10)
+    operator = decide_later("modified", {"sku": "A100", "qty": 3, "unit_price": 90})
+    guarded_order(client, vendor)(sku="A100", qty=10, unit_price=90)
     operator.join()
     assert [(o["sku"], o["qty"]) for o in vendor.orders] == [("A100", 3)]
     assert Action.objects.get().post_state == {"open_orders": 1}
@@ -180,7 +188,7 @@ def test_escalated_then_rejected_does_not_run(desk: RunningDesk) -> None:
     client = Desk(desk.url, agent_token("buyer", "procurement", *ORDERS), poll_wait=5)
     operator = decide_later("rejected")
     with pytest.raises(ActionRejected):
-        guarded_order(client, vendor)(sku="A100", qty=10)
+        guarded_order(client, vendor)(sku="A100", qty=10, unit_price=90)
     operator.join()
     assert vendor.orders == []
 
@@ -190,7 +198,7 @@ def test_expired_escalation_does_not_run(desk: RunningDesk) -> None:
     client = Desk(desk.url, agent_token("buyer", "procurement", *ORDERS), poll_wait=5)
     operator = decide_later("expired")
     with pytest.raises(ActionExpired):
-        guarded_order(client, vendor)(sku="A100", qty=10)
+        guarded_order(client, vendor)(sku="A100", qty=10, unit_price=90)
     operator.join()
     assert vendor.orders == []
 
@@ -199,14 +207,14 @@ def test_client_gives_up_waiting_after_max_wait(desk: RunningDesk) -> None:
     vendor = Vendor()
     client = Desk(desk.url, agent_token("buyer", "procurement", *ORDERS), poll_wait=1, max_wait=1)
     with pytest.raises(ActionExpired, match="no decision"):
-        guarded_order(client, vendor)(sku="A100", qty=10)
+        guarded_order(client, vendor)(sku="A100", qty=10, unit_price=90)
     assert vendor.orders == []
 
 
 def test_out_of_scope_is_its_own_error(desk: RunningDesk) -> None:
     client = Desk(desk.url, agent_token("reader", "procurement", "*:read"))
     with pytest.raises(OutOfScope):
-        guarded_order(client, Vendor())(sku="A100", qty=1)
+        guarded_order(client, Vendor())(sku="A100", qty=1, unit_price=90)
 
 
 def test_desk_down_fails_closed(db) -> None:
@@ -215,7 +223,7 @@ def test_desk_down_fails_closed(db) -> None:
     session = client.session("s")
     order = session.guard("create_order", "create")(vendor.create_order)
     with pytest.raises(DeskUnavailable):
-        order(sku="A100", qty=1)
+        order(sku="A100", qty=1, unit_price=90)
     assert vendor.orders == []
 
 
@@ -226,4 +234,4 @@ def test_reads_may_fail_open_when_configured(db) -> None:
     assert read(sku="A100") == {"sku": "A100", "stock": 3}
     write = session.guard("create_order", "create")(Vendor().create_order)
     with pytest.raises(DeskUnavailable):
-        write(sku="A100", qty=1)
+        write(sku="A100", qty=1, unit_price=90)

@@ -43,7 +43,7 @@ def test_the_client_stops_on_push_without_a_request(desk: RunningDesk) -> None:
         wait_for(lambda: client.kill_switches.engaged())
         assert client.kill_switches.source == "push"
         with pytest.raises(KillSwitchEngaged, match="runaway"):
-            order(sku="A100", qty=1)
+            order(sku="A100", qty=1, unit_price=90)
         # Stopped in the client: the desk never saw the attempt.
         assert not AuditEvent.objects.filter(action="action.refused_killed").exists()
         assert not Action.objects.exists() and vendor.orders == []
@@ -68,7 +68,7 @@ def test_an_agent_waiting_on_an_escalation_is_told_of_the_kill(desk: RunningDesk
     engager.start()
     started = time.monotonic()
     with pytest.raises(KillSwitchEngaged, match="runaway"):
-        order(sku="A100", qty=10)  # $900: escalated, then frozen by the kill
+        order(sku="A100", qty=10, unit_price=90)  # $900: escalated, then frozen by the kill
     engager.join()
     assert time.monotonic() - started < 15  # answered by the kill, not by the poll's end
     assert vendor.orders == []
@@ -106,7 +106,7 @@ def test_stale_state_fails_closed_and_reads_may_fail_open(tmp_path: Path, django
         vendor = Vendor()
         write = session.guard("create_order", "create")(vendor.create_order)
         with pytest.raises(DeskUnavailable, match="failing closed"):
-            write(sku="A100", qty=1)
+            write(sku="A100", qty=1, unit_price=90)
         assert vendor.orders == []
     finally:
         client.close()
@@ -138,7 +138,9 @@ def test_the_escalation_decided_after_release_still_runs(desk: RunningDesk) -> N
                        reason="fixed")  # fmt: skip
         wait_for(lambda: not client.kill_switches.engaged())
         operator = decide_later("approved")
-        assert guarded_order(client, vendor)(sku="A100", qty=10) == {"order_id": "PO-1"}
+        assert guarded_order(client, vendor)(sku="A100", qty=10, unit_price=90) == {
+            "order_id": "PO-1"
+        }
         operator.join()
     finally:
         client.close()

@@ -11,12 +11,11 @@ from django.db import connection, connections
 from approvals.errors import Refused
 from approvals.escalations import (
     AlreadyDecided,
-    escalation_decide,
     escalation_timer_fired,
     escalations_sweep,
 )
 from approvals.models import Action, Approval, AuditEvent
-from tests.agents import escalated_action
+from tests.agents import decide, escalated_action
 
 pytestmark = pytest.mark.django_db
 
@@ -38,7 +37,7 @@ def test_escalation_opens_at_its_tier_with_sla_and_expiry() -> None:
 
 def test_one_approver_decides_tier_one(approver) -> None:
     action = escalated_action(tier=1)
-    decision = escalation_decide(action_id=action.pk, user=approver, verdict="approve")
+    decision = decide(action_id=action.pk, user=approver, verdict="approve")
     assert decision.final
     action = fresh(action)
     assert action.status == S.APPROVED and action.decided_by == approver.username
@@ -49,36 +48,42 @@ def test_one_approver_decides_tier_one(approver) -> None:
 def test_reject_needs_a_reason_and_records_it(approver) -> None:
     action = escalated_action(tier=1)
     with pytest.raises(Refused, match="say why"):
-        escalation_decide(action_id=action.pk, user=approver, verdict="reject", reason="  ")
+        decide(action_id=action.pk, user=approver, verdict="reject", reason="  ")
     assert fresh(action).status == S.ESCALATED
-    escalation_decide(action_id=action.pk, user=approver, verdict="reject", reason="too many")
+    decide(action_id=action.pk, user=approver, verdict="reject", reason="too many")
     action = fresh(action)
     assert (action.status, action.decision_reason) == (S.REJECTED, "too many")
 
 
-def test_modify_records_the_diff_and_the_agent_gets_the_new_params(approver) -> None:
+def test_modify_records_the_diff_and_the_agent_gets_the_new_params(approver, make_operator) -> None:
     action = escalated_action(tier=1)
     with pytest.raises(Refused, match="JSON object"):
-        escalation_decide(action_id=action.pk, user=approver, verdict="modify", params=[1])
+        decide(action_id=action.pk, user=approver, verdict="modify", params=[1])
     with pytest.raises(Refused, match="unchanged"):
-        escalation_decide(
-            action_id=action.pk, user=approver, verdict="modify", params=dict(action.params)
-        )
-    escalation_decide(
+        decide(action_id=action.pk, user=approver, verdict="modify", params=dict(action.params))
+    decide(
         action_id=action.pk, user=approver, verdict="modify",
-        params={"sku": "GPU-A100", "qty": 2}, reason="two will do",
+        params={"sku": "GPU-A100", "qty": 2, "unit_price": 90}, reason="two will do",
     )  # fmt: skip
     action = fresh(action)
-    assert action.status == S.MODIFIED and action.modified_params == {"sku": "GPU-A100", "qty": 2}
+    # A new proposal: $180 now, which the policy would allow, but a person other than the one
+    # who modified it approves the modified version.
+    assert action.status == S.ESCALATED and f"{action.amount:f}" == "180.0000"
     event = AuditEvent.objects.get(action="escalation.modified")
     assert "qty: 10 -> 2" in event.summary and event.data["reason"] == "two will do"
+    assert event.data["rule"] == "allow-orders-under-cap"
+    with pytest.raises(Refused, match="another approver"):
+        decide(action_id=action.pk, user=approver, verdict="approve")
+    decide(action_id=action.pk, user=make_operator("abe-approver", "approver"), verdict="approve")
+    action = fresh(action)
+    assert action.status == S.MODIFIED and action.modified_params["qty"] == 2
 
 
 def test_a_second_decider_is_told_who_decided(approver, senior_approver) -> None:
     action = escalated_action(tier=1)
-    escalation_decide(action_id=action.pk, user=approver, verdict="approve")
+    decide(action_id=action.pk, user=approver, verdict="approve")
     with pytest.raises(AlreadyDecided, match=f"approved by {approver.username}"):
-        escalation_decide(action_id=action.pk, user=senior_approver, verdict="reject", reason="x")
+        decide(action_id=action.pk, user=senior_approver, verdict="reject", reason="x")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -89,18 +94,18 @@ def test_concurrent_decisions_exactly_one_counts(make_operator) -> None:
     barrier = threading.Barrier(len(deciders))
     outcomes: list[str] = []
 
-    def decide(user) -> None:
+    def race(user) -> None:
         barrier.wait()
         try:
             verdict = "approve" if user.username.endswith(("0", "2", "4", "6")) else "reject"
-            escalation_decide(action_id=action.pk, user=user, verdict=verdict, reason="race")
+            decide(action_id=action.pk, user=user, verdict=verdict, reason="race")
             outcomes.append("decided")
         except AlreadyDecided:
             outcomes.append("told")
         finally:
             connections.close_all()
 
-    threads = [threading.Thread(target=decide, args=(u,)) for u in deciders]
+    threads = [threading.Thread(target=race, args=(u,)) for u in deciders]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -113,16 +118,16 @@ def test_concurrent_decisions_exactly_one_counts(make_operator) -> None:
 def test_tier_two_needs_two_different_people_one_senior(approver, senior_approver,
                                                         make_operator) -> None:  # fmt: skip
     action = escalated_action(tier=2)
-    first = escalation_decide(action_id=action.pk, user=approver, verdict="approve")
+    first = decide(action_id=action.pk, user=approver, verdict="approve")
     assert not first.final and "1 more approver" in first.waiting_for
     with pytest.raises(Refused, match="someone else"):
-        escalation_decide(action_id=action.pk, user=approver, verdict="approve")
+        decide(action_id=action.pk, user=approver, verdict="approve")
     # A second plain approver is not enough: one of the two must be senior.
     other = make_operator("abe-approver", "approver")
-    second = escalation_decide(action_id=action.pk, user=other, verdict="approve")
+    second = decide(action_id=action.pk, user=other, verdict="approve")
     assert not second.final and "decide_tier2" in second.waiting_for
     assert fresh(action).status == S.ESCALATED
-    escalation_decide(action_id=action.pk, user=senior_approver, verdict="approve")
+    decide(action_id=action.pk, user=senior_approver, verdict="approve")
     assert fresh(action).status == S.APPROVED
     assert Approval.objects.filter(action=action).count() == 3
 
@@ -130,20 +135,21 @@ def test_tier_two_needs_two_different_people_one_senior(approver, senior_approve
 def test_a_modification_sets_earlier_approvals_aside(approver, senior_approver,
                                                      make_operator) -> None:  # fmt: skip
     action = escalated_action(tier=2)
-    escalation_decide(action_id=action.pk, user=approver, verdict="approve")
+    decide(action_id=action.pk, user=approver, verdict="approve")
     # The senior changes the params: the first approval was of other params.
-    changed = escalation_decide(
+    changed = decide(
         action_id=action.pk, user=senior_approver, verdict="modify",
         params={"snapshot_id": "snap-dev-8"}, reason="the other one",
     )  # fmt: skip
-    assert not changed.final and "1 more approver" in changed.waiting_for
-    assert list(Approval.objects.filter(action=action).values_list("user", flat=True)) == [
-        senior_approver.pk
-    ]
+    assert not changed.final and f"other than {senior_approver.username}" in changed.waiting_for
+    assert not Approval.objects.filter(action=action).exists()
     event = AuditEvent.objects.get(action="escalation.modified")
     assert "1 earlier approval(s) set aside" in event.summary
-    # The first approver approves again, now of the modified params: that completes it.
-    escalation_decide(action_id=action.pk, user=approver, verdict="approve")
+    # The first approver approves again, now of the modified params, and another senior.
+    decide(action_id=action.pk, user=approver, verdict="approve")
+    assert fresh(action).status == S.ESCALATED
+    decide(action_id=action.pk, user=make_operator("sue-senior", "senior_approver"),
+           verdict="approve")  # fmt: skip
     action = fresh(action)
     assert action.status == S.MODIFIED and action.modified_params == {"snapshot_id": "snap-dev-8"}
 
@@ -154,14 +160,16 @@ def test_an_approval_is_of_the_params_the_approver_saw(approver, senior_approver
 
     action = escalated_action(tier=2)
     seen = params_fingerprint(effective_params(action))
-    escalation_decide(
+    decide(
         action_id=action.pk, user=senior_approver, verdict="modify",
         params={"snapshot_id": "snap-dev-9"}, params_seen=seen,
     )  # fmt: skip
     with pytest.raises(Refused, match="review them again"):
-        escalation_decide(action_id=action.pk, user=approver, verdict="approve", params_seen=seen)
+        decide(action_id=action.pk, user=approver, verdict="approve", params_seen=seen)
     now_seen = params_fingerprint(effective_params(fresh(action)))
-    escalation_decide(action_id=action.pk, user=approver, verdict="approve", params_seen=now_seen)
+    decide(action_id=action.pk, user=approver, verdict="approve", params_seen=now_seen)
+    decide(action_id=action.pk, user=make_operator("sue-senior", "senior_approver"),
+           verdict="approve", params_seen=now_seen)  # fmt: skip
     assert fresh(action).status == S.MODIFIED
 
 
@@ -170,19 +178,19 @@ def test_the_agents_owner_may_not_approve_but_may_reject(approver) -> None:
     action.agent.owner = approver
     action.agent.save()
     with pytest.raises(Refused, match="someone else must approve"):
-        escalation_decide(action_id=action.pk, user=approver, verdict="approve")
-    escalation_decide(action_id=action.pk, user=approver, verdict="reject", reason="mine, no")
+        decide(action_id=action.pk, user=approver, verdict="approve")
+    decide(action_id=action.pk, user=approver, verdict="reject", reason="mine, no")
     assert fresh(action).status == S.REJECTED
 
 
 def test_a_tier_needs_its_permission(viewer, approver) -> None:
     action = escalated_action(tier=1)
     with pytest.raises(Refused, match="decide_tier1"):
-        escalation_decide(action_id=action.pk, user=viewer, verdict="approve")
+        decide(action_id=action.pk, user=viewer, verdict="approve")
     action.tier = 3
     action.save()
     with pytest.raises(Refused, match="decide_tier3"):
-        escalation_decide(action_id=action.pk, user=approver, verdict="approve")
+        decide(action_id=action.pk, user=approver, verdict="approve")
 
 
 def test_sla_moves_it_up_a_tier_then_it_expires() -> None:
@@ -219,7 +227,7 @@ def test_sla_moves_it_up_a_tier_then_it_expires() -> None:
 def test_a_timer_that_fires_after_the_decision_does_nothing(approver) -> None:
     action = escalated_action(tier=1)
     timer = action.timer_id
-    escalation_decide(action_id=action.pk, user=approver, verdict="approve")
+    decide(action_id=action.pk, user=approver, verdict="approve")
     late = action.sla_due_at + timedelta(hours=5)
     assert escalation_timer_fired(action_id=action.pk, timer_id=timer, now=late) == "stale"
     assert fresh(action).status == S.APPROVED

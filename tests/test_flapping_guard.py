@@ -9,9 +9,9 @@ import pytest
 from incidents.target import Target
 
 from approvals.actions import ProposalData
+from approvals.connectors import compensation_connected
 from approvals.models import Action, Agent, AgentToken
 from approvals.policy import PolicyDocument
-from approvals.rollbacks import compensation_connected
 from tests.agents import record_proposal
 from tests.rollback_helpers import executed, records_domain, records_token, run_plan, session_of
 
@@ -69,16 +69,15 @@ def test_the_guard_ends_with_the_cool_down(target: tuple[Target, str], settings:
 def test_a_connector_that_compensates_makes_an_action_reversible(
     target: tuple[Target, str],
 ) -> None:
-    from approvals.actions import policy_explain
     from approvals.audit import Actor
-    from approvals.policy import Proposal, policy_publish
+    from approvals.policy import Proposal, policy_explain, policy_publish
 
     _, url = target
     domain = records_domain(url)
     document = PolicyDocument.model_validate({
         "rules": [{"id": "irreversible", "when": {"irreversible_without_snapshot": True},
                    "outcome": "escalate", "tier": 1, "reason": "cannot be undone"}],
-        "default_outcome": "allow",
+        "default_outcome": "allow", "unregistered": "allow",
     })  # fmt: skip
     policy_publish(domain=domain, document=document, actor=Actor.system("tests"))
     token = records_token()

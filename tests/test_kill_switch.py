@@ -13,10 +13,11 @@ from django.urls import reverse
 
 from approvals.audit import Actor
 from approvals.errors import Refused
-from approvals.escalations import escalation_decide, escalation_timer_fired
-from approvals.killswitches import killswitch_effects, killswitch_set
+from approvals.escalations import escalation_timer_fired
+from approvals.killswitches import killswitch_set
 from approvals.models import Action, AgentSession, AuditEvent, KillSwitchChange
-from tests.agents import agent_token, call, escalated_action, order, propose
+from approvals.stops import killswitch_effects
+from tests.agents import agent_token, call, decide, escalated_action, order, propose
 from tests.servers import Desk
 
 S = Action.Status
@@ -45,7 +46,7 @@ def test_engaged_switch_refuses_new_actions_with_423_and_release_admits_again(de
     assert AuditEvent.objects.filter(action="action.refused_killed").count() == 1
     # Another domain is not stopped by this switch.
     other = agent_token("janitor", "devops", "restart_service:execute")
-    restart = {**order(), "tool": "restart_service", "verb": "execute"}
+    restart = {"session_id": "run-1", "tool": "restart_service", "params": {"service": "web"}}
     assert propose(desk, other, restart).status == 201
     release()
     assert propose(desk, token, order()).status == 201
@@ -58,7 +59,7 @@ def test_the_global_switch_stops_every_domain_and_a_replay_too(desk: Desk) -> No
     assert first.status == 201
     engage("global")
     other = agent_token("janitor", "devops", "restart_service:execute")
-    restart = {**order(), "tool": "restart_service", "verb": "execute"}
+    restart = {"session_id": "run-1", "tool": "restart_service", "params": {"service": "web"}}
     assert propose(desk, other, restart).status == 423
     # A replay of an allowed answer must not tell an agent to go ahead under a kill.
     assert propose(desk, token, order(), key="order-1").status == 423
@@ -104,7 +105,7 @@ def test_open_escalations_are_frozen_until_release(approver) -> None:
     action = escalated_action(tier=1)
     engage()
     with pytest.raises(Refused, match="kill switch is engaged"):
-        escalation_decide(action_id=action.pk, user=approver, verdict="approve")
+        decide(action_id=action.pk, user=approver, verdict="approve")
     late = action.sla_due_at.replace(year=action.sla_due_at.year + 1)
     assert escalation_timer_fired(action_id=action.pk, timer_id=action.timer_id, now=late) == (
         "frozen"
@@ -120,7 +121,7 @@ def test_open_escalations_are_frozen_until_release(approver) -> None:
     assert resumed.sla_due_at == action.sla_due_at + frozen_for
     assert resumed.expires_at == action.expires_at + frozen_for
     assert resumed.timer_id and resumed.timer_id != action.timer_id
-    escalation_decide(action_id=action.pk, user=approver, verdict="approve")
+    decide(action_id=action.pk, user=approver, verdict="approve")
     assert Action.objects.get(pk=action.pk).status == S.APPROVED
 
 
@@ -130,7 +131,7 @@ def test_engage_cancels_approved_unexecuted_actions_and_flags_a_late_result(appr
     from approvals.tokens import token_authenticate
 
     action = escalated_action(tier=1)
-    escalation_decide(action_id=action.pk, user=approver, verdict="approve")
+    decide(action_id=action.pk, user=approver, verdict="approve")
     change = engage()
     done = killswitch_effects(change_id=change.pk)
     assert done is not None and "cancelled 1" in done.effects_summary
@@ -205,7 +206,7 @@ def test_quarantine_stops_one_agent_and_revokes_its_tokens(oncall, approver) -> 
 
     waiting = escalated_action(tier=1)
     approved = escalated_action(tier=1)
-    escalation_decide(action_id=approved.pk, user=approver, verdict="approve")
+    decide(action_id=approved.pk, user=approver, verdict="approve")
     bystander = escalated_action(tier=1, agent="other-buyer")
     with pytest.raises(CommandError, match="may not quarantine"):
         call_command("quarantine", "buyer", "--reason", "x", "--as", approver.username)

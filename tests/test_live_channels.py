@@ -18,8 +18,9 @@ from websockets.sync.client import ClientConnection, connect
 
 from approvals import consumers, live
 from approvals.audit import Actor
-from approvals.killswitches import agent_quarantine, killswitch_set
+from approvals.killswitches import killswitch_set
 from approvals.roles import VIEWER
+from approvals.stops import agent_quarantine
 from approvals.tokens import token_authenticate, token_revoke
 from tests.agents import agent_token
 from tests.conftest import session_cookie

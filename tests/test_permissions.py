@@ -19,11 +19,12 @@ ALLOWED = {
     "oncall": {"view_desk", "view_audit", "verify_audit", "operate_killswitch"},
     "incident_commander": {
         "view_desk", "view_audit", "verify_audit", "export_audit", "decide_tier1",
-        "decide_tier2", "decide_tier3", "operate_killswitch", "run_rollback",
+        "decide_tier2", "decide_tier3", "operate_killswitch", "release_agent", "run_rollback",
     },
     "admin": {
         "view_desk", "view_audit", "verify_audit", "export_audit", "decide_tier1",
-        "decide_tier2", "decide_tier3", "operate_killswitch", "run_rollback", "manage_desk",
+        "decide_tier2", "decide_tier3", "operate_killswitch", "release_agent", "run_rollback",
+        "manage_desk",
     },
 }  # fmt: skip
 EVERY_PERMISSION = set().union(*ALLOWED.values())

@@ -45,7 +45,8 @@ def test_explain_counts_the_agents_recent_actions(viewer, login) -> None:
     token = token_authenticate(agent_token("looper", "procurement", "create_order:create"))
     for _ in range(3):
         record_proposal(token, ProposalData(
-            session_id="s", step_index=None, tool="create_order", verb="create", params={},
+            session_id="s", step_index=None, tool="create_order", verb="create",
+            params={"qty": 1, "unit_price": 10},
             target_ids=[], amount=None, currency="", blast_records=None, blast_population=None,
             pre_action_state={}, compensation=None,
         ))  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -183,7 +184,7 @@ def test_database_facts_are_asked_only_when_a_rule_needs_them() -> None:
         ),
     )  # fmt: skip
     read = Proposal(agent="a", tool="t", verb="read")
-    assert decide(document, read, Facts(recent_count=fail, rolled_back_repeat=fail)).rule == "reads"
+    assert decide(document, read, Facts(recent_count=fail, rolled_back=fail)).rule == "reads"
 
 
 def test_protected_targets_irreversible_and_flapping() -> None:
@@ -200,7 +201,10 @@ def test_protected_targets_irreversible_and_flapping() -> None:
     prod = Proposal(agent="a", tool="t", verb="delete", target_ids=("snap-dev-1", "snap-prod-9"))
     assert decide(document, prod).rule == "protected"
     repeat = Proposal(agent="a", tool="t", verb="update", has_snapshot=True)
-    assert decide(document, repeat, Facts(rolled_back_repeat=lambda: True)).rule == "flap"
+    assert (
+        decide(document, repeat, Facts(rolled_back=lambda: [datetime(2026, 1, 1, tzinfo=UTC)])).rule
+        == "flap"
+    )
     bare_delete = Proposal(agent="a", tool="t", verb="delete")
     assert decide(document, bare_delete).rule == "irreversible"
     compensated = Proposal(agent="a", tool="t", verb="spend", has_compensation=True)

@@ -53,7 +53,7 @@ def proposal(**overrides) -> ProposalData:
         "step_index": None,
         "tool": "create_order",
         "verb": "create",
-        "params": {},
+        "params": {"sku": "X", "qty": 1, "unit_price": 10},
         "target_ids": ["PO-1"],
         "amount": None,
         "currency": "",
@@ -83,8 +83,40 @@ def test_repeat_of_a_rolled_back_action_is_escalated() -> None:
     token = token_authenticate(agent_token("buyer", "procurement", "create_order:create"))
     first = record_proposal(token, proposal())
     assert first.status == "allowed"
-    Action.objects.filter(pk=first.pk).update(status=Action.Status.ROLLED_BACK)
+    # Rolled back before the flapping guard's cool-down: the policy's own rule sees the repeat.
+    Action.objects.filter(pk=first.pk).update(
+        status=Action.Status.ROLLED_BACK, rolled_back_at=timezone.now() - timedelta(days=1)
+    )
     repeat = record_proposal(token, proposal())
     assert (repeat.status, repeat.rule, repeat.tier) == ("escalated", "flapping", 2)
     elsewhere = record_proposal(token, proposal(target_ids=["PO-2"]))
     assert elsewhere.status == "allowed"
+
+
+def test_the_tool_registry_exports_and_imports_with_the_rules_kept(tmp_path) -> None:
+    demo_domain("procurement")
+    target = tmp_path / "tools.json"
+    call_command("tools", "export", "procurement", "-o", str(target))
+    registry = json.loads(target.read_text())
+    assert registry["unregistered"] == "escalate"
+    create = next(t for t in registry["tools"] if t["name"] == "create_order")
+    assert create["amount"] == {"params": ["qty", "unit_price"], "currency": "USD"}
+    registry["tools"].append({"name": "pay_invoice", "verb": "spend",
+                              "amount": {"params": ["total"], "currency": "EUR"}})  # fmt: skip
+    target.write_text(json.dumps(registry))
+    out = StringIO()
+    call_command("tools", "import", str(target), stdout=out)
+    assert "procurement: policy v2 published with 3 registered tools" in out.getvalue()
+    before, after = (
+        PolicyVersion.objects.get(domain__slug="procurement", version=v) for v in (1, 2)
+    )
+    assert after.rules == before.rules
+    assert [t["name"] for t in after.tools][-1] == "pay_invoice"
+    event = AuditEvent.objects.get(action="policy.published", object_id="procurement:v2")
+    assert "pay_invoice" in event.data["tools"]
+    # A registry entry that contradicts itself is refused, and nothing is published.
+    registry["tools"].append({"name": "void_invoice", "verb": "update", "undo": "compensate"})
+    target.write_text(json.dumps(registry))
+    with pytest.raises(CommandError, match="compensating_tool"):
+        call_command("tools", "import", str(target))
+    assert not PolicyVersion.objects.filter(domain__slug="procurement", version=3).exists()

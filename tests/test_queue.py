@@ -7,9 +7,9 @@ import json
 import pytest
 from django.urls import reverse
 
-from approvals.escalations import escalation_decide
+from approvals.escalations import effective_params, params_fingerprint
 from approvals.models import Action, AuditEvent
-from tests.agents import escalated_action
+from tests.agents import decide, escalated_action
 
 pytestmark = pytest.mark.django_db
 
@@ -97,7 +97,7 @@ def test_outsider_and_anonymous_are_kept_out(outsider, login, client) -> None:
     assert client.get(reverse("queue")).status_code == 302
 
 
-def test_decide_through_the_page(approver, login) -> None:
+def test_decide_through_the_page(approver, login, make_operator) -> None:
     action = escalated_action(tier=1)
     client = login(approver)
     url = reverse("decide", args=[action.pk])
@@ -105,18 +105,30 @@ def test_decide_through_the_page(approver, login) -> None:
     assert bad.status_code == 422 and "params: not JSON" in bad.content.decode()
     no_reason = client.post(url, {"verdict": "reject"}, headers={"HX-Request": "true"})
     assert no_reason.status_code == 422 and "say why" in no_reason.content.decode()
-    params = json.dumps({"sku": "GPU-A100", "qty": 3})
-    done = client.post(url, {"verdict": "modify", "params": params, "reason": "fewer"})
-    assert done.status_code == 302 and done["Location"] == reverse("queue")
+    params = json.dumps({"sku": "GPU-A100", "qty": 3, "unit_price": 90})
+    seen = params_fingerprint(effective_params(action))
+    unseen = client.post(url, {"verdict": "modify", "params": params, "reason": "fewer"})
+    assert unseen.status_code == 302 and Action.objects.get(pk=action.pk).modified_params is None
+    done = client.post(
+        url, {"verdict": "modify", "params": params, "reason": "fewer", "params_seen": seen}
+    )
+    # A new proposal, waiting for someone else.
+    assert done.status_code == 302 and done["Location"] == reverse("review", args=[action.pk])
     action = Action.objects.get(pk=action.pk)
-    assert action.status == S.MODIFIED and action.modified_params == {"sku": "GPU-A100", "qty": 3}
+    assert action.status == S.ESCALATED and action.modified_by == approver.username
+    seen = params_fingerprint(effective_params(action))
+    other = login(make_operator("abe-approver", "approver"))
+    approved = other.post(url, {"verdict": "approve", "params_seen": seen})
+    assert approved.status_code == 302 and approved["Location"] == reverse("queue")
+    action = Action.objects.get(pk=action.pk)
+    assert action.status == S.MODIFIED and action.modified_params["qty"] == 3
     page = client.get(reverse("review", args=[action.pk])).content.decode()
     assert "<del>10</del> → <ins>3</ins>" in page
 
 
 def test_second_decider_is_told_who_decided(approver, senior_approver, login) -> None:
     action = escalated_action(tier=1)
-    escalation_decide(action_id=action.pk, user=approver, verdict="approve")
+    decide(action_id=action.pk, user=approver, verdict="approve")
     reply = login(senior_approver).post(
         reverse("decide", args=[action.pk]), {"verdict": "reject", "reason": "no"},
         headers={"HX-Request": "true"},

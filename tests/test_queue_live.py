@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from approvals.escalations import effective_params, params_fingerprint
 from approvals.models import Action
 from tests.agents import agent_token, order, propose
 from tests.conftest import session_cookie
@@ -53,8 +54,9 @@ def test_new_escalation_appears_and_a_decision_elsewhere_removes_it(
         assert status == 200
         with page_socket(desk, browser.cookies, f"count,action-{verdict['id']}") as review:
             receive_until(review, 'id="decision"')
+            seen = params_fingerprint(effective_params(Action.objects.get(pk=verdict["id"])))
             status, body = browser.htmx_post(
-                f"/actions/{verdict['id']}/decide", {"verdict": "approve"}
+                f"/actions/{verdict['id']}/decide", {"verdict": "approve", "params_seen": seen}
             )
             assert status == 200, body
             decided = receive_until(review, "Approved")[-1]

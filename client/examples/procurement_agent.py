@@ -30,9 +30,10 @@ class Vendor:
     def open_orders(self, **_: object) -> dict:
         return {"open_orders": sorted(o["id"] for o in self.orders.values())}
 
-    def create_order(self, sku: str, qty: int, idempotency_key: str) -> dict:
+    def create_order(self, sku: str, qty: int, unit_price: float, idempotency_key: str) -> dict:
         order = self.orders.setdefault(
-            idempotency_key, {"id": f"PO-{len(self.orders) + 1}", "sku": sku, "qty": qty}
+            idempotency_key,
+            {"id": f"PO-{len(self.orders) + 1}", "sku": sku, "qty": qty, "unit_price": unit_price},
         )
         return order
 
@@ -55,14 +56,14 @@ def main() -> int:
         "create_order",
         "create",
         snapshot=vendor.open_orders,
-        amount=lambda sku, qty: (qty * 90, "USD"),
-        compensation=lambda sku, qty: {"tool": "cancel_order", "params": {"sku": sku}},
+        amount=lambda sku, qty, unit_price: (qty * unit_price, "USD"),
+        compensation=lambda sku, qty, unit_price: {"tool": "cancel_order", "params": {"sku": sku}},
     )(vendor.create_order)
 
     for n in range(1, args.orders + 1):
         session.observation(f"Stock still low; placing order {n} of {args.orders}.")
         try:
-            order = create_order(sku="A100", qty=args.qty)
+            order = create_order(sku="A100", qty=args.qty, unit_price=90)
         except DeskError as stop:
             print(f"order {n}: stopped by IncidentDesk ({type(stop).__name__}): {stop}")
             return 1

@@ -60,6 +60,7 @@ class Target:
     fail_next: int = 0
     bad_signatures: int = 0
     write_delay: float = 0.0  # seconds each write takes, to make a plan slow enough to watch
+    read_delay: float = 0.0  # seconds each read of a record takes, to make a target slow
     orders_placed: int = 0
 
     def seed(self, records: dict[str, Any], collection: str = "records") -> None:
@@ -93,6 +94,8 @@ class Target:
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         if self.write_delay and scope["method"] != "GET" and "/_admin" not in scope["path"]:
             await asyncio.sleep(self.write_delay)
+        if self.read_delay and scope["method"] == "GET" and "/_admin" not in scope["path"]:
+            await asyncio.sleep(self.read_delay)
         query_string = scope.get("query_string", b"").decode()
         query = {k: v[0] for k, v in parse_qs(query_string).items()}
         try:

@@ -9,8 +9,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from approvals.audit import Actor
 from approvals.errors import Refused
-from approvals.killswitches import killswitch_effects, killswitch_set, killswitch_state
+from approvals.killswitches import killswitch_set, killswitch_state
 from approvals.roles import perm
+from approvals.stops import killswitch_effects
 
 
 class Command(BaseCommand):

@@ -8,8 +8,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from approvals.audit import Actor
 from approvals.errors import Refused
-from approvals.killswitches import agent_quarantine
 from approvals.roles import perm
+from approvals.stops import agent_quarantine
 
 
 class Command(BaseCommand):

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from approvals.audit import Actor
+from approvals.errors import Refused
+from approvals.roles import perm
+from approvals.stops import agent_release
+
+
+class Command(BaseCommand):
+    help = (
+        "Release a quarantined agent. Its tokens stay revoked: issue new ones. "
+        "Needs an incident commander: --as USERNAME."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("agent")
+        parser.add_argument("--reason", default="")
+        parser.add_argument(
+            "--as",
+            dest="operator",
+            default=os.environ.get("INCIDENTDESK_OPERATOR", ""),
+            help="the operator acting (default: $INCIDENTDESK_OPERATOR)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        user = get_user_model().objects.filter(username=options["operator"], is_active=True).first()
+        if user is None:
+            raise CommandError("say who acts: --as USERNAME (an incident commander)")
+        if not user.has_perm(perm("release_agent")):
+            raise CommandError(
+                f"{user.get_username()} may not release agents (needs incident_commander)"
+            )
+        try:
+            agent = agent_release(
+                agent_name=options["agent"], actor=Actor.user(user), reason=options["reason"]
+            )
+        except Refused as exc:
+            raise CommandError(exc.detail) from None
+        self.stdout.write(
+            f"agent {agent.name} released from quarantine; its tokens stay revoked: "
+            "issue new ones with issue_token"
+        )
