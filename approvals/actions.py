@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -22,6 +24,7 @@ from approvals.escalations import (
 from approvals.idempotency import Claim, idempotency_claim, idempotency_complete
 from approvals.killswitches import Killed, admission_check, engaged_over, switch_info
 from approvals.models import (
+    EXECUTABLE,
     Action,
     Agent,
     AgentSession,
@@ -44,8 +47,6 @@ from approvals.tokens import Quarantined, agent_admission_check, token_allows
 
 S = Action.Status
 STATUS_OF_OUTCOME = {"allow": S.ALLOWED, "deny": S.DENIED, "escalate": S.ESCALATED}
-# What an agent may run: the verdict said yes, or a person did.
-EXECUTABLE = frozenset({S.ALLOWED, S.APPROVED, S.MODIFIED})
 FINISHED = frozenset({S.SUCCEEDED, S.FAILED})
 
 
@@ -213,7 +214,7 @@ def action_propose(
             admission_check(token.domain)
             if claimed.claim is Claim.REPLAY and claimed.record is not None:
                 record = claimed.record
-                return Proposed(claimed.claim, record.response_status, record.response_body)
+                return Proposed(claimed.claim, record.response_status, _replayed(token, record))
             if claimed.claim is not Claim.NEW:
                 return Proposed(claimed.claim)
             action = _record_proposal(token, data, desk_read)
@@ -223,19 +224,31 @@ def action_propose(
         _record_refusal(
             token,
             "action.refused_killed",
-            f"{data.tool}:{data.verb} refused: kill switch {killed.switch.scope} is engaged",
-            {"tool": data.tool, "verb": data.verb, "session": data.session_id},
+            f"{data.tool}:{verb} refused: kill switch {killed.switch.scope} is engaged",
+            {"tool": data.tool, "verb": verb, "session": data.session_id},
         )
         raise
     except Quarantined as quarantined:
         _record_refusal(
             token,
             "action.refused_quarantined",
-            f"{data.tool}:{data.verb} refused: agent {quarantined.agent.name} is quarantined",
-            {"tool": data.tool, "verb": data.verb, "session": data.session_id},
+            f"{data.tool}:{verb} refused: agent {quarantined.agent.name} is quarantined",
+            {"tool": data.tool, "verb": verb, "session": data.session_id},
         )
         raise
     return Proposed(Claim.NEW, 201, body, action)
+
+
+def _replayed(token: AgentToken, record: Any) -> Any:
+    """A replayed proposal's answer: the stored one, with the action's verdict as it is now.
+    A stored "go ahead" may since have been cancelled, decided or have lapsed."""
+    body = record.response_body
+    action_id = body.get("id") if isinstance(body, dict) else None
+    if record.response_status != 201 or not action_id:
+        return body
+    action = Action.objects.select_related("domain").filter(pk=action_id, agent=token.agent_id)
+    found = action.first()
+    return action_verdict(found, check_kill=True) if found is not None else body
 
 
 def _record_proposal(
@@ -253,6 +266,10 @@ def _record_proposal(
             field="step_index",
         )
     proposal, verdict, _ = _decide(token, agent, data)
+    if not token_allows(token, tool=proposal.tool, verb=proposal.verb):
+        # The registry changed between the scope check and now.
+        raise Refused(409, "Policy changed", f"{proposal.tool} is now registered as "
+                      f"{proposal.verb}, outside this token's scopes; propose again")  # fmt: skip
     status = STATUS_OF_OUTCOME[verdict.outcome]
     action = Action(
         agent=agent,
@@ -336,8 +353,15 @@ PUBLIC_STATUS = {S.ESCALATED: "pending"}
 
 
 def past_run_by(action: Action) -> bool:
-    """Whether the yes that lets `action` run has lapsed (APPROVAL_TTL): it may not start now."""
-    return action.run_by is not None and timezone.now() >= action.run_by
+    """Whether the yes that lets `action` run has lapsed (APPROVAL_TTL): it may not start now.
+    A yes recorded without a deadline lapses APPROVAL_TTL after it was given."""
+    deadline = action.run_by
+    if deadline is None:
+        given = action.decided_at or action.created_at
+        if given is None:
+            return False
+        deadline = given + timedelta(seconds=settings.APPROVAL_TTL)
+    return timezone.now() >= deadline
 
 
 def action_verdict(action: Action, *, check_kill: bool = False) -> dict[str, Any]:

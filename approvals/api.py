@@ -74,7 +74,10 @@ def _amount(value: Any) -> Any:
             raise ValueError("must be a decimal string like 450.00 (up to 4 decimal places)")
         return Decimal(value)
     if isinstance(value, int | float):
-        return round(Decimal(repr(value)), 4)
+        number = Decimal(repr(value))
+        if not number.is_finite() or abs(number) > AMOUNT_MAX:  # rounding would overflow
+            raise ValueError(f"must be a number from 0 to {AMOUNT_MAX}")
+        return round(number, 4)
     raise ValueError("must be a decimal string or a number")
 
 

@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from approvals import live
 from approvals.audit import Actor, audit_action_event
+from approvals.connectors import compensation_connected
 from approvals.errors import Refused
 from approvals.killswitches import engaged_over, killed_domain_ids, switch_held
 from approvals.models import Action, Approval, Tier
@@ -170,6 +171,10 @@ def escalation_decide(
         raise Refused(422, "Invalid params", "modified params must be a JSON object",
                       field="params")  # fmt: skip
     with transaction.atomic():
+        # The switches' shared lock first, as a proposal takes it (the same order, so no
+        # deadlock with an engage): a decision cannot commit after an engage and escape it.
+        domain_slug = Action.objects.filter(pk=action_id).values_list("domain__slug", flat=True)
+        switch = switch_held(domain_slug.get())
         action = (
             Action.objects.select_for_update(of=("self",))
             .select_related("agent", "domain")
@@ -177,9 +182,6 @@ def escalation_decide(
         )
         if action.status != S.ESCALATED:
             raise AlreadyDecided(action)
-        # Under the switches' shared lock, as a proposal: a decision cannot commit after an
-        # engage and escape its effects.
-        switch = switch_held(action.domain.slug)
         if switch is not None:
             raise Refused(
                 423, "Frozen",
@@ -255,6 +257,14 @@ def _modify(action: Action, params: dict[str, Any], actor: Actor, reason: str) -
         proposal, verdict, _ = policy_decide(action.domain, action.agent, claim)
     except ClaimRefused as exc:
         raise Refused(422, "Contradicts the tool registry", exc.detail, field=exc.field) from None
+    snapshot = action.pre_action_state is not None or action.desk_snapshot is not None
+    if snapshot and sorted(proposal.target_ids) != sorted(action.target_ids):
+        raise Refused(
+            422, "Targets changed",
+            "the modified params act on other targets than the snapshot taken for this "
+            "proposal; reject it and let the agent propose those targets itself",
+            field="params",
+        )  # fmt: skip
     if not token_allows(action.token, tool=proposal.tool, verb=proposal.verb):
         raise Refused(403, "Out of the agent's scope", f"the agent's token may not "
                       f"{proposal.verb} with {proposal.tool}")  # fmt: skip
@@ -311,6 +321,10 @@ def _claim_of(action: Action, params: dict[str, Any]) -> CallClaim:
         target_ids=() if registered else tuple(action.target_ids),
         has_snapshot=action.pre_action_state is not None,
         compensation_tool=(action.compensation or {}).get("tool"),
+        compensation_connected=not registered
+        and action.compensation is None
+        and action.pre_action_state is None
+        and compensation_connected(action.domain, action.tool),
     )  # fmt: skip
 
 

@@ -329,6 +329,11 @@ class Action(models.Model):
                                  "timer_id", "updated_at"])  # fmt: skip
 
 
+# What an agent may run: the policy said yes, or a person did. Until a result comes back, an
+# action in one of these is unexecuted: an engage or a quarantine cancels it, however old.
+EXECUTABLE = frozenset({Action.Status.ALLOWED, Action.Status.APPROVED, Action.Status.MODIFIED})
+
+
 class Approval(models.Model):
     """One operator's yes to an escalated action at one tier (a tier may need several)."""
 

@@ -193,8 +193,9 @@ def _number(params: dict[str, Any], name: str, tool: str) -> Decimal:
         number = Decimal(repr(value) if isinstance(value, float) else str(value))
     except ArithmeticError:
         raise ClaimRefused(f"params.{name}", f"params.{name} is not a number") from None
-    if not number.is_finite():
-        raise ClaimRefused(f"params.{name}", f"params.{name} is not a finite number")
+    if not number.is_finite() or not 0 <= number <= AMOUNT_MAX:
+        raise ClaimRefused(f"params.{name}", f"params.{name} must be a number from 0 to "
+                           f"{AMOUNT_MAX}")  # fmt: skip
     return number
 
 
@@ -502,8 +503,17 @@ def policy_explain(*, domain: Domain, proposal: Proposal) -> tuple[Verdict, list
     """Which step of the domain's current policy would decide `proposal` now, and why (the
     policies page: a proposal as an operator describes it)."""
     document, version = policy_current(domain)
-    if document.tool(proposal.tool) is None:
+    spec = document.tool(proposal.tool)
+    if spec is None:
         proposal = replace(proposal, registered=False)
+    else:  # what the registry knows, the operator's description does not override
+        proposal = replace(
+            proposal,
+            verb=spec.verb,
+            blast_population=spec.population or proposal.blast_population,
+            has_snapshot=spec.undo == "restore" and proposal.has_snapshot,
+            has_compensation=spec.undo == "compensate",
+        )
     agent = Agent.objects.filter(name=proposal.agent).first()
     return decide(document, version, proposal, facts_for(agent, proposal.tool,
                                                          proposal.target_ids))  # fmt: skip

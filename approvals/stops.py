@@ -20,15 +20,19 @@ from approvals.audit import Actor, audit_action_event, audit_record
 from approvals.errors import Refused
 from approvals.escalations import escalation_resume
 from approvals.killswitches import GLOBAL, KILL_SWITCH_ACTOR, engaged_over, killed_domain_ids
-from approvals.models import Action, Agent, AgentSession, AgentToken, KillSwitch, KillSwitchChange
+from approvals.models import (
+    EXECUTABLE,
+    Action,
+    Agent,
+    AgentSession,
+    AgentToken,
+    KillSwitch,
+    KillSwitchChange,
+)
 from approvals.notifications import notify_switch
 from approvals.tokens import token_revoke
 
 S = Action.Status
-
-# Not yet run: a person or the policy said yes, and no result has come back. An engage cancels
-# every one of them under it, however old.
-UNEXECUTED = (S.ALLOWED, S.APPROVED, S.MODIFIED)
 
 
 QUARANTINE_ACTOR = "quarantine"
@@ -52,7 +56,8 @@ def killswitch_effects(*, change_id: int) -> KillSwitchChange | None:
             for action in (
                 Action.objects.select_for_update(of=("self",))
                 .select_related("domain")
-                .filter(scope, status__in=UNEXECUTED)
+                .filter(scope, status__in=EXECUTABLE)
+                .order_by("pk")
             ):
                 _cancel(
                     action, actor=Actor.system(KILL_SWITCH_ACTOR), by=KILL_SWITCH_ACTOR,
@@ -164,7 +169,8 @@ def agent_quarantine(*, agent_name: str, actor: Actor, reason: str) -> tuple[int
         for action in (
             Action.objects.select_for_update(of=("self",))
             .select_related("domain")
-            .filter(agent=agent, status__in=[*UNEXECUTED, S.ESCALATED])
+            .filter(agent=agent, status__in=[*EXECUTABLE, S.ESCALATED])
+            .order_by("pk")
         ):
             _cancel(action, actor=actor, by=QUARANTINE_ACTOR,
                     reason=f"agent {agent.name} quarantined: {reason}")  # fmt: skip

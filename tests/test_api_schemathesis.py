@@ -29,8 +29,22 @@ SEED = os.environ.get("SCHEMATHESIS_SEED")  # to replay a run: its seed is print
 CONFIG = ROOT / "tests" / "schemathesis.toml"
 
 
+def fuzz_domain() -> None:
+    """A domain whose policy allows whatever it does not know, so that generated proposals can
+    run and report results: every operation is reached, not only the refusals."""
+    from approvals.audit import Actor
+    from approvals.domains import domain_ensure
+    from approvals.policy import PolicyDocument, policy_publish
+
+    actor = Actor.system("tests")
+    domain, _ = domain_ensure(slug="fuzz", name="Fuzz", description="", actor=actor)
+    document = PolicyDocument(rules=[], default_outcome="allow", unregistered="allow")
+    policy_publish(domain=domain, document=document, actor=actor)
+
+
 def test_the_agent_api_holds_to_its_openapi_document(tmp_path: Path, django_db_setup) -> None:
-    token = agent_token("schemathesis", "procurement", "*:*")
+    fuzz_domain()
+    token = agent_token("schemathesis", "fuzz", "*:*")
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
     with running_desk(
         tmp_path / "desk", API_MAX_WAIT=str(MAX_WAIT), API_RATE_LIMIT="1000000"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import timedelta
@@ -74,7 +75,8 @@ def test_an_amount_that_contradicts_the_params_is_refused(desk: Desk) -> None:
     reply = propose(desk, token, body)
     assert reply.status == 422 and problem(reply)["errors"][0]["field"] == "amount"
     assert "4500" in problem(reply)["detail"]
-    for qty in (-1000, 10**20):  # a negative amount would pass any cap; a huge one no column
+    # A negative amount would pass any cap; a huge one fits no column, or no number at all.
+    for qty in (-1000, 10**20, "1e1000000"):
         reply = propose(desk, token, order(params={"qty": qty}, amount=None))
         assert reply.status == 422 and problem(reply)["errors"][0]["field"] == "params.qty"
     missing = propose(desk, token, {**order(), "params": {"sku": "CAT6-BOX", "qty": 3}})
@@ -192,6 +194,26 @@ def test_a_modification_the_policy_denies_is_refused_naming_the_rule(
     assert action.modified_params is None and action.target_ids == ["snap-dev-7"]
 
 
+def test_a_modification_may_not_move_a_snapshot_onto_other_targets(
+    desk: Desk, make_operator: Any
+) -> None:
+    token = agent_token("support", "billing", "update_discount:update")
+    ids = [f"acct-{n}" for n in range(200)]
+    propose(desk, token, {"session_id": "s", "tool": "update_discount",
+                          "params": {"account_ids": ids, "discount_rate": 0.5},
+                          "pre_action_state": {i: {"discount_rate": 0} for i in ids}})  # fmt: skip
+    action = Action.objects.get()
+    assert (action.status, action.rule) == (S.ESCALATED, "blast-radius")
+    ida = _browser(desk, make_operator("ida", "incident_commander"), action)
+    other = json.dumps({"account_ids": ["acct-900"], "discount_rate": 0.5})
+    status, html = _decide(ida, action, verdict="modify", reason="another one", params=other)
+    assert status == 422 and "other targets" in html
+    # The same targets, another rate: a new proposal, judged again.
+    status, _ = _decide(ida, action, verdict="modify", reason="a smaller sale",
+                        params=json.dumps({"account_ids": ids, "discount_rate": 0.1}))  # fmt: skip
+    assert status == 200 and Action.objects.get().modified_by == "ida"
+
+
 def test_a_decision_must_say_which_params_it_saw(desk: Desk, make_operator: Any) -> None:
     token = agent_token("buyer", "procurement", *ORDERS)
     propose(desk, token, order(params={"sku": "X", "qty": 10, "unit_price": 90},
@@ -208,7 +230,7 @@ def test_a_decision_must_say_which_params_it_saw(desk: Desk, make_operator: Any)
 
 def test_an_engage_cancels_old_approvals_and_old_approvals_lapse(desk: Desk) -> None:
     token = agent_token("buyer", "procurement", *ORDERS)
-    old = propose(desk, token, order()).json()
+    old = propose(desk, token, order(), key="old-order").json()
     fresh = propose(desk, token, order()).json()
     two_days = timezone.now() - timedelta(days=2)
     Action.objects.filter(pk=old["id"]).update(created_at=two_days, updated_at=two_days)
@@ -218,11 +240,21 @@ def test_an_engage_cancels_old_approvals_and_old_approvals_lapse(desk: Desk) -> 
     assert Action.objects.get(pk=old["id"]).status == S.CANCELLED
     assert Action.objects.get(pk=fresh["id"]).status == S.CANCELLED
     killswitch_set(scope="procurement", engaged=False, actor=Actor("user", "otto"), reason="ok")
-    # A yes older than APPROVAL_TTL may not start.
+    # A client retrying the proposal is told what became of it, not the stored "go ahead".
+    replayed = propose(desk, token, order(), key="old-order")
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert (replayed.json()["status"], replayed.json()["may_execute"]) == ("cancelled", False)
+    # A yes older than APPROVAL_TTL may not start, also one recorded without a deadline.
     allowed = propose(desk, token, order()).json()
     assert allowed["may_execute"] is True and allowed["run_by"]
     Action.objects.filter(pk=allowed["id"]).update(run_by=timezone.now() - timedelta(seconds=1))
     assert call(desk, token, "GET", f"/actions/{allowed['id']}").json()["may_execute"] is False
+    unbounded = propose(desk, token, order(), key="legacy").json()
+    Action.objects.filter(pk=unbounded["id"]).update(
+        run_by=None, created_at=timezone.now() - timedelta(hours=1)
+    )
+    assert call(desk, token, "GET", f"/actions/{unbounded['id']}").json()["may_execute"] is False
+    assert propose(desk, token, order(), key="legacy").json()["may_execute"] is False
 
 
 @pytest.mark.skipif("connection.vendor != 'postgresql'", reason="PostgreSQL's advisory locks")

@@ -203,3 +203,12 @@ def test_ids_beyond_the_database_range_are_404(login, commander) -> None:
         f"/rollbacks/{uuid.uuid4()}/steps/99999999999999999999",
     ):
         assert client.get(path).status_code in (404, 405), path
+
+
+@pytest.mark.parametrize("value", [10**30, -(10**30), 1e300])
+def test_an_amount_too_large_for_the_desk_is_422_not_a_500(desk: Desk, token: str, value) -> None:
+    body = order(amount={"value": value, "currency": "USD"})
+    assert "amount.value" in refused(propose(desk, token, body))
+    explained = call(desk, token, "POST", "/actions/explain", body)
+    assert "amount.value" in refused(explained)
+    assert not Action.objects.exists()

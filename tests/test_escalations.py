@@ -139,7 +139,7 @@ def test_a_modification_sets_earlier_approvals_aside(approver, senior_approver,
     # The senior changes the params: the first approval was of other params.
     changed = decide(
         action_id=action.pk, user=senior_approver, verdict="modify",
-        params={"snapshot_id": "snap-dev-8"}, reason="the other one",
+        params={"snapshot_id": "snap-dev-7", "keep_days": 7}, reason="keep a week",
     )  # fmt: skip
     assert not changed.final and f"other than {senior_approver.username}" in changed.waiting_for
     assert not Approval.objects.filter(action=action).exists()
@@ -151,7 +151,8 @@ def test_a_modification_sets_earlier_approvals_aside(approver, senior_approver,
     decide(action_id=action.pk, user=make_operator("sue-senior", "senior_approver"),
            verdict="approve")  # fmt: skip
     action = fresh(action)
-    assert action.status == S.MODIFIED and action.modified_params == {"snapshot_id": "snap-dev-8"}
+    assert action.status == S.MODIFIED
+    assert action.modified_params == {"snapshot_id": "snap-dev-7", "keep_days": 7}
 
 
 def test_an_approval_is_of_the_params_the_approver_saw(approver, senior_approver,
@@ -162,7 +163,7 @@ def test_an_approval_is_of_the_params_the_approver_saw(approver, senior_approver
     seen = params_fingerprint(effective_params(action))
     decide(
         action_id=action.pk, user=senior_approver, verdict="modify",
-        params={"snapshot_id": "snap-dev-9"}, params_seen=seen,
+        params={"snapshot_id": "snap-dev-7", "keep_days": 1}, params_seen=seen,
     )  # fmt: skip
     with pytest.raises(Refused, match="review them again"):
         decide(action_id=action.pk, user=approver, verdict="approve", params_seen=seen)
