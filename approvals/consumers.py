@@ -143,13 +143,17 @@ def _is_uuid(value: str) -> bool:
 
 
 class Permissions:
-    """Stands in for the user where a rule asks `has_perm` (renders for live pushes)."""
+    """Stands in for the user where a rule asks `has_perm` or who they are (renders for live
+    pushes)."""
 
-    def __init__(self, granted: frozenset[str]) -> None:
-        self.granted = granted
+    def __init__(self, granted: frozenset[str], username: str = "") -> None:
+        self.granted, self.username = granted, username
 
     def has_perm(self, name: str) -> bool:
         return name in self.granted
+
+    def get_username(self) -> str:
+        return self.username
 
 
 def decision_html(action_id: str, permissions: Permissions) -> str:
@@ -212,7 +216,7 @@ class DeskConsumer(LiveConsumer):
         if user is None or not user.is_authenticated:
             await self.close()
             return
-        self.user_id = user.pk
+        self.user_id, self.username = user.pk, user.get_username()
         self.session_key = getattr(self.scope.get("session"), "session_key", None)
         self.permissions = await database_sync_to_async(user.get_all_permissions)()
         if perm("view_desk") not in self.permissions:
@@ -253,7 +257,7 @@ class DeskConsumer(LiveConsumer):
             await self.send(text_data=await database_sync_to_async(count_html)())
         if self.action_id:
             html = await database_sync_to_async(decision_html)(
-                self.action_id, Permissions(frozenset(self.permissions))
+                self.action_id, Permissions(frozenset(self.permissions), self.username)
             )
             await self.send(text_data=html)
         if self.plan_id:
@@ -319,10 +323,11 @@ class DeskConsumer(LiveConsumer):
                 )
             )  # fmt: skip
         if action_id == self.action_id:
-            granted = frozenset(self.permissions)
+            # Per user: the panel says whether this user modified the params being decided.
+            granted, username = frozenset(self.permissions), self.username
             html = await render_once(
-                (event["message_id"], "decision", granted),
-                lambda: decision_html(action_id, Permissions(granted)),
+                (event["message_id"], "decision", granted, username),
+                lambda: decision_html(action_id, Permissions(granted, username)),
             )
             parts.append(html)
         if parts:

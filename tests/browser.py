@@ -43,3 +43,9 @@ def engage_by_keyboard(page: Any, desk: Desk, scope: str, reason: str) -> None:
     page.keyboard.type(scope)
     with page.expect_navigation():
         page.keyboard.press("Enter")
+
+
+def in_sync(page: Any) -> None:
+    """Wait until the page's live connection has caught up: after this, no catch-up swap takes
+    a control away from under a key press."""
+    page.locator("#live-status[data-state='open']").wait_for(timeout=10_000)

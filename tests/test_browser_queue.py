@@ -13,7 +13,7 @@ from incidentdesk_client import Desk as Client
 
 from approvals.models import Action
 from tests.agents import agent_token
-from tests.browser import SCREENSHOTS, operator_with_real_password, sign_in
+from tests.browser import SCREENSHOTS, in_sync, operator_with_real_password, sign_in
 from tests.servers import Desk
 from tests.test_client import Vendor, guarded_order
 
@@ -60,6 +60,7 @@ class Agent(threading.Thread):
 def wait_for_row(page: Any) -> Any:
     row = page.locator("ol#tier-1-rows li.item")
     row.first.wait_for(timeout=10_000)
+    in_sync(page)
     return row
 
 
@@ -79,6 +80,7 @@ def test_escalation_appears_live_one_approves_it_leaves_the_other_and_the_agent_
     with ann.expect_navigation():
         ann.keyboard.press("Enter")
     ann.locator("#decision").wait_for()
+    in_sync(ann)
     ann.screenshot(path=str(SCREENSHOTS / "review.png"), full_page=True)
     ann.keyboard.press("a")
     ann.locator("#decision .status-approved").wait_for(timeout=10_000)
@@ -100,6 +102,7 @@ def test_modified_params_are_what_the_agent_runs(
     wait_for_row(ann)
     wait_for_row(ben).first.locator("a.open").click()
     ben.locator("#decision").wait_for()
+    in_sync(ben)
     ben.keyboard.press("m")  # opens the params editor and puts the cursor in it
     ben.locator("#d-params").fill('{"sku": "A100", "qty": 2, "unit_price": 90}')
     ben.locator("#d-reason").fill("two are enough")
@@ -111,6 +114,7 @@ def test_modified_params_are_what_the_agent_runs(
     assert ben.locator("#decision button[value='approve']").count() == 0
     wait_for_row(ann).first.locator("a.open").click()
     ann.locator("#decision .modified-note").wait_for()
+    in_sync(ann)
     ann.keyboard.press("a")
     ann.locator("#decision .status-modified").wait_for(timeout=10_000)
     agent.join(timeout=20)
@@ -127,6 +131,7 @@ def test_rejected_with_a_reason_the_agent_is_told(
     wait_for_row(ben)
     wait_for_row(ann).first.locator("a.open").click()
     ann.locator("#decision").wait_for()
+    in_sync(ann)
     # Rejecting without a reason is refused, and the page says why.
     ann.get_by_role("button", name="Reject").click()
     ann.get_by_role("alert").filter(has_text="say why").wait_for(timeout=10_000)

@@ -23,7 +23,13 @@ from approvals.demo import demo_connectors
 from approvals.models import Action, AgentSession, AuditEvent, RollbackPlan
 from approvals.tokens import token_issue
 from tests.agents import demo_domain
-from tests.browser import SCREENSHOTS, engage_by_keyboard, operator_with_real_password, sign_in
+from tests.browser import (
+    SCREENSHOTS,
+    engage_by_keyboard,
+    in_sync,
+    operator_with_real_password,
+    sign_in,
+)
 from tests.servers import ROOT, _stop, free_port
 from tests.servers import Desk as RunningDesk
 
@@ -198,6 +204,7 @@ def test_discount_batch_is_escalated_and_once_approved_rolled_back_with_drift_sh
         page = browser_as(chromium, make_operator, desk, name, role)
         page.goto(f"{desk.url}/actions/{held.pk}/")
         page.locator("#decision").wait_for()
+        in_sync(page)
         if name == "ann":
             shot(page, "incident-discount-review.png")
         page.keyboard.press("a")
