@@ -105,6 +105,9 @@ class ToolSpec(Strict):
     def undo_is_complete(self) -> ToolSpec:
         if (self.undo == "compensate") != (self.compensating_tool is not None):
             raise ValueError("undo: compensate goes with a compensating_tool, and only it")
+        if self.verb == "spend" and self.amount is None:
+            # Otherwise the amount a spending cap looks at would be the agent's word again.
+            raise ValueError("a spend tool says which params make its amount")
         return self
 
 

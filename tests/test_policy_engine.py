@@ -223,3 +223,18 @@ def test_policy_documents_are_validated_with_the_field_named() -> None:
             {"rules": [{"id": "x", "outcome": "allow", "reason": "r", "when": {"amount_ovr": 5}}]}
         )
     assert error.value.errors()[0]["loc"] == ("rules", 0, "when", "amount_ovr")
+
+
+def test_a_registered_tool_must_be_complete_enough_to_judge() -> None:
+    with pytest.raises(ValidationError, match="spend tool says which params make its amount"):
+        PolicyDocument.model_validate(
+            {"rules": [], "tools": [{"name": "pay_invoice", "verb": "spend"}]}
+        )
+    with pytest.raises(ValidationError, match="compensating_tool"):
+        PolicyDocument.model_validate(
+            {"rules": [], "tools": [{"name": "order", "verb": "create", "undo": "compensate"}]}
+        )
+    document = PolicyDocument.model_validate({"rules": [], "tools": [
+        {"name": "pay_invoice", "verb": "spend", "amount": {"params": ["total"], "currency": "EUR"}}
+    ]})  # fmt: skip
+    assert document.tool("pay_invoice") is not None and document.tool("other") is None
