@@ -154,13 +154,9 @@ def agent_quarantine(*, agent_name: str, actor: Actor, reason: str) -> tuple[int
     """Stop one agent as a kill switch would stop a domain: revoke its tokens, cancel what it
     was allowed or approved to do and has not run, and cancel its open escalations.
     Returns (tokens revoked, actions cancelled)."""
-    reason = reason.strip()
-    if not reason:
-        raise Refused(422, "Reason required", "say why you quarantine it", field="reason")
+    reason = _reason(reason, "quarantine")
     with transaction.atomic():
-        agent = Agent.objects.select_for_update().filter(name=agent_name).first()
-        if agent is None:
-            raise Refused(404, "No such agent", f"no agent {agent_name!r}")
+        agent = _locked_agent(agent_name)
         live_tokens = AgentToken.objects.filter(agent=agent, revoked_at=None)
         prefixes = list(live_tokens.values_list("prefix", flat=True))
         for prefix in prefixes:
@@ -192,13 +188,9 @@ def agent_quarantine(*, agent_name: str, actor: Actor, reason: str) -> tuple[int
 
 def agent_release(*, agent_name: str, actor: Actor, reason: str) -> Agent:
     """End an agent's quarantine. Its revoked tokens stay revoked: it needs new ones."""
-    reason = reason.strip()
-    if not reason:
-        raise Refused(422, "Reason required", "say why you release it", field="reason")
+    reason = _reason(reason, "release")
     with transaction.atomic():
-        agent = Agent.objects.select_for_update().filter(name=agent_name).first()
-        if agent is None:
-            raise Refused(404, "No such agent", f"no agent {agent_name!r}")
+        agent = _locked_agent(agent_name)
         if agent.quarantined_at is None:
             raise Refused(409, "Not quarantined", f"agent {agent.name} is not quarantined")
         since, why = agent.quarantined_at, agent.quarantine_reason
@@ -219,6 +211,21 @@ def agent_release(*, agent_name: str, actor: Actor, reason: str) -> Agent:
                 "quarantined_seconds": int(held.total_seconds()),
             },
         )
+    return agent
+
+
+def _reason(reason: str, verb: str) -> str:
+    reason = reason.strip()
+    if not reason:
+        raise Refused(422, "Reason required", f"say why you {verb} it", field="reason")
+    return reason
+
+
+def _locked_agent(name: str) -> Agent:
+    """The agent's row, locked until the transaction ends (quarantines take turns)."""
+    agent = Agent.objects.select_for_update().filter(name=name).first()
+    if agent is None:
+        raise Refused(404, "No such agent", f"no agent {name!r}")
     return agent
 
 

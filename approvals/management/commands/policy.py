@@ -1,16 +1,17 @@
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
-from pydantic import ValidationError
+from django.core.management.base import BaseCommand, CommandParser
 
 from approvals.audit import Actor
-from approvals.models import Domain
-from approvals.policy import PolicyDocument, policy_export, policy_publish
+from approvals.management.policy_files import (
+    document_from,
+    domain_named,
+    read_json_object,
+    write_json,
+)
+from approvals.policy import policy_export, policy_publish
 
 
 class Command(BaseCommand):
@@ -27,37 +28,13 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["verb"] == "export":
-            domain = self.domain(options["domain"])
-            text = json.dumps(policy_export(domain), indent=2) + "\n"
-            if options["output"]:
-                Path(options["output"]).write_text(text)
-            else:
-                self.stdout.write(text, ending="")
+            domain = domain_named(options["domain"])
+            write_json(policy_export(domain), options["output"], self.stdout)
             return
-        source = sys.stdin if options["file"] == "-" else None
-        try:
-            raw = json.loads(source.read() if source else Path(options["file"]).read_text())
-        except (OSError, ValueError) as exc:
-            raise CommandError(f"{options['file']}: {exc}") from None
-        if not isinstance(raw, dict):
-            raise CommandError(f"{options['file']}: expected a JSON object")
-        domain = self.domain(options["domain"] or raw.pop("domain", ""))
+        raw = read_json_object(options["file"])
+        domain = domain_named(options["domain"] or raw.pop("domain", ""))
         raw.pop("domain", None)
         raw.pop("version", None)
-        try:
-            document = PolicyDocument.model_validate(raw)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: {e['msg']}"
-                for e in exc.errors()
-            )
-            raise CommandError(f"{options['file']}: {problems}") from None
+        document = document_from(options["file"], raw)
         version = policy_publish(domain=domain, document=document, actor=Actor.system("cli"))
         self.stdout.write(f"{domain.slug}: policy v{version.version} published")
-
-    @staticmethod
-    def domain(slug: str) -> Domain:
-        domain = Domain.objects.filter(slug=slug).first()
-        if domain is None:
-            raise CommandError(f"no domain {slug!r}")
-        return domain

@@ -1,16 +1,18 @@
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from pydantic import ValidationError
 
 from approvals.audit import Actor
-from approvals.models import Domain
-from approvals.policy import PolicyDocument, policy_current, policy_publish
+from approvals.management.policy_files import (
+    document_from,
+    domain_named,
+    read_json_object,
+    write_json,
+)
+from approvals.policy import policy_current, policy_publish
 
 
 class Command(BaseCommand):
@@ -30,7 +32,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["verb"] == "export":
-            domain = self.domain(options["domain"])
+            domain = domain_named(options["domain"])
             document, number = policy_current(domain)
             registry = {
                 "domain": domain.slug,
@@ -38,20 +40,13 @@ class Command(BaseCommand):
                 "unregistered": document.unregistered,
                 "tools": [t.model_dump(mode="json", exclude_none=True) for t in document.tools],
             }
-            text = json.dumps(registry, indent=2) + "\n"
-            if options["output"]:
-                Path(options["output"]).write_text(text)
-            else:
-                self.stdout.write(text, ending="")
+            write_json(registry, options["output"], self.stdout)
             return
         name = options["file"]
-        try:
-            raw = json.loads(sys.stdin.read() if name == "-" else Path(name).read_text())
-        except (OSError, ValueError) as exc:
-            raise CommandError(f"{name}: {exc}") from None
-        if not isinstance(raw, dict) or not isinstance(raw.get("tools"), list):
+        raw = read_json_object(name)
+        if not isinstance(raw.get("tools"), list):
             raise CommandError(f"{name}: expected a JSON object with a 'tools' list")
-        domain = self.domain(options["domain"] or raw.get("domain", ""))
+        domain = domain_named(options["domain"] or raw.get("domain", ""))
         current, _ = policy_current(domain)
         merged = {
             **current.model_dump(mode="json"),
@@ -59,23 +54,9 @@ class Command(BaseCommand):
             "unregistered": raw.get("unregistered", current.unregistered),
             "comment": f"tool registry imported from {Path(name).name if name != '-' else 'stdin'}",
         }
-        try:
-            document = PolicyDocument.model_validate(merged)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: {e['msg']}"
-                for e in exc.errors()
-            )
-            raise CommandError(f"{name}: {problems}") from None
+        document = document_from(name, merged)
         version = policy_publish(domain=domain, document=document, actor=Actor.system("cli"))
         self.stdout.write(
             f"{domain.slug}: policy v{version.version} published with "
             f"{len(document.tools)} registered tools"
         )
-
-    @staticmethod
-    def domain(slug: str) -> Domain:
-        domain = Domain.objects.filter(slug=slug).first()
-        if domain is None:
-            raise CommandError(f"no domain {slug!r}")
-        return domain
