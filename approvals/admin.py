@@ -8,10 +8,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from pydantic import ValidationError
 
+from approvals.agents import agent_save, token_revoke
 from approvals.audit import Actor, audit_record
-from approvals.connectors import connector_check
-from approvals.errors import Refused
-from approvals.inputs import whole_number
+from approvals.core import PERMISSIONS, Refused, whole_number
 from approvals.models import (
     Agent,
     AgentToken,
@@ -26,8 +25,7 @@ from approvals.models import (
 )
 from approvals.notifications import endpoint_host
 from approvals.policy import PolicyDocument, policy_export, policy_publish
-from approvals.roles import PERMISSIONS
-from approvals.tokens import agent_save, token_revoke
+from approvals.rollbacks import connector_check
 
 
 def _shown(field: str, value: Any) -> str:

@@ -11,8 +11,8 @@ class ApprovalsConfig(AppConfig):
     def ready(self) -> None:
         from axes.signals import user_locked_out
 
-        from approvals.roles import roles_sync_after_migrate
-        from approvals.signin import on_locked_out
+        from approvals.core import roles_sync_after_migrate
+        from approvals.desk import on_locked_out
 
         # Permissions are created after migrations, so the role groups are kept in step then.
         post_migrate.connect(roles_sync_after_migrate, sender=self)

@@ -69,11 +69,10 @@ def setup() -> tuple[str, dict[str, str]]:
     from django.conf import settings
     from django.test import Client
 
+    from approvals.agents import token_issue
     from approvals.audit import Actor
-    from approvals.domains import domain_ensure
-    from approvals.operators import operator_ensure
-    from approvals.policy import PolicyDocument, policy_publish
-    from approvals.tokens import token_issue
+    from approvals.desk import operator_ensure
+    from approvals.policy import PolicyDocument, domain_ensure, policy_publish
 
     actor = Actor.system("bench")
     domain, _ = domain_ensure(slug="bench-escalations", name="Bench", description="", actor=actor)

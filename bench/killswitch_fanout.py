@@ -111,11 +111,11 @@ def main() -> None:
     import django
 
     django.setup()
+    from approvals.agents import token_issue
     from approvals.audit import Actor
-    from approvals.domains import domain_ensure
     from approvals.killswitches import killswitch_set
     from approvals.models import KillSwitch
-    from approvals.tokens import token_issue
+    from approvals.policy import domain_ensure
 
     actor = Actor("user", "bench-oncall")
     domain_ensure(slug=DOMAIN, name="Bench", description="", actor=actor)

@@ -68,10 +68,9 @@ def setup(agents: int) -> list[str]:
     import django
 
     django.setup()
+    from approvals.agents import token_issue
     from approvals.audit import Actor
-    from approvals.domains import domain_ensure
-    from approvals.policy import PolicyDocument, policy_publish
-    from approvals.tokens import token_issue
+    from approvals.policy import PolicyDocument, domain_ensure, policy_publish
 
     actor = Actor.system("bench")
     domain, _ = domain_ensure(slug="bench", name="Bench", description="", actor=actor)

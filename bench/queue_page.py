@@ -32,10 +32,10 @@ def seed(domain_slug: str, count: int) -> None:
     from django.db import connection
     from django.utils import timezone
 
+    from approvals.agents import token_issue
     from approvals.audit import Actor
-    from approvals.domains import domain_ensure
     from approvals.models import Action, AgentSession, AgentToken
-    from approvals.tokens import token_issue
+    from approvals.policy import domain_ensure
 
     actor = Actor.system("bench")
     domain, _ = domain_ensure(slug=domain_slug, name=domain_slug, description="", actor=actor)
@@ -97,7 +97,7 @@ def main() -> None:
     from django.test import Client
 
     from approvals.audit import Actor
-    from approvals.operators import operator_ensure
+    from approvals.desk import operator_ensure
 
     seed("bench-queue", args.open)
     seed("bench-queue-small", 100)

@@ -72,14 +72,12 @@ def seed(session: str, steps: int) -> dict[str, object]:
     """Executed actions of the bench agent in `session`, and the target as they left it."""
     from incidents.target import connector_spec
 
-    from approvals.actions import ProposalData, action_propose, action_report_result
+    from approvals.agents import token_authenticate, token_issue
+    from approvals.api import Claim, ProposalData, action_propose, action_report_result
     from approvals.audit import Actor
-    from approvals.connectors import connector_save
-    from approvals.domains import domain_ensure
-    from approvals.idempotency import Claim
     from approvals.models import PolicyVersion
-    from approvals.policy import PolicyDocument, policy_publish
-    from approvals.tokens import token_authenticate, token_issue
+    from approvals.policy import PolicyDocument, domain_ensure, policy_publish
+    from approvals.rollbacks import connector_save
 
     actor = Actor.system("bench")
     domain, _ = domain_ensure(slug="bench-rollback", name="Bench rollback", description="",

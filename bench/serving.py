@@ -79,7 +79,7 @@ async def fanout(port: int, clients: int, rounds: int) -> list[float]:
     from websockets.asyncio.client import connect
 
     from approvals.audit import Actor
-    from approvals.operators import operator_ensure
+    from approvals.desk import operator_ensure
 
     user, _ = await asyncio.to_thread(
         operator_ensure, username="bench-viewer", role="viewer", password="x" * 20,

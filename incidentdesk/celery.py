@@ -17,38 +17,50 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "incidentdesk.settings")
 logger = logging.getLogger(__name__)
 
 
-class Task(DjangoTask):
+def _guarded_send(name: str, send: Any) -> Any:
     """Sending a task costs a request at most one broker timeout while Redis is out
     (incidentdesk/outage.py): after one send fails, the next ones fail at once until Redis
-    answers again. And tasks queued after commit never fail the change that committed: the
-    task is logged as not queued instead. The periodic sweep does the work of the lost ones
-    it covers: kill switch effects, escalation timers, webhook deliveries and stalled
-    rollbacks."""
+    answers again."""
+    if not redis_outage.usable():
+        raise OperationalError("Redis is out")
+    try:
+        sent = send()
+    except REDIS_DOWN as exc:
+        redis_outage.failed(f"sending {name}", exc)
+        raise
+    redis_outage.worked()
+    return sent
 
+
+def _send_after_commit(name: str, send: Any, args: Any) -> None:
+    # Tasks queued after commit never fail the change that committed: the task is logged as
+    # not queued instead. The periodic sweep does the work of the lost ones it covers: kill
+    # switch effects, escalation timers, webhook deliveries and stalled rollbacks.
+    try:
+        _guarded_send(name, send)
+    except REDIS_DOWN as exc:
+        logger.warning("%s%r not queued: %s", name, tuple(args or ()), exc)
+
+
+class Task(DjangoTask):
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        if not redis_outage.usable():
-            raise OperationalError("Redis is out")
-        try:
-            sent = super().apply_async(args, kwargs, **options)
-        except REDIS_DOWN as exc:
-            redis_outage.failed(f"sending {self.name}", exc)
-            raise
-        redis_outage.worked()
-        return sent
+        return _guarded_send(self.name, partial(super().apply_async, args, kwargs, **options))
 
     def delay_on_commit(self, *args: Any, **kwargs: Any) -> None:
-        transaction.on_commit(partial(self._send_after_commit, args, kwargs, {}))
+        self.apply_async_on_commit(args, kwargs)
 
     def apply_async_on_commit(self, args: Any = None, kwargs: Any = None, **options: Any) -> None:
-        transaction.on_commit(partial(self._send_after_commit, args, kwargs, options))
-
-    def _send_after_commit(self, args: Any, kwargs: Any, options: dict[str, Any]) -> None:
-        try:
-            self.apply_async(args, kwargs, **options)
-        except REDIS_DOWN as exc:
-            logger.warning("%s%r not queued: %s", self.name, tuple(args or ()), exc)
+        send = partial(super().apply_async, args, kwargs, **options)
+        transaction.on_commit(partial(_send_after_commit, self.name, send, args))
 
 
 app = Celery("incidentdesk", task_cls=Task)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+def enqueue_on_commit(name: str, *args: Any, **options: Any) -> None:
+    """Queue the task registered as `name` once the transaction commits. Services queue their
+    work by name, so they need not import the task modules, which import them."""
+    send = partial(app.send_task, name, args, **options)
+    transaction.on_commit(partial(_send_after_commit, name, send, args))

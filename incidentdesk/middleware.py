@@ -17,8 +17,8 @@ from django.template.loader import render_to_string
 from django.utils.deprecation import MiddlewareMixin
 from psycopg_pool import PoolTimeout
 
-from approvals.api import problem
-from approvals.views import server_error as desk_server_error
+from approvals.core import problem
+from approvals.desk.views import server_error as desk_server_error
 
 logger = logging.getLogger(__name__)
 

@@ -138,7 +138,7 @@ MIDDLEWARE = [
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "approvals.inputs.RefuseNulCharacters",
+    "approvals.core.inputs.RefuseNulCharacters",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -163,7 +163,7 @@ TEMPLATES = [
                 "django.template.context_processors.csp",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "approvals.navigation.context",
+                "approvals.desk.navigation.context",
             ],
         },
     },
@@ -276,8 +276,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
 )
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
-    "audit-seal": {"task": "approvals.tasks.audit_seal_task", "schedule": 30.0},
-    "idempotency-purge": {"task": "approvals.tasks.idempotency_purge_task", "schedule": 3600.0},
+    "audit-seal": {"task": "approvals.audit.tasks.audit_seal_task", "schedule": 30.0},
+    "idempotency-purge": {"task": "approvals.api.tasks.idempotency_purge_task", "schedule": 3600.0},
     # Backstop for escalation timers that were lost (a broker restart, say).
     "escalations-sweep": {
         "task": "approvals.tasks.escalations_sweep_task",
@@ -315,10 +315,10 @@ AXES_RESET_ON_SUCCESS = True
 # Whoever connects is the client, unless it is one of TRUSTED_PROXIES (the production
 # layout's nginx): then the address that proxy put in X-Forwarded-For.
 TRUSTED_PROXIES = env_networks("TRUSTED_PROXIES")
-AXES_CLIENT_IP_CALLABLE = "approvals.signin.client_ip"
+AXES_CLIENT_IP_CALLABLE = "approvals.desk.signin.client_ip"
 # A username no account has is kept as a keyed hash: it may be a password typed in the wrong field.
-AXES_USERNAME_CALLABLE = "approvals.signin.attempted_username"
-AXES_LOCKOUT_CALLABLE = "approvals.signin.lockout_response"
+AXES_USERNAME_CALLABLE = "approvals.desk.signin.attempted_username"
+AXES_LOCKOUT_CALLABLE = "approvals.desk.signin.lockout_response"
 # Sign-ins are in the audit trail; axes keeps only the counts.
 AXES_DISABLE_ACCESS_LOG = True
 AXES_ENABLE_ACCESS_FAILURE_LOG = False

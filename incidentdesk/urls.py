@@ -5,9 +5,9 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("api/v1/", include("approvals.api_urls")),
+    path("api/v1/", include("approvals.api.urls")),
     path("", include("approvals.urls")),
 ]
 
-handler404 = "approvals.views.not_found"
+handler404 = "approvals.desk.views.not_found"
 handler500 = "incidentdesk.middleware.server_error"  # 503 when the database is down

@@ -5,13 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from approvals.actions import ProposalData, action_propose
+from approvals.agents import token_authenticate, token_issue
+from approvals.api import ProposalData, action_propose
 from approvals.audit import Actor
-from approvals.default_policies import DEFAULT_POLICIES
-from approvals.domains import domain_ensure
 from approvals.models import Action, AgentToken, Domain
-from approvals.policy import PolicyDocument, policy_publish
-from approvals.tokens import token_authenticate, token_issue
+from approvals.policy import DEFAULT_POLICIES, PolicyDocument, domain_ensure, policy_publish
 from tests.servers import Desk, Reply, http
 
 
@@ -104,7 +102,7 @@ def escalated_action(*, tier: int = 1, agent: str = "buyer") -> Action:
 def decide(*, action_id: Any, user: Any, verdict: str, **kwargs: Any) -> Any:
     """Decide as the review page does: of the params as they are when the decider looks, unless
     the test says which params were seen."""
-    from approvals.escalations import effective_params, escalation_decide, params_fingerprint
+    from approvals.queue import effective_params, escalation_decide, params_fingerprint
 
     if "params_seen" not in kwargs:
         kwargs["params_seen"] = params_fingerprint(

@@ -12,15 +12,8 @@ from django.test import Client
 from incidents.target import Target, running_target
 
 from approvals.audit import Actor
-from approvals.operators import operator_ensure
-from approvals.roles import (
-    ADMIN,
-    APPROVER,
-    INCIDENT_COMMANDER,
-    ONCALL,
-    SENIOR_APPROVER,
-    VIEWER,
-)
+from approvals.core import ADMIN, APPROVER, INCIDENT_COMMANDER, ONCALL, SENIOR_APPROVER, VIEWER
+from approvals.desk import operator_ensure
 from tests.servers import Desk, free_port, running_desk
 
 PASSWORD = "correct-horse-battery"

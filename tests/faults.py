@@ -77,9 +77,8 @@ def order(marker: str, amount: str = "10.00") -> dict[str, Any]:
 def faults_domain(webhooks: Sequence[str] = ()) -> None:
     """The domain the fault tests' agents act in, with its policy and `webhooks`."""
     from approvals.audit import Actor
-    from approvals.domains import domain_ensure
     from approvals.models import Webhook
-    from approvals.policy import PolicyDocument, policy_publish
+    from approvals.policy import PolicyDocument, domain_ensure, policy_publish
 
     actor = Actor.system("tests")
     domain, created = domain_ensure(slug=DOMAIN, name="Faults", description="", actor=actor)
@@ -92,9 +91,9 @@ def faults_domain(webhooks: Sequence[str] = ()) -> None:
 def unexecuted_actions(token: str, count: int) -> None:
     """`count` allowed actions that have not run yet: work for an engage's effects. The first
     is proposed through the service; the rest are copies of it."""
-    from approvals.actions import ProposalData
+    from approvals.agents import token_authenticate
+    from approvals.api import ProposalData
     from approvals.models import Action
-    from approvals.tokens import token_authenticate
     from tests.agents import record_proposal
 
     data = ProposalData(
@@ -127,8 +126,8 @@ def seed(*, agents: int = 4, webhooks: Sequence[str] = (), unexecuted: int = 0) 
     from django.test import Client
 
     from approvals.audit import Actor
-    from approvals.operators import operator_ensure
-    from approvals.roles import ONCALL
+    from approvals.core import ONCALL
+    from approvals.desk import operator_ensure
     from tests.agents import agent_token
 
     faults_domain(webhooks)

@@ -7,14 +7,12 @@ from typing import Any
 
 from incidents.target import connector_spec
 
-from approvals.actions import ProposalData, action_report_result
+from approvals.agents import token_authenticate, token_issue
+from approvals.api import ProposalData, action_report_result
 from approvals.audit import Actor
-from approvals.connectors import connector_save
-from approvals.domains import domain_ensure
 from approvals.models import Action, AgentToken, Domain
-from approvals.policy import PolicyDocument, policy_publish
-from approvals.rollbacks import Selection, plan_create, plan_start, rollback_run
-from approvals.tokens import token_authenticate, token_issue
+from approvals.policy import PolicyDocument, domain_ensure, policy_publish
+from approvals.rollbacks import Selection, connector_save, plan_create, plan_start, rollback_run
 from tests.agents import record_proposal
 
 SECRET = "target-signing-secret"

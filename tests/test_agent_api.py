@@ -69,9 +69,9 @@ def test_runaway_loop_escalates_after_three_orders(desk: Desk) -> None:
 
 
 def test_missing_wrong_expired_and_revoked_tokens_get_401(desk: Desk) -> None:
+    from approvals.agents import token_revoke
     from approvals.audit import Actor
     from approvals.models import AgentToken
-    from approvals.tokens import token_revoke
 
     assert http("POST", f"{desk.url}/api/v1/actions", order()).status == 401
     assert propose(desk, "idk_000000000000_nope", order()).status == 401
@@ -196,7 +196,7 @@ def test_same_key_other_body_is_422_with_its_own_problem_type(desk: Desk) -> Non
     reason="embedded mode's writers take turns: a repeat waits for the first instead",
 )
 def test_same_key_while_the_first_is_in_flight_is_409_and_freed_if_it_dies(desk: Desk) -> None:
-    from approvals.idempotency import Claim, idempotency_claim
+    from approvals.api import Claim, idempotency_claim
     from approvals.models import Agent
 
     token = agent_token("buyer", "procurement", *ORDERS)

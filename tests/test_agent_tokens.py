@@ -6,8 +6,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from approvals.agents import TokenError, token_allows, token_authenticate, token_digest
 from approvals.models import AgentToken, AuditEvent
-from approvals.tokens import TokenError, token_allows, token_authenticate, token_digest
 from tests.agents import demo_domain
 
 pytestmark = pytest.mark.django_db

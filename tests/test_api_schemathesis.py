@@ -34,8 +34,7 @@ def fuzz_domain() -> None:
     """A domain whose policy allows whatever it does not know, so that generated proposals can
     run and report results: every operation is reached, not only the refusals."""
     from approvals.audit import Actor
-    from approvals.domains import domain_ensure
-    from approvals.policy import PolicyDocument, policy_publish
+    from approvals.policy import PolicyDocument, domain_ensure, policy_publish
 
     actor = Actor.system("tests")
     domain, _ = domain_ensure(slug="fuzz", name="Fuzz", description="", actor=actor)

@@ -13,10 +13,9 @@ from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from approvals.audit import Actor
-from approvals.escalations import effective_params, params_fingerprint
-from approvals.killswitches import killswitch_set
+from approvals.killswitches import killswitch_effects, killswitch_set
 from approvals.models import Action, AuditEvent
-from approvals.stops import killswitch_effects
+from approvals.queue import effective_params, params_fingerprint
 from tests.agents import agent_token, call, order, propose
 from tests.servers import Browser, Desk
 

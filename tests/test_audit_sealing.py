@@ -7,13 +7,7 @@ import threading
 import pytest
 from django.db import DatabaseError, connection, connections, transaction
 
-from approvals.audit import (
-    Actor,
-    audit_record,
-    audit_seal,
-    audit_verify_chain,
-    seal_after_commit,
-)
+from approvals.audit import Actor, audit_record, audit_seal, audit_verify_chain, seal_after_commit
 from approvals.models import AuditEvent
 
 
@@ -113,7 +107,7 @@ def test_database_allows_sealing_but_no_other_change() -> None:
 
 @pytest.mark.django_db
 def test_the_backstop_task_seals_what_was_left() -> None:
-    from approvals.tasks import audit_seal_task
+    from approvals.audit.tasks import audit_seal_task
 
     with transaction.atomic():
         record("left behind")

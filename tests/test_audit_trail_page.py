@@ -7,9 +7,9 @@ from django.db import transaction
 from django.urls import reverse
 
 from approvals.audit import Actor, audit_record, verification_run
+from approvals.audit.tasks import audit_verify_task
+from approvals.audit.views import AUDIT_PAGE_SIZE
 from approvals.models import AuditEvent, ChainVerification
-from approvals.tasks import audit_verify_task
-from approvals.views import AUDIT_PAGE_SIZE
 
 pytestmark = pytest.mark.django_db
 

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from approvals.inputs import MAX_DEPTH, MAX_STRING
+from approvals.core import MAX_DEPTH, MAX_STRING
 from approvals.models import Action, AgentSession, ReasoningStep
 from tests.agents import agent_token, call, order, propose
 from tests.servers import Desk, Reply, http

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from approvals.audit import Actor
-from approvals.demo import DEMO_DOMAINS
-from approvals.domains import domain_ensure
+from approvals.desk import DEMO_DOMAINS
+from approvals.policy import domain_ensure
 from tests.browser import SCREENSHOTS, operator_with_real_password, sign_in
 from tests.servers import Desk, free_port, running_desk
 

@@ -60,8 +60,8 @@ def decide_later(status: str, params: dict | None = None, delay: float = 0.5) ->
 
     from django.contrib.auth import get_user_model
 
-    from approvals.escalations import escalation_timer_fired
-    from approvals.operators import operator_ensure
+    from approvals.desk import operator_ensure
+    from approvals.queue import escalation_timer_fired
 
     operator, _ = operator_ensure(
         username="decider", role="approver", password="x" * 20, actor=Actor.system("tests")
@@ -123,9 +123,9 @@ def test_allowed_call_runs_and_is_reported(desk: RunningDesk) -> None:
 
 
 def test_a_call_that_ran_but_could_not_be_reported_says_so(desk: RunningDesk) -> None:
+    from approvals.agents import token_revoke
     from approvals.audit import Actor
     from approvals.models import AgentToken
-    from approvals.tokens import token_revoke
 
     vendor = Vendor()
     client = Desk(desk.url, agent_token("buyer", "procurement", *ORDERS), retries=0)

@@ -5,8 +5,8 @@ from django.contrib.auth import authenticate
 from django.core.management import CommandError, call_command
 from django.test import RequestFactory
 
+from approvals.core import ROLE_ORDER
 from approvals.models import AuditEvent, Domain
-from approvals.roles import ROLE_ORDER
 
 pytestmark = pytest.mark.django_db
 

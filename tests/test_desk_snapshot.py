@@ -15,20 +15,18 @@ from django.urls import reverse
 from incidents.target import Target
 
 from approvals.audit import Actor
-from approvals.connectors import (
-    Difference,
-    connector_save,
-    desk_snapshot_take,
-    snapshot_differences,
-)
 from approvals.models import Action, AuditEvent
 from approvals.queue import JsonPart, json_parts
 from approvals.rollbacks import (
     RESTORES_AGENT_CLAIM,
     RESTORES_DESK_READ,
+    Difference,
+    connector_save,
+    desk_snapshot_take,
     plan_create,
     plan_start,
     rollback_run,
+    snapshot_differences,
 )
 from tests.agents import agent_token, call, propose
 from tests.rollback_helpers import (

@@ -8,13 +8,9 @@ from datetime import timedelta
 import pytest
 from django.db import connection, connections
 
-from approvals.errors import Refused
-from approvals.escalations import (
-    AlreadyDecided,
-    escalation_timer_fired,
-    escalations_sweep,
-)
+from approvals.core import Refused
 from approvals.models import Action, Approval, AuditEvent
+from approvals.queue import AlreadyDecided, escalation_timer_fired, escalations_sweep
 from tests.agents import decide, escalated_action
 
 pytestmark = pytest.mark.django_db
@@ -157,7 +153,7 @@ def test_a_modification_sets_earlier_approvals_aside(approver, senior_approver,
 
 def test_an_approval_is_of_the_params_the_approver_saw(approver, senior_approver,
                                                        make_operator) -> None:  # fmt: skip
-    from approvals.escalations import effective_params, params_fingerprint
+    from approvals.queue import effective_params, params_fingerprint
 
     action = escalated_action(tier=2)
     seen = params_fingerprint(effective_params(action))

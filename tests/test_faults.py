@@ -531,7 +531,7 @@ def test_without_redis_the_rate_limit_counts_in_the_process_and_results_stay_unl
     """In-process (both modes): the cache is a Redis nobody listens on."""
     from django.test import Client
 
-    from approvals import ratelimit
+    from approvals.api import ratelimit
     from incidentdesk.outage import Outage
     from tests.agents import agent_token
 

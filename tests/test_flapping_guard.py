@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from incidents.target import Target
 
-from approvals.actions import ProposalData
-from approvals.connectors import compensation_connected
+from approvals.api import ProposalData
 from approvals.models import Action, Agent, AgentToken
 from approvals.policy import PolicyDocument
+from approvals.rollbacks import compensation_connected
 from tests.agents import record_proposal
 from tests.rollback_helpers import executed, records_domain, records_token, run_plan, session_of
 

@@ -9,7 +9,7 @@ import pytest
 from django.urls import reverse
 from incidents.target import Target
 
-from approvals.actions import StepData, steps_record
+from approvals.api import StepData, steps_record
 from approvals.audit import Actor
 from approvals.killswitches import killswitch_set
 from approvals.models import AgentSession, AuditEvent

@@ -18,10 +18,10 @@ import pytest
 from incidentdesk_client import ActionDenied, Desk, KillSwitchEngaged, OutOfScope
 from incidents.stories import AGENTS, DELETE_SCOPE, Acme, Outcome, devops, discount, procurement
 
+from approvals.agents import token_issue
 from approvals.audit import Actor, audit_seal, audit_verify_chain
-from approvals.demo import demo_connectors
+from approvals.desk import demo_connectors
 from approvals.models import Action, AgentSession, AuditEvent, RollbackPlan
-from approvals.tokens import token_issue
 from tests.agents import demo_domain
 from tests.browser import (
     SCREENSHOTS,

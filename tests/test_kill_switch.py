@@ -12,11 +12,10 @@ from django.db import connections
 from django.urls import reverse
 
 from approvals.audit import Actor
-from approvals.errors import Refused
-from approvals.escalations import escalation_timer_fired
-from approvals.killswitches import killswitch_set
+from approvals.core import Refused
+from approvals.killswitches import killswitch_effects, killswitch_set
 from approvals.models import Action, AgentSession, AuditEvent, KillSwitchChange
-from approvals.stops import killswitch_effects
+from approvals.queue import escalation_timer_fired
 from tests.agents import agent_token, call, decide, escalated_action, order, propose
 from tests.servers import Desk
 
@@ -127,8 +126,8 @@ def test_open_escalations_are_frozen_until_release(approver) -> None:
 
 @pytest.mark.django_db
 def test_engage_cancels_approved_unexecuted_actions_and_flags_a_late_result(approver) -> None:
-    from approvals.actions import action_report_result
-    from approvals.tokens import token_authenticate
+    from approvals.agents import token_authenticate
+    from approvals.api import action_report_result
 
     action = escalated_action(tier=1)
     decide(action_id=action.pk, user=approver, verdict="approve")

@@ -16,12 +16,11 @@ from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from approvals import consumers, live
+from approvals import live
+from approvals.agents import token_authenticate, token_revoke
 from approvals.audit import Actor
-from approvals.killswitches import killswitch_set
-from approvals.roles import VIEWER
-from approvals.stops import agent_quarantine
-from approvals.tokens import token_authenticate, token_revoke
+from approvals.core import VIEWER
+from approvals.killswitches import agent_quarantine, consumers, killswitch_set
 from tests.agents import agent_token
 from tests.conftest import session_cookie
 from tests.servers import Browser, Desk, agent_socket, running_desk

@@ -16,8 +16,8 @@ from axes.models import AccessAttempt
 from django.test import Client, RequestFactory
 from django.urls import reverse
 
+from approvals.desk import client_ip
 from approvals.models import AuditEvent
-from approvals.signin import client_ip
 from tests.browser import operator_with_real_password
 from tests.conftest import PASSWORD
 from tests.servers import Desk

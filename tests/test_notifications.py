@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.urls import reverse
 
-from approvals.escalations import escalation_timer_fired
 from approvals.models import Action, Webhook, WebhookDelivery
 from approvals.notifications import MAX_ATTEMPTS, webhook_deliver
+from approvals.queue import escalation_timer_fired
 from tests.agents import demo_domain, escalated_action
 
 pytestmark = pytest.mark.django_db

@@ -18,9 +18,9 @@ from django.db import connection, connections
 from django.utils import timezone
 from incidents.target import Target, running_target
 
-from approvals.connectors import ConnectorError, Context, connector_call
 from approvals.models import Action, Connector, Webhook, WebhookDelivery
 from approvals.notifications import claim_lease, stalled_deliveries, webhook_deliver
+from approvals.rollbacks import ConnectorError, Context, connector_call
 from tests.agents import demo_domain, escalated_action
 from tests.rollback_helpers import (
     SECRET,

@@ -6,8 +6,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.urls import reverse
 
+from approvals.core import ROLE_ORDER, perm
 from approvals.models import ChainVerification
-from approvals.roles import ROLE_ORDER, perm
 
 pytestmark = pytest.mark.django_db
 

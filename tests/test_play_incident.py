@@ -9,7 +9,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from incidents.target import Target
 
-from approvals.demo import DEMO_DOMAINS
+from approvals.desk import DEMO_DOMAINS
 from approvals.models import Action, Connector
 from tests.agents import demo_domain
 from tests.servers import Desk

@@ -7,7 +7,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from approvals.idempotency import idempotency_purge
+from approvals.api import idempotency_purge
 from approvals.models import Agent, AgentToken, AuditEvent, IdempotencyRecord, PolicyVersion
 from tests.agents import agent_token, demo_domain, record_proposal
 
@@ -40,8 +40,8 @@ def test_explain_in_the_ui_names_the_rule(viewer, login) -> None:
 
 
 def test_explain_counts_the_agents_recent_actions(viewer, login) -> None:
-    from approvals.actions import ProposalData
-    from approvals.tokens import token_authenticate
+    from approvals.agents import token_authenticate
+    from approvals.api import ProposalData
 
     token = token_authenticate(agent_token("looper", "procurement", "create_order:create"))
     for _ in range(3):

@@ -8,9 +8,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from approvals.actions import ProposalData
+from approvals.agents import token_authenticate
+from approvals.api import ProposalData
 from approvals.models import Action, AuditEvent, PolicyVersion
-from approvals.tokens import token_authenticate
 from tests.agents import agent_token, demo_domain, record_proposal
 
 pytestmark = pytest.mark.django_db

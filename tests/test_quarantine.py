@@ -15,13 +15,12 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from approvals.actions import ProposalData, StepData, action_propose, steps_record
-from approvals.api import ActionIn
+from approvals.agents import Quarantined, TokenError, token_authenticate
+from approvals.api import ActionIn, ProposalData, StepData, action_propose, steps_record
 from approvals.audit import Actor
-from approvals.errors import Refused
+from approvals.core import Refused
+from approvals.killswitches import agent_quarantine, agent_release
 from approvals.models import Action, Agent, AgentToken, AuditEvent, ReasoningStep
-from approvals.stops import agent_quarantine, agent_release
-from approvals.tokens import Quarantined, TokenError, token_authenticate
 from tests.agents import agent_token, call, order, propose
 from tests.servers import Desk
 

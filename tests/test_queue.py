@@ -7,8 +7,8 @@ import json
 import pytest
 from django.urls import reverse
 
-from approvals.escalations import effective_params, params_fingerprint
 from approvals.models import Action, AuditEvent
+from approvals.queue import effective_params, params_fingerprint
 from tests.agents import decide, escalated_action
 
 pytestmark = pytest.mark.django_db

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from approvals.escalations import effective_params, params_fingerprint
 from approvals.models import Action
+from approvals.queue import effective_params, params_fingerprint
 from tests.agents import agent_token, order, propose
 from tests.conftest import session_cookie
 from tests.servers import Browser, Desk

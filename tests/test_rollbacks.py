@@ -9,11 +9,11 @@ from django.urls import reverse
 from incidents.target import Target
 
 from approvals.audit import Actor
-from approvals.connectors import connector_save
-from approvals.errors import Refused
+from approvals.core import Refused
 from approvals.models import Action, AuditEvent, RollbackPlan, RollbackStep
 from approvals.rollbacks import (
     Selection,
+    connector_save,
     plan_cancel,
     plan_confirm,
     plan_create,

@@ -4,8 +4,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from approvals.agents import token_issue
 from approvals.audit import Actor
-from approvals.tokens import token_issue
 
 
 class Command(BaseCommand):

@@ -8,10 +8,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from approvals.audit import Actor
-from approvals.errors import Refused
-from approvals.killswitches import killswitch_set, killswitch_state
-from approvals.roles import perm
-from approvals.stops import killswitch_effects
+from approvals.core import Refused, perm
+from approvals.killswitches import killswitch_effects, killswitch_set, killswitch_state
 
 
 class Command(BaseCommand):

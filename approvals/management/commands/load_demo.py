@@ -6,7 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from approvals.demo import demo_load
+from approvals.desk import demo_load
 
 
 class Command(BaseCommand):

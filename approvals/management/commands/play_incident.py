@@ -9,10 +9,10 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from approvals.agents import token_issue
 from approvals.audit import Actor
-from approvals.demo import DEMO_DOMAINS, demo_connectors
+from approvals.desk import DEMO_DOMAINS, demo_connectors
 from approvals.models import Domain
-from approvals.tokens import token_issue
 
 # The stories and the target system live beside the client package, not in the desk.
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "client"))

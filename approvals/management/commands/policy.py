@@ -5,13 +5,14 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from approvals.audit import Actor
-from approvals.management.policy_files import (
+from approvals.policy import (
     document_from,
     domain_named,
+    policy_export,
+    policy_publish,
     read_json_object,
     write_json,
 )
-from approvals.policy import policy_export, policy_publish
 
 
 class Command(BaseCommand):

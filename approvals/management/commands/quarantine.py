@@ -7,9 +7,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from approvals.audit import Actor
-from approvals.errors import Refused
-from approvals.roles import perm
-from approvals.stops import agent_quarantine
+from approvals.core import Refused, perm
+from approvals.killswitches import agent_quarantine
 
 
 class Command(BaseCommand):

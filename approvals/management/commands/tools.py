@@ -6,13 +6,14 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from approvals.audit import Actor
-from approvals.management.policy_files import (
+from approvals.policy import (
     document_from,
     domain_named,
+    policy_current,
+    policy_publish,
     read_json_object,
     write_json,
 )
-from approvals.policy import policy_current, policy_publish
 
 
 class Command(BaseCommand):

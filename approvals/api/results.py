@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+
+from approvals.agents import Quarantined, agent_admission_check
+from approvals.api.proposals import FINISHED, _record_refusal, _session, agent_actor, past_run_by
+from approvals.audit import audit_action_event, audit_record
+from approvals.core import Refused
+from approvals.killswitches import (
+    flag_ran_during_kill,
+    ran_during_kill,
+)
+from approvals.models import (
+    EXECUTABLE,
+    Action,
+    Agent,
+    AgentSession,
+    AgentToken,
+    ReasoningStep,
+)
+
+S = Action.Status
+
+
+def action_for_token(token: AgentToken, action_id: str, *, lock: bool = False) -> Action:
+    """The action `action_id` if this token may see it: its agent's, in its domain."""
+    try:
+        pk = uuid.UUID(action_id)
+    except ValueError:
+        pk = None
+    actions = Action.objects.select_for_update() if lock else Action.objects.all()
+    action = (
+        actions.filter(pk=pk, agent_id=token.agent_id, domain_id=token.domain_id).first()
+        if pk
+        else None
+    )
+    if action is None:
+        raise Refused(404, "No such action", f"no action {action_id} for this token")
+    return action
+
+
+def action_report_result(
+    *,
+    token: AgentToken,
+    action_id: str,
+    ok: bool,
+    result: Any,
+    post_state: Any,
+    error: str,
+) -> Action:
+    with transaction.atomic():
+        action = action_for_token(token, action_id, lock=True)
+        if action.status in FINISHED:
+            reported = (S.SUCCEEDED if ok else S.FAILED, result, post_state)
+            if (action.status, action.result, action.post_state) == reported:
+                return action  # a retried report
+            raise Refused(409, "Result already reported", f"action {action.pk} is {action.status}")
+        killed = ran_during_kill(action)
+        late = action.status in EXECUTABLE and past_run_by(action)
+        # A call cancelled by a kill switch, or started after its yes lapsed, may still have
+        # run: what it did must be recorded, and is flagged.
+        if action.status in EXECUTABLE or killed and action.status == S.CANCELLED:
+            action.status = S.SUCCEEDED if ok else S.FAILED
+            action.result, action.post_state, action.error = result, post_state, error
+            if killed:
+                flag_ran_during_kill(action)
+            action.save(update_fields=["status", "result", "post_state", "error",
+                                       "ran_during_kill", "updated_at"])  # fmt: skip
+            audit_action_event(
+                actor=agent_actor(token),
+                action=action,
+                event="action.ran_during_kill" if killed else f"action.{action.status}",
+                summary=f"{action.tool}:{action.verb} {action.status}"
+                + (" while a kill switch was engaged: RAN DURING KILL" if killed else "")
+                + (" after its approval lapsed (APPROVAL_TTL)" if late else "")
+                + (f": {error}" if error else ""),
+                data={"ok": ok, "has_post_state": post_state is not None,
+                      "ran_during_kill": killed, "ran_after_run_by": late},
+            )  # fmt: skip
+            return action
+        # The refusal is part of the record: it commits, though the request fails.
+        audit_action_event(
+            actor=agent_actor(token),
+            action=action,
+            event="action.result_refused",
+            summary=f"Result reported for an action that is {action.status}",
+            data={"status": action.status, "ok": ok},
+        )
+    raise Refused(
+        409,
+        "Not allowed to run",
+        f"action {action.pk} is {action.status}; only an allowed or approved action runs",
+    )
+
+
+@dataclass(frozen=True)
+class StepData:
+    index: int
+    kind: str
+    content: str
+    data: dict[str, Any]
+
+
+def steps_record(*, token: AgentToken, session_id: str, steps: list[StepData]) -> AgentSession:
+    """Append reasoning steps in order. Re-sending a step already stored, unchanged, is a no-op."""
+    try:
+        return _steps_record(token, session_id, steps)
+    except Quarantined as quarantined:
+        _record_refusal(
+            token,
+            "session.refused_quarantined",
+            f"steps of session {session_id} refused: agent {quarantined.agent.name} is quarantined",
+            {"session": session_id},
+        )
+        raise
+
+
+@transaction.atomic
+def _steps_record(token: AgentToken, session_id: str, steps: list[StepData]) -> AgentSession:
+    agent = Agent.objects.select_for_update().get(pk=token.agent_id)
+    agent_admission_check(agent)
+    session = _session(agent, token, session_id)
+    existing = {s.index: s for s in session.steps.filter(index__in=[s.index for s in steps])}
+    expected = session.steps.count()
+    new = []
+    for position, step in enumerate(steps):
+        stored = existing.get(step.index)
+        if stored is not None:
+            if (stored.kind, stored.content, stored.data) != (step.kind, step.content, step.data):
+                raise Refused(
+                    409,
+                    "Step already recorded",
+                    f"step {step.index} of session {session_id} was recorded with other content",
+                    field=f"steps.{position}",
+                )
+            continue
+        if step.index != expected:
+            raise Refused(
+                409,
+                "Steps out of order",
+                f"step {step.index} cannot follow: the next step of session {session_id} "
+                f"is {expected}",
+                field=f"steps.{position}.index",
+            )
+        new.append(
+            ReasoningStep(
+                session=session, index=step.index, kind=step.kind, content=step.content,
+                data=step.data,
+            )
+        )  # fmt: skip
+        expected += 1
+    if new:
+        ReasoningStep.objects.bulk_create(new)
+        audit_record(
+            actor=agent_actor(token),
+            action="session.steps_recorded",
+            domain=session.domain.slug,
+            object_type="session",
+            object_id=session_id,
+            summary=f"{len(new)} reasoning steps recorded ({new[0].index}-{new[-1].index})",
+        )
+    return session

@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from celery import shared_task
+
+from approvals.api.idempotency import idempotency_purge
+
+
+@shared_task
+def idempotency_purge_task() -> None:
+    idempotency_purge()

@@ -1,0 +1,321 @@
+"""The agent API, v1: token-authenticated JSON, strictly validated, one error shape (RFC 9457)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from functools import partial, wraps
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.cache import cache
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET
+from pydantic import (
+    BaseModel,
+    ValidationError,
+)
+
+from approvals.agents import (
+    TokenError,
+    token_authenticate,
+)
+from approvals.api.idempotency import Claim, request_fingerprint
+from approvals.api.openapi import document
+from approvals.api.proposals import action_explain, action_propose, action_verdict
+from approvals.api.results import StepData, action_for_token, action_report_result, steps_record
+from approvals.api.schemas import IDENTIFIER, ActionIn, ResultIn, StepsIn
+from approvals.core import (
+    BadJSON,
+    OutOfLimits,
+    Refused,
+    parse_json,
+    problem,
+    whole_number,
+)
+from approvals.killswitches import killswitch_state
+from approvals.models import (
+    Action,
+    AgentToken,
+)
+
+
+def validation_problem(error: ValidationError) -> JsonResponse:
+    errors = [
+        {"field": ".".join(str(part) for part in item["loc"]) or "(body)", "message": item["msg"]}
+        for item in error.errors()
+    ]
+    fields = ", ".join(e["field"] for e in errors)
+    return problem(422, "Invalid request", f"invalid fields: {fields}", errors)
+
+
+def parse[M: BaseModel](model: type[M], request: HttpRequest) -> M:
+    return model.model_validate(parse_json(request.body))
+
+
+def _rate_limited(token: AgentToken) -> int | None:
+    """Seconds to wait, if this token has used up its requests for the current minute.
+
+    Counted in the cache; while that is unreachable, in this process (approvals/ratelimit.py).
+    """
+    from approvals.api.ratelimit import requests
+
+    now = time.time()
+    window = int(now // 60)
+    key = f"api-rate:{token.prefix}:{window}"
+
+    def count_in_cache() -> int:
+        try:
+            return cache.incr(key)
+        except ValueError:  # the first request of this window
+            return 1 if cache.add(key, 1, timeout=90) else cache.incr(key)
+
+    used = requests.count(key, count_in_cache)
+    if used > settings.API_RATE_LIMIT:
+        return max(1, int((window + 1) * 60 - now) + 1)
+    return None
+
+
+AgentView = Callable[..., HttpResponse]
+
+
+def authorize(request: HttpRequest, *, rate_limited: bool = True) -> AgentToken | HttpResponse:
+    """The request's live token, or the problem response that refuses it (401, 429, 413).
+    Without `rate_limited`, the request is neither counted nor refused for the rate."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, raw = header.partition(" ")
+    if scheme.lower() != "bearer" or not raw:
+        response = problem(401, "Unauthorized", "send Authorization: Bearer <token>")
+        response["WWW-Authenticate"] = 'Bearer realm="incidentdesk"'
+        return response
+    try:
+        token = token_authenticate(raw.strip())
+    except TokenError as exc:
+        response = problem(401, "Unauthorized", f"the token is not valid: {exc}")
+        response["WWW-Authenticate"] = 'Bearer realm="incidentdesk", error="invalid_token"'
+        return response
+    retry_after = _rate_limited(token) if rate_limited else None
+    if retry_after is not None:
+        response = problem(
+            429,
+            "Too many requests",
+            f"more than {settings.API_RATE_LIMIT} requests a minute with this token",
+        )
+        response["Retry-After"] = str(retry_after)
+        return response
+    if _body_too_large(request):
+        return problem(
+            413,
+            "Request too large",
+            f"the body is over the limit of {settings.API_MAX_BODY_BYTES} bytes",
+        )
+    return token
+
+
+def _body_too_large(request: HttpRequest) -> bool:
+    # The declared length first, so an oversized body is refused before it is read.
+    declared = whole_number(request.headers.get("Content-Length", ""), high=2**63 - 1)
+    if declared is not None and declared > settings.API_MAX_BODY_BYTES:
+        return True
+    try:
+        return len(request.body) > settings.API_MAX_BODY_BYTES
+    except RequestDataTooBig:
+        return True
+
+
+def agent_api(view: AgentView, *, rate_limited: bool = True) -> Callable[..., HttpResponse]:
+    """Authenticate the bearer token, apply limits, and turn refusals into problem documents."""
+
+    @csrf_exempt
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        token = authorize(request, rate_limited=rate_limited)
+        if isinstance(token, HttpResponse):
+            return token
+        try:
+            return view(request, token, *args, **kwargs)
+        except BadJSON as exc:
+            return problem(400, "Malformed JSON", f"the body is not JSON: {exc}")
+        except OutOfLimits as exc:
+            return problem(422, "Invalid request", f"invalid fields: {exc}", exc.errors)
+        except ValidationError as exc:
+            return validation_problem(exc)
+        except Refused as exc:
+            errors = [{"field": exc.field, "message": exc.detail}] if exc.field else None
+            return problem(exc.status, exc.title, exc.detail, errors, exc.extra)
+
+    return wrapped
+
+
+def _method_not_allowed(allowed: str) -> HttpResponse:
+    response = problem(405, "Method not allowed", f"use {allowed}")
+    response["Allow"] = allowed
+    return response
+
+
+@agent_api
+def actions_create(request: HttpRequest, token: AgentToken) -> HttpResponse:
+    if request.method != "POST":
+        return _method_not_allowed("POST")
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if not key:
+        return problem(
+            400, "Idempotency-Key required", "send an Idempotency-Key header with every proposal"
+        )
+    if len(key) > 255:
+        return problem(400, "Idempotency-Key too long", "keep Idempotency-Key to 255 characters")
+    proposal = parse(ActionIn, request)
+    proposed = action_propose(
+        token=token,
+        data=proposal.data(),
+        key=key,
+        fingerprint=request_fingerprint(request.method, request.path, request.body),
+    )
+    match proposed.claim:
+        case Claim.MISMATCH:
+            return problem(
+                422,
+                "Idempotency-Key reused",
+                "this key was used before with another request body",
+                [{"field": "Idempotency-Key", "message": "already used with another body"}],
+            )
+        case Claim.IN_FLIGHT:
+            return problem(
+                409, "Request in progress", "a request with this Idempotency-Key is still running"
+            )
+    response = JsonResponse(proposed.body, status=proposed.status)
+    if proposed.claim is Claim.REPLAY:
+        response["Idempotent-Replayed"] = "true"
+    elif proposed.action is not None:
+        response["Location"] = f"/api/v1/actions/{proposed.action.pk}"
+    return response
+
+
+@agent_api
+def actions_explain(request: HttpRequest, token: AgentToken) -> HttpResponse:
+    if request.method != "POST":
+        return _method_not_allowed("POST")
+    proposal = parse(ActionIn, request)
+    explained = action_explain(token=token, data=proposal.data())
+    verdict, trace = explained.verdict, explained.trace
+    return JsonResponse(
+        {
+            "in_scope": explained.in_scope,
+            "verb": explained.proposal.verb,
+            "registered": explained.proposal.registered,
+            "amount": None
+            if explained.proposal.amount is None
+            else {
+                "value": f"{explained.proposal.amount:f}",
+                "currency": explained.proposal.currency,
+            },
+            "target_ids": list(explained.proposal.target_ids),
+            "outcome": verdict.outcome,
+            "rule": verdict.rule,
+            "reason": verdict.reason,
+            "tier": verdict.tier,
+            "policy_version": verdict.version,
+            "trace": [{"rule": t.rule, "applies": t.matched, "why": t.why} for t in trace],
+        }
+    )
+
+
+@csrf_exempt
+async def action_detail(request: HttpRequest, action_id: str) -> HttpResponse:
+    """The verdict; with ?wait=N, held open (without a thread) until it changes or N s pass.
+
+    Asynchronous, so that waiting agents cost no worker thread: the production layout sends
+    these requests to the ASGI server.
+    """
+    if request.method != "GET":
+        return _method_not_allowed("GET")
+    token = await sync_to_async(authorize)(request)
+    if isinstance(token, HttpResponse):
+        return token
+    wait = _wait_seconds(request.GET.get("wait", "0"))
+    if isinstance(wait, HttpResponse):
+        return wait
+    try:
+        action = await sync_to_async(action_for_token)(token, action_id)
+    except Refused as exc:
+        return problem(exc.status, exc.title, exc.detail, extra=exc.extra)
+    deadline = time.monotonic() + wait
+    seen = action.updated_at  # a decision, a move, or a kill switch freezing it
+    while action.updated_at == seen and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        action = await Action.objects.select_related("domain").aget(pk=action.pk)
+    verdict = await sync_to_async(action_verdict)(action, check_kill=True)
+    return JsonResponse(verdict)
+
+
+def _wait_seconds(raw: str) -> int | HttpResponse:
+    """?wait=N as whole seconds (ASCII digits only), or the 422 that names it."""
+    if re.fullmatch(r"[0-9]{1,4}", raw) and int(raw) <= settings.API_MAX_WAIT:
+        return int(raw)
+    shown = raw[:20].encode("unicode_escape").decode("ascii")
+    return problem(
+        422,
+        "Invalid request",
+        f"wait must be a whole number of seconds from 0 to {settings.API_MAX_WAIT}",
+        [{"field": "wait", "message": f"{shown!r} is not 0-{settings.API_MAX_WAIT}"}],
+    )
+
+
+# Never rate-limited: an action that ran must always be reportable.
+@partial(agent_api, rate_limited=False)
+def action_result(request: HttpRequest, token: AgentToken, action_id: str) -> HttpResponse:
+    if request.method != "POST":
+        return _method_not_allowed("POST")
+    report = parse(ResultIn, request)
+    action = action_report_result(
+        token=token,
+        action_id=action_id,
+        ok=report.ok,
+        result=report.result,
+        post_state=report.post_state,
+        error=report.error,
+    )
+    return JsonResponse(action_verdict(action))
+
+
+@agent_api
+def session_steps(request: HttpRequest, token: AgentToken, session_id: str) -> HttpResponse:
+    if request.method != "POST":
+        return _method_not_allowed("POST")
+    if not re.fullmatch(IDENTIFIER, session_id):
+        message = "a session id is 1-100 letters, digits, and _ . : -"
+        return problem(
+            422, "Invalid session id", message, [{"field": "session_id", "message": message}]
+        )
+    payload = parse(StepsIn, request)
+    session = steps_record(
+        token=token,
+        session_id=session_id,
+        steps=[StepData(s.index, s.kind, s.content, s.data) for s in payload.steps],
+    )
+    return JsonResponse({"session_id": session_id, "steps": session.steps.count()}, status=201)
+
+
+@agent_api
+def killswitches(request: HttpRequest, token: AgentToken) -> HttpResponse:
+    """The switches over this token's domain (its own and the global one), with their version:
+    what /ws/agent/ pushes, for clients whose socket is down."""
+    if request.method != "GET":
+        return _method_not_allowed("GET")
+    return JsonResponse(killswitch_state([token.domain.slug]))
+
+
+@require_GET
+def openapi_json(request: HttpRequest) -> HttpResponse:
+    return JsonResponse(document(), json_dumps_params={"indent": 2})
+
+
+@require_GET
+def api_docs(request: HttpRequest) -> HttpResponse:
+    return render(request, "approvals/api/api.html", {"spec": document()})

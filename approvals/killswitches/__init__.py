@@ -1,0 +1,36 @@
+"""TODO"""
+
+from __future__ import annotations
+
+from approvals.killswitches.effects import (
+    flag_ran_during_kill,
+    killswitch_effects,
+    killswitch_effects_pending,
+    ran_during_kill,
+)
+from approvals.killswitches.fragments import banner_html
+from approvals.killswitches.quarantine import agent_quarantine, agent_release
+from approvals.killswitches.switches import (
+    Killed,
+    admission_check,
+    engaged_switches,
+    killswitch_set,
+    killswitch_state,
+    switch_info,
+)
+
+__all__ = [
+    "Killed",
+    "admission_check",
+    "agent_quarantine",
+    "agent_release",
+    "banner_html",
+    "engaged_switches",
+    "flag_ran_during_kill",
+    "killswitch_effects",
+    "killswitch_effects_pending",
+    "killswitch_set",
+    "killswitch_state",
+    "ran_during_kill",
+    "switch_info",
+]

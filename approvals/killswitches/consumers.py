@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.utils import timezone
+
+from approvals import live
+from approvals.agents import TokenError, token_authenticate
+from approvals.killswitches.switches import killswitch_state, state_for
+from approvals.live.consumers import CLOSE_ACCESS_ENDED, LiveConsumer
+from approvals.models import AgentToken
+from incidentdesk.outage import REDIS_DOWN, redis_outage
+
+logger = logging.getLogger(__name__)
+
+
+class AgentFanOut:
+    """Kill switch pushes to the agents connected to this process.
+
+    One member per process in the channel layer group, not one per socket: a group send to a
+    thousand sockets would be a thousand messages through Redis, read back one at a time. Here
+    the process gets one message, renders each domain's state once, and writes it to its own
+    sockets directly.
+    """
+
+    REJOIN_SECONDS = 600  # group memberships expire in the channel layer; renew them
+
+    def __init__(self) -> None:
+        self.agents: set[AgentConsumer] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.lost = False  # the channel layer failed: changes may have been missed
+
+    def add(self, agent: AgentConsumer) -> None:
+        self.agents.add(agent)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self.listen())
+
+    def discard(self, agent: AgentConsumer) -> None:
+        self.agents.discard(agent)
+
+    async def listen(self) -> None:
+        """Hold this process's membership and pass each change on, for as long as agents are
+        connected here. A lost Redis connection is retried, never the end of the pushes; once
+        it is back, the sockets get the whole state, since changes may have been missed."""
+        layer = get_channel_layer()
+        while self.agents:
+            try:
+                await self._relay(layer)
+            except asyncio.CancelledError:
+                raise
+            except REDIS_DOWN as exc:
+                redis_outage.failed("the kill switch fan-out", exc)
+                self.lost = True
+                await asyncio.sleep(1)
+            except Exception:
+                logger.exception("kill switch fan-out failed; retrying in 1 s")
+                self.lost = True
+                await asyncio.sleep(1)
+
+    async def _relay(self, layer: Any) -> None:
+        channel = await layer.new_channel()
+        joined: float | None = None  # not 0.0: a machine up for less than REJOIN_SECONDS
+        while self.agents:
+            if joined is None or time.monotonic() - joined > self.REJOIN_SECONDS:
+                await layer.group_add(live.KILLSWITCH_GROUP, channel)
+                joined = time.monotonic()
+                if self.lost:  # changes may have been missed: every socket gets the state
+                    redis_outage.worked()
+                    self.lost = False
+                    await self.push({})  # no state in it: read from the database
+            try:
+                message = await asyncio.wait_for(layer.receive(channel), self.REJOIN_SECONDS)
+            except TimeoutError:
+                continue
+            if message.get("type") == live.KILLSWITCH_CHANGED:
+                await self.push(message)
+
+    async def push(self, message: dict[str, Any]) -> None:
+        agents = list(self.agents)
+        if "switches" in message:  # the state came with the message: no database round trip
+            states = {
+                domain: json.dumps({"type": "killswitch.state",
+                                    **state_for(message["version"], message["switches"], [domain])})
+                for domain in {agent.domain for agent in agents}
+            }  # fmt: skip
+        else:
+            domains = {agent.domain for agent in agents}
+            states = await database_sync_to_async(
+                lambda: {domain: agent_state_json(domain) for domain in domains}
+            )()
+        await asyncio.gather(
+            *(agent.send(text_data=states[agent.domain]) for agent in agents),
+            return_exceptions=True,  # a socket closing meanwhile does not stop the others
+        )
+
+
+fan_out = AgentFanOut()
+
+
+class AgentConsumer(LiveConsumer):
+    """Agents' live channel (/ws/agent/, bearer token): the kill switches over the token's
+    domain, as a full state with its version, on connect and after every change."""
+
+    domain: str
+
+    async def connect(self) -> None:
+        headers = dict(self.scope.get("headers", []))
+        scheme, _, raw = headers.get(b"authorization", b"").decode().partition(" ")
+        token = None
+        if scheme.lower() == "bearer" and raw:
+            token = await database_sync_to_async(_live_token)(raw.strip())
+        if token is None:
+            await self.close()  # before accept: the handshake is refused (403)
+            return
+        self.domain = token.domain.slug
+        self.raw_token = raw.strip()
+        self.agent_group = live.agent_group(token.agent_id)
+        # Revoking a token (or quarantining its agent) closes its sockets through this group;
+        # expiry closes them on time.
+        await self.channel_layer.group_add(self.agent_group, self.channel_name)
+        lifetime = (token.expires_at - timezone.now()).total_seconds()
+        self.expiry = asyncio.get_running_loop().call_later(
+            max(0.0, lifetime), lambda: asyncio.ensure_future(self.close(code=CLOSE_ACCESS_ENDED))
+        )
+        await self.accept()
+        fan_out.add(self)
+        await self.send(text_data=await database_sync_to_async(agent_state_json)(self.domain))
+        self.start_rechecks()
+
+    async def access_changed(self, event: dict[str, Any]) -> None:
+        if await database_sync_to_async(_live_token)(self.raw_token) is None:
+            await self.close(code=CLOSE_ACCESS_ENDED)
+
+    async def disconnect(self, code: int) -> None:
+        fan_out.discard(self)
+        self.stop_rechecks()
+        if hasattr(self, "agent_group"):
+            self.expiry.cancel()
+            await self.channel_layer.group_discard(self.agent_group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        return  # one-way: agents act through the HTTP API
+
+
+def _live_token(raw: str) -> AgentToken | None:
+    try:
+        return token_authenticate(raw)
+    except TokenError:
+        return None
+
+
+def agent_state_json(domain: str) -> str:
+    return json.dumps({"type": "killswitch.state", **killswitch_state([domain])})

@@ -1,0 +1,43 @@
+"""TODO"""
+
+from __future__ import annotations
+
+from approvals.models.agents import (
+    Agent,
+    AgentSession,
+    AgentToken,
+    IdempotencyRecord,
+    ReasoningStep,
+)
+from approvals.models.audit import AuditEvent, ChainVerification
+from approvals.models.domains import Desk, Domain
+from approvals.models.killswitches import KillSwitch, KillSwitchChange, KillSwitchQuerySet
+from approvals.models.notifications import Webhook, WebhookDelivery
+from approvals.models.policy import PolicyVersion
+from approvals.models.queue import EXECUTABLE, Action, Approval, Tier
+from approvals.models.rollbacks import Connector, RollbackPlan, RollbackStep
+
+__all__ = [
+    "Action",
+    "Agent",
+    "AgentSession",
+    "AgentToken",
+    "Approval",
+    "AuditEvent",
+    "ChainVerification",
+    "Connector",
+    "Desk",
+    "Domain",
+    "EXECUTABLE",
+    "IdempotencyRecord",
+    "KillSwitch",
+    "KillSwitchChange",
+    "KillSwitchQuerySet",
+    "PolicyVersion",
+    "ReasoningStep",
+    "RollbackPlan",
+    "RollbackStep",
+    "Tier",
+    "Webhook",
+    "WebhookDelivery",
+]

@@ -1,0 +1,47 @@
+"""TODO"""
+
+from __future__ import annotations
+
+from approvals.policy.claims import CallClaim, ClaimRefused, Proposal, proposal_from
+from approvals.policy.defaults import DEFAULT_POLICIES
+from approvals.policy.documents import AMOUNT_MAX, PolicyDocument, Rule
+from approvals.policy.domains import domain_ensure
+from approvals.policy.engine import (
+    DEFAULT_RULE,
+    FLAPPING_RULE,
+    Facts,
+    Trace,
+    Verdict,
+    evaluate,
+    policy_decide,
+    policy_explain,
+)
+from approvals.policy.files import document_from, domain_named, read_json_object, write_json
+from approvals.policy.versions import policy_current, policy_export, policy_publish
+
+__all__ = [
+    "AMOUNT_MAX",
+    "CallClaim",
+    "ClaimRefused",
+    "DEFAULT_POLICIES",
+    "DEFAULT_RULE",
+    "FLAPPING_RULE",
+    "Facts",
+    "PolicyDocument",
+    "Proposal",
+    "Rule",
+    "Trace",
+    "Verdict",
+    "document_from",
+    "domain_ensure",
+    "domain_named",
+    "evaluate",
+    "policy_current",
+    "policy_decide",
+    "policy_explain",
+    "policy_export",
+    "policy_publish",
+    "proposal_from",
+    "read_json_object",
+    "write_json",
+]

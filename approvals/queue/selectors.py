@@ -1,0 +1,282 @@
+"""Selectors for the approval queue and the review page: what operators see, never what changes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from django.db.models import Count, Q, QuerySet
+from django.http import QueryDict
+from django.utils import timezone
+
+from approvals.core import whole_number
+from approvals.models import Action, AuditEvent, KillSwitch
+from approvals.queue.escalations import (
+    effective_params,
+    may_decide,
+    params_diff,
+    params_fingerprint,
+)
+from approvals.rollbacks import snapshot_differences, state_of
+
+S = Action.Status
+
+
+SNAPSHOT_LINES_SHOWN = 2000
+
+
+SNAPSHOT_TARGETS_SHOWN = 50  # targets whose claimed and read states are shown side by side
+
+
+PER_TIER = 50  # rows shown per tier; the rest are counted, and filters narrow them
+
+
+@dataclass(frozen=True)
+class QueueFilters:
+    domain: str = ""
+    agent: str = ""
+    tier: int | None = None
+    min_age_minutes: int | None = None
+
+    @classmethod
+    def from_query(cls, query: QueryDict | dict[str, str]) -> tuple[QueueFilters, dict[str, str]]:
+        errors: dict[str, str] = {}
+
+        def number(name: str, low: int, high: int) -> int | None:
+            raw = str(query.get(name, "") or "").strip()
+            if not raw:
+                return None
+            value = whole_number(raw, low=low, high=high)
+            if value is None:
+                errors[name] = f"{raw!r} is not a whole number from {low} to {high}"
+            return value
+
+        filters = cls(
+            domain=str(query.get("domain", "") or "").strip(),
+            agent=str(query.get("agent", "") or "").strip(),
+            tier=number("tier", 1, 9),
+            min_age_minutes=number("age", 0, 10_000),
+        )
+        return filters, errors
+
+    def apply(self, actions: QuerySet[Action], now: datetime) -> QuerySet[Action]:
+        if self.domain:
+            actions = actions.filter(domain__slug=self.domain)
+        if self.agent:
+            actions = actions.filter(agent__name=self.agent)
+        if self.tier is not None:
+            actions = actions.filter(tier=self.tier)
+        if self.min_age_minutes:
+            actions = actions.filter(created_at__lte=now - timedelta(minutes=self.min_age_minutes))
+        return actions
+
+    def matches(self, action: Action, now: datetime) -> bool:
+        """The same test as `apply`, for one loaded action (live updates)."""
+        return (
+            (not self.domain or action.domain.slug == self.domain)
+            and (not self.agent or action.agent.name == self.agent)
+            and (self.tier is None or action.tier == self.tier)
+            and (
+                not self.min_age_minutes
+                or action.created_at <= now - timedelta(minutes=self.min_age_minutes)
+            )
+        )
+
+    def query(self) -> str:
+        pairs = {"domain": self.domain, "agent": self.agent, "tier": self.tier,
+                 "age": self.min_age_minutes}  # fmt: skip
+        return urlencode({k: v for k, v in pairs.items() if v not in ("", None)})
+
+
+def open_escalations() -> QuerySet[Action]:
+    return (
+        Action.objects.filter(status=S.ESCALATED)
+        .select_related("agent", "domain")
+        .defer(
+            "pre_action_state", "desk_snapshot", "params", "result", "post_state", "compensation"
+        )
+        .order_by("tier", "sla_due_at", "created_at")
+    )
+
+
+@dataclass
+class TierGroup:
+    level: int
+    total: int
+    items: list[Action] = field(default_factory=list)
+
+
+def queue_groups(filters: QueueFilters) -> tuple[list[TierGroup], int]:
+    """Open escalations grouped by tier, the most urgent PER_TIER of each, and how many match
+    in all. Its query count depends on the number of tiers, never on the size of the queue."""
+    now = timezone.now()
+    counts = dict(
+        filters.apply(Action.objects.filter(status=S.ESCALATED), now)
+        .values_list("tier")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    groups = []
+    for level in sorted({1, 2, 3, *counts}):
+        items = list(filters.apply(open_escalations().filter(tier=level), now)[:PER_TIER])
+        groups.append(TierGroup(level, counts.get(level, 0), items))
+    return groups, sum(counts.values())
+
+
+def queue_count() -> int:
+    return Action.objects.filter(status=S.ESCALATED).count()
+
+
+def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """A JSON value as (path, value) lines: `orders.0.qty = 2`."""
+    if isinstance(value, dict):
+        if not value:
+            return [(prefix or "(root)", "{}")]
+        return [
+            line
+            for k, v in value.items()
+            for line in flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        ]
+    if isinstance(value, list):
+        if not value:
+            return [(prefix or "(root)", "[]")]
+        return [
+            line
+            for i, v in enumerate(value)
+            for line in flatten(v, f"{prefix}.{i}" if prefix else str(i))
+        ]
+    return [(prefix or "(root)", json.dumps(value))]
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    field: str
+    before: str
+    after: str
+    changes: bool
+
+
+def would_change(action: Action) -> list[FieldChange]:
+    """Per field of the snapshot the params name: its value now, and what the action sets."""
+    params = effective_params(action)
+    snapshot = action.pre_action_state if isinstance(action.pre_action_state, dict) else {}
+    missing = object()
+    rows = []
+    for key, after in params.items():
+        before = snapshot.get(key, missing)
+        if before is missing:
+            continue
+        rows.append(FieldChange(key, json.dumps(before), json.dumps(after), before != after))
+    return rows
+
+
+@dataclass(frozen=True)
+class JsonPart:
+    """A piece of indented JSON: a top-level field of an object, its braces, or a whole value."""
+
+    text: str
+    differs: bool = False
+
+
+def json_parts(value: Any, fields: set[str], whole: bool) -> list[JsonPart]:
+    """`value` as indented JSON in pieces, one per top-level field of an object; a piece is
+    marked when its field is one of `fields`, or when `whole` (the whole value differs)."""
+    if not isinstance(value, dict) or not value:
+        return [JsonPart(json.dumps(value, indent=2), whole)]
+    parts = [JsonPart("{")]
+    for n, (key, item) in enumerate(value.items(), start=1):
+        nested = json.dumps(item, indent=2).replace("\n", "\n  ")
+        comma = "," if n < len(value) else ""
+        parts.append(JsonPart(f"  {json.dumps(key)}: {nested}{comma}", whole or key in fields))
+    return [*parts, JsonPart("}")]
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    target: str
+    differs: bool
+    fields: tuple[str, ...]  # the top-level fields that differ; none named: the whole state
+    claim: list[JsonPart]
+    desk: list[JsonPart]
+
+
+@dataclass(frozen=True)
+class SnapshotComparison:
+    read: bool  # whether the desk read the targets itself when the action was proposed
+    missing: str  # why it did not, when its proposal's audit event says
+    rows: list[SnapshotRow]
+    differing: int
+    more: int
+
+
+def snapshot_comparison(action: Action) -> SnapshotComparison:
+    """The agent's claimed pre-action state next to the desk's own read, target by target, the
+    targets that differ first; or, when the desk has no read, why not."""
+    read = action.desk_snapshot is not None or action.snapshot_differs
+    if not read:
+        audited = (
+            AuditEvent.objects.filter(object_type="action", object_id=str(action.pk))
+            .filter(Q(data__has_key="snapshot_differs") | Q(data__has_key="desk_snapshot_missing"))
+            .order_by("id")
+            .values_list("data", flat=True)
+            .first()
+        ) or {}
+        if "snapshot_differs" not in audited:  # a read of absent targets is still a read
+            return SnapshotComparison(False, audited.get("desk_snapshot_missing", ""), [], 0, 0)
+    targets = [str(t) for t in action.target_ids]
+    claim, desk = action.pre_action_state, action.desk_snapshot
+    differences = {d.target: d for d in snapshot_differences(desk, claim, targets)}
+    names = sorted(targets or [""], key=lambda t: t not in differences)
+    rows = []
+    for target in names[:SNAPSHOT_TARGETS_SHOWN]:
+        difference = differences.get(target)
+        fields = difference.fields if difference else ()
+        whole = difference is not None and not fields
+        rows.append(
+            SnapshotRow(
+                target=target,
+                differs=difference is not None,
+                fields=fields,
+                claim=json_parts(state_of(claim, target, targets), set(fields), whole),
+                desk=json_parts(state_of(desk, target, targets), set(fields), whole),
+            )
+        )
+    return SnapshotComparison(True, "", rows, len(differences), len(names) - len(rows))
+
+
+def modification(action: Action) -> list[tuple[str, Any, Any]]:
+    """What an operator changed in the agent's params, if anyone did."""
+    if action.modified_params is None:
+        return []
+    return params_diff(action.params, action.modified_params)
+
+
+def decision_context(action: Action, user: Any, error: str = "") -> dict[str, Any]:
+    """What the decision panel of the review page shows `user` (a page load, or a push)."""
+    frozen_by = (
+        KillSwitch.objects.engaged_over(action.domain.slug)
+        if action.status == S.ESCALATED
+        else None
+    )
+    return {
+        "action": action,
+        "approvals": action.approvals.select_related("user").all(),
+        "frozen_by": frozen_by,
+        "can_decide": action.status == S.ESCALATED
+        and frozen_by is None
+        and may_decide(user, action),
+        "error": error,
+        "params_json": json.dumps(effective_params(action), indent=2),
+        "params_seen": params_fingerprint(effective_params(action)),
+        # The one who modified the params is not the approval that lets them run.
+        "modified_by_you": bool(action.modified_by) and action.modified_by == user.get_username(),
+    }
+
+
+def frozen_context() -> dict[str, Any]:
+    """Which rows of the queue are frozen by an engaged kill switch (for the row partial)."""
+    killed = KillSwitch.objects.killed_domain_ids()
+    return {"all_frozen": killed is None, "frozen_ids": killed or set()}

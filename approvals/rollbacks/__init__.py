@@ -1,0 +1,62 @@
+"""TODO"""
+
+from __future__ import annotations
+
+from approvals.rollbacks.connectors import (
+    ConnectorError,
+    Context,
+    compensation_connected,
+    connector_call,
+    connector_check,
+    connector_save,
+)
+from approvals.rollbacks.control import (
+    plan_cancel,
+    plan_confirm,
+    plan_pause,
+    plan_resume,
+    plan_start,
+    step_resolve,
+)
+from approvals.rollbacks.fragments import plan_progress_html
+from approvals.rollbacks.planning import (
+    RESTORES_AGENT_CLAIM,
+    RESTORES_DESK_READ,
+    Selection,
+    plan_create,
+)
+from approvals.rollbacks.runner import rollback_run, rollbacks_stalled
+from approvals.rollbacks.snapshots import (
+    DeskRead,
+    Difference,
+    desk_snapshot_take,
+    snapshot_differences,
+    state_of,
+)
+
+__all__ = [
+    "ConnectorError",
+    "Context",
+    "DeskRead",
+    "Difference",
+    "RESTORES_AGENT_CLAIM",
+    "RESTORES_DESK_READ",
+    "Selection",
+    "compensation_connected",
+    "connector_call",
+    "connector_check",
+    "connector_save",
+    "desk_snapshot_take",
+    "plan_cancel",
+    "plan_confirm",
+    "plan_create",
+    "plan_pause",
+    "plan_progress_html",
+    "plan_resume",
+    "plan_start",
+    "rollback_run",
+    "rollbacks_stalled",
+    "snapshot_differences",
+    "state_of",
+    "step_resolve",
+]
