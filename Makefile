@@ -56,10 +56,11 @@ beat: $(INSTALLED)  ## Celery beat (production mode)
 serve: $(INSTALLED)  ## The production layout: nginx, granian (HTTP), uvicorn (websockets), worker, beat
 	BIN=$(BIN) deploy/serve.sh
 
-lint: $(INSTALLED)  ## ruff and mypy
+lint: $(INSTALLED)  ## ruff, mypy and the import contracts (pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy approvals incidentdesk
+	$(BIN)/lint-imports
 
 migrations-check: $(INSTALLED)  ## Fail if a model change has no migration
 	$(BIN)/python manage.py makemigrations --check --dry-run

@@ -22,8 +22,8 @@ from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
-from approvals.core import outbound
 from approvals.models import Action, KillSwitchChange, Webhook, WebhookDelivery
+from incidentdesk import outbound
 from incidentdesk.celery import enqueue_on_commit
 
 DELIVER_TASK = "approvals.notifications.tasks.webhook_deliver_task"

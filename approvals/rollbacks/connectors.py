@@ -45,8 +45,9 @@ from django.utils.module_loading import import_string
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from approvals.audit import Actor, audit_record
-from approvals.core import Refused, outbound
+from approvals.core import Refused
 from approvals.models import Action, Connector, Domain
+from incidentdesk import outbound
 
 Operation = Literal["read", "restore", "compensate"]
 
