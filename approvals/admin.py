@@ -51,7 +51,7 @@ class AuditedAdmin(admin.ModelAdmin):
             + (f": {', '.join(form.changed_data)}" if change else ""),
             data={
                 field: _shown(field, form.cleaned_data.get(field)) for field in form.changed_data
-            },  # fmt: skip
+            },
         )
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
@@ -78,8 +78,14 @@ class TierForm(forms.ModelForm):
 
     class Meta:
         model = Tier
-        fields = ["domain", "level", "approvals_needed", "decide_permission",
-                  "senior_permission", "sla_seconds"]  # fmt: skip
+        fields = [
+            "domain",
+            "level",
+            "approvals_needed",
+            "decide_permission",
+            "senior_permission",
+            "sla_seconds",
+        ]
 
     def clean_approvals_needed(self) -> int:
         value = self.cleaned_data["approvals_needed"]
@@ -100,8 +106,14 @@ class TierAdmin(AuditedAdmin):
     senior / 30 min, an incident commander / 60 min)."""
 
     form = TierForm
-    list_display = ["domain", "level", "approvals_needed", "decide_permission",
-                    "senior_permission", "sla_seconds"]  # fmt: skip
+    list_display = [
+        "domain",
+        "level",
+        "approvals_needed",
+        "decide_permission",
+        "senior_permission",
+        "sla_seconds",
+    ]
     list_filter = ["domain"]
 
 
@@ -120,8 +132,11 @@ class ConnectorForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
         try:
-            connector_check(kind=cleaned.get("kind", ""), spec=cleaned.get("spec") or {},
-                            secret=cleaned.get("secret", ""))  # fmt: skip
+            connector_check(
+                kind=cleaned.get("kind", ""),
+                spec=cleaned.get("spec") or {},
+                secret=cleaned.get("secret", ""),
+            )
         except Refused as exc:
             field = "secret" if exc.field == "secret" else "spec"
             raise forms.ValidationError({field: exc.detail}) from None
@@ -213,9 +228,10 @@ class PolicyVersionForm(forms.ModelForm):
         initial=list, help_text="JSON list of rules, as `manage.py policy export` writes them"
     )
     tools = forms.JSONField(
-        initial=list, required=False,
+        initial=list,
+        required=False,
         help_text="the tool registry: JSON list of tools, as `manage.py tools export` writes them",
-    )  # fmt: skip
+    )
     unregistered = forms.ChoiceField(
         choices=[("escalate", "escalate"), ("deny", "deny"), ("allow", "allow (the rules alone)")],
         initial="escalate",
@@ -226,9 +242,14 @@ class PolicyVersionForm(forms.ModelForm):
     class Meta:
         model = PolicyVersion
         fields = [
-            "domain", "rules", "default_outcome", "default_tier", "tools", "unregistered",
+            "domain",
+            "rules",
+            "default_outcome",
+            "default_tier",
+            "tools",
+            "unregistered",
             "comment",
-        ]  # fmt: skip
+        ]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}

@@ -41,7 +41,7 @@ urlpatterns = [
         "rollbacks/<uuid:plan_id>/steps/<int:step_id>",
         rollback_views.rollback_step,
         name="rollback-step",
-    ),  # fmt: skip
+    ),
     path("sessions/", audit_views.sessions, name="sessions"),
     path("sessions/<int:session_id>/", audit_views.session, name="session"),
     path(

@@ -41,9 +41,15 @@ from bench.harness import (  # noqa: E402
 )
 
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 POLICY = {
     "comment": "bench: every update waits for a person",
     "rules": [],
@@ -77,10 +83,16 @@ def setup() -> tuple[str, dict[str, str]]:
     actor = Actor.system("bench")
     domain, _ = domain_ensure(slug="bench-escalations", name="Bench", description="", actor=actor)
     policy_publish(domain=domain, document=PolicyDocument.model_validate(POLICY), actor=actor)
-    token = token_issue(agent_name="bench-escalating-agent", domain_slug=domain.slug,
-                        scopes=["*:update"], ttl=3600, actor=actor).token  # fmt: skip
-    user, _ = operator_ensure(username="bench-watcher", role="approver",
-                              password="bench-" + "x" * 20, actor=actor)  # fmt: skip
+    token = token_issue(
+        agent_name="bench-escalating-agent",
+        domain_slug=domain.slug,
+        scopes=["*:update"],
+        ttl=3600,
+        actor=actor,
+    ).token
+    user, _ = operator_ensure(
+        username="bench-watcher", role="approver", password="bench-" + "x" * 20, actor=actor
+    )
     client = Client()
     client.force_login(user)
     return token, {settings.SESSION_COOKIE_NAME: client.cookies[settings.SESSION_COOKIE_NAME].value}
@@ -88,15 +100,23 @@ def setup() -> tuple[str, dict[str, str]]:
 
 def propose(url: str, token: str) -> str:
     body = {
-        "session_id": "bench-escalations", "tool": "update_record", "verb": "update",
-        "params": {"field": "discount", "value": 0.5}, "target_ids": ["acct-1"],
+        "session_id": "bench-escalations",
+        "tool": "update_record",
+        "verb": "update",
+        "params": {"field": "discount", "value": 0.5},
+        "target_ids": ["acct-1"],
         "pre_action_state": {"discount": 0.1},
-    }  # fmt: skip
+    }
     request = urllib.request.Request(
-        url + "/api/v1/actions", data=json.dumps(body).encode(), method="POST",
-        headers={"Authorization": f"Bearer {token}", "Idempotency-Key": uuid.uuid4().hex,
-                 "Content-Type": "application/json"},
-    )  # fmt: skip
+        url + "/api/v1/actions",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Idempotency-Key": uuid.uuid4().hex,
+            "Content-Type": "application/json",
+        },
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         verdict = json.loads(response.read())
     assert verdict["status"] == "pending", verdict
@@ -124,8 +144,9 @@ def main() -> None:
     latencies: list[float] = []
     with processes(commands, {"CELERY_QUEUE": queue}), sync_playwright() as playwright:
         wait_http(url + "/healthz")
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
-                                             args=CHROMIUM_ARGS)  # fmt: skip
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+        )
         context = browser.new_context()
         context.add_cookies([{"name": k, "value": v, "url": url} for k, v in cookies.items()])
         page = context.new_page()
@@ -150,8 +171,10 @@ def main() -> None:
 
     redis.Redis.from_url(env()["REDIS_URL"]).delete(queue)
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-    print(f"{os.cpu_count()} cores; production layout; {args.rounds} escalations, one at a time, "
-          "to one open queue page in headless Chromium")  # fmt: skip
+    print(
+        f"{os.cpu_count()} cores; production layout; {args.rounds} escalations, one at a time, "
+        "to one open queue page in headless Chromium"
+    )
     print(
         f"POST -> row in the DOM: p50 {statistics.median(latencies):.1f} ms   "
         f"p99 {cuts[98]:.1f} ms   max {max(latencies):.1f} ms"

@@ -53,11 +53,14 @@ def wait_http(url: str, timeout: float = 30) -> None:
 def processes(commands: list[list[str]], extra_env: dict[str, str] | None = None):
     running = [
         subprocess.Popen(
-            cmd, cwd=ROOT, env={**env(), **(extra_env or {})},
-            stdout=LOG, stderr=subprocess.STDOUT,
+            cmd,
+            cwd=ROOT,
+            env={**env(), **(extra_env or {})},
+            stdout=LOG,
+            stderr=subprocess.STDOUT,
         )
         for cmd in commands
-    ]  # fmt: skip
+    ]
     try:
         yield running
     finally:
@@ -72,20 +75,45 @@ def processes(commands: list[list[str]], extra_env: dict[str, str] | None = None
 
 def granian(interface: str, app: str, port: int, workers: int) -> list[str]:
     return [
-        PY, "-m", "granian", "--interface", interface, "--host", "127.0.0.1",
-        "--port", str(port), "--workers", str(workers), "--no-access-log",
-        "--log-level", "warning",
+        PY,
+        "-m",
+        "granian",
+        "--interface",
+        interface,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        "--log-level",
+        "warning",
         *(["--blocking-threads", THREADS] if interface == "wsgi" else []),
         app,
-    ]  # fmt: skip
+    ]
 
 
 def uvicorn(port: int, workers: int) -> list[str]:
     return [
-        PY, "-m", "uvicorn", "incidentdesk.asgi:application", "--host", "127.0.0.1",
-        "--port", str(port), "--workers", str(workers), "--log-level", "warning",
-        "--no-access-log", "--lifespan", "on", "--ws-per-message-deflate", "false",
-    ]  # fmt: skip
+        PY,
+        "-m",
+        "uvicorn",
+        "incidentdesk.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--lifespan",
+        "on",
+        "--ws-per-message-deflate",
+        "false",
+    ]
 
 
 def nginx(listen: int, wsgi: int, asgi: int, prefix: Path) -> list[str]:
@@ -106,10 +134,20 @@ def wrk(
     port: int, seconds: int, connections: int, script: Path, path: str = "/bench/insert"
 ) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
-         f"http://127.0.0.1:{port}{path}"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     result = {"rps": rps, "non2xx": float(errors.group(1)) if errors else 0.0}

@@ -49,8 +49,9 @@ async def hold(url: str, tokens: list[str], clients: int) -> None:
         first = True
         while True:
             try:
-                async with connect(url, additional_headers=headers, open_timeout=120,
-                                   max_queue=None) as ws:  # fmt: skip
+                async with connect(
+                    url, additional_headers=headers, open_timeout=120, max_queue=None
+                ) as ws:
                     await ws.recv()  # the state on connect
                     if first:
                         first = False
@@ -64,8 +65,16 @@ async def hold(url: str, tokens: list[str], clients: int) -> None:
                         times.append(received)
                         if len(times) == clients:
                             engaged = state["switches"][DOMAIN]["engaged"]
-                            print(json.dumps({"version": state["version"], "engaged": engaged,
-                                              "last": max(times)}), flush=True)  # fmt: skip
+                            print(
+                                json.dumps(
+                                    {
+                                        "version": state["version"],
+                                        "engaged": engaged,
+                                        "last": max(times),
+                                    }
+                                ),
+                                flush=True,
+                            )
             except (OSError, ConnectionClosed, TimeoutError):
                 dropped += 1  # a socket that drops reconnects, and is sent the state again
                 await asyncio.sleep(0.5)
@@ -122,10 +131,15 @@ def main() -> None:
     if KillSwitch.objects.filter(scope=DOMAIN, engaged=True).exists():
         killswitch_set(scope=DOMAIN, engaged=False, actor=actor, reason="bench start")
     tokens = [
-        token_issue(agent_name=f"bench-kill-{n}", domain_slug=DOMAIN, scopes=["*:read"],
-                    ttl=3600, actor=actor).token
+        token_issue(
+            agent_name=f"bench-kill-{n}",
+            domain_slug=DOMAIN,
+            scopes=["*:read"],
+            ttl=3600,
+            actor=actor,
+        ).token
         for n in range(10)
-    ]  # fmt: skip
+    ]
     prefix = Path(tempfile.mkdtemp(prefix="desk-bench-"))
     ws_workers = int(os.environ.get("WS_WORKERS", "1"))  # uvicorn processes for /ws/
     commands = [uvicorn(8405, ws_workers), nginx(8400, 8405, 8405, prefix)]
@@ -134,10 +148,22 @@ def main() -> None:
     with processes(commands, {"CELERY_QUEUE": f"bench-kill-{os.getpid()}"}):
         wait_http("http://127.0.0.1:8400/healthz")
         holder = subprocess.Popen(
-            [PY, __file__, "--hold", "--clients", str(args.clients),
-             "--url", "ws://127.0.0.1:8400/ws/agent/", "--tokens", ",".join(tokens)],
-            cwd=ROOT, env=os.environ, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                PY,
+                __file__,
+                "--hold",
+                "--clients",
+                str(args.clients),
+                "--url",
+                "ws://127.0.0.1:8400/ws/agent/",
+                "--tokens",
+                ",".join(tokens),
+            ],
+            cwd=ROOT,
+            env=os.environ,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert holder.stdout is not None
         try:
             assert json.loads(holder.stdout.readline()).get("ready") == args.clients
@@ -149,8 +175,7 @@ def main() -> None:
                 while line["version"] != change.pk:
                     line = json.loads(holder.stdout.readline())
                 figures.append((line["last"] - started) * 1000)
-                released = killswitch_set(scope=DOMAIN, engaged=False, actor=actor,
-                                          reason="bench")  # fmt: skip
+                released = killswitch_set(scope=DOMAIN, engaged=False, actor=actor, reason="bench")
                 while json.loads(holder.stdout.readline())["version"] != released.pk:
                     pass
                 time.sleep(0.2)
@@ -158,13 +183,17 @@ def main() -> None:
             holder.terminate()
             holder.wait(timeout=10)
     cuts = statistics.quantiles(figures, n=100, method="inclusive")
-    print(f"{os.cpu_count()} cores; production layout (nginx -> uvicorn x{ws_workers}, Redis "
-          f"channel layer); {args.clients} agent websockets; {args.rounds} engages")  # fmt: skip
+    print(
+        f"{os.cpu_count()} cores; production layout (nginx -> uvicorn x{ws_workers}, Redis "
+        f"channel layer); {args.clients} agent websockets; {args.rounds} engages"
+    )
     engage_p50 = statistics.median(engage_calls)
     print(f"of which the engage call (commit, publish): p50 {engage_p50:.1f} ms")
     slowest = sorted(zip(figures, engage_calls, strict=True), reverse=True)[:3]
-    print("slowest rounds (total / engage call):",
-          ", ".join(f"{t:.0f} / {e:.0f} ms" for t, e in slowest))  # fmt: skip
+    print(
+        "slowest rounds (total / engage call):",
+        ", ".join(f"{t:.0f} / {e:.0f} ms" for t, e in slowest),
+    )
     print("rounds, sorted:", " ".join(f"{v:.0f}" for v in sorted(figures)), "ms")
     print(
         f"engage call -> last agent knows: p50 {statistics.median(figures):.1f} ms   "

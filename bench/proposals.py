@@ -51,15 +51,29 @@ POLICY = {
     "comment": "bench: everything small is allowed, after the usual checks",
     "tools": [{"name": "update_record", "verb": "update", "undo": "restore", "population": 10000}],
     "rules": [
-        {"id": "protected", "when": {"protected_targets": ["prod-*"]}, "outcome": "deny",
-         "reason": "protected"},
-        {"id": "blast", "when": {"blast_radius_over": 0.01}, "outcome": "escalate", "tier": 2,
-         "reason": "wide"},
-        {"id": "rate", "when": {"rate_over": {"count": 1000, "window_seconds": 60}},
-         "outcome": "escalate", "tier": 1, "reason": "runaway"},
+        {
+            "id": "protected",
+            "when": {"protected_targets": ["prod-*"]},
+            "outcome": "deny",
+            "reason": "protected",
+        },
+        {
+            "id": "blast",
+            "when": {"blast_radius_over": 0.01},
+            "outcome": "escalate",
+            "tier": 2,
+            "reason": "wide",
+        },
+        {
+            "id": "rate",
+            "when": {"rate_over": {"count": 1000, "window_seconds": 60}},
+            "outcome": "escalate",
+            "tier": 1,
+            "reason": "runaway",
+        },
         {"id": "allow-small", "outcome": "allow", "reason": "small change"},
     ],
-}  # fmt: skip
+}
 
 
 def setup(agents: int) -> list[str]:
@@ -77,11 +91,14 @@ def setup(agents: int) -> list[str]:
     policy_publish(domain=domain, document=PolicyDocument.model_validate(POLICY), actor=actor)
     return [
         token_issue(
-            agent_name=f"bench-agent-{n}", domain_slug="bench", scopes=["update_record:update"],
-            ttl=3600, actor=actor,
+            agent_name=f"bench-agent-{n}",
+            domain_slug="bench",
+            scopes=["update_record:update"],
+            ttl=3600,
+            actor=actor,
         ).token
         for n in range(agents)
-    ]  # fmt: skip
+    ]
 
 
 def lua(tokens: list[str], *, with_key: bool = True) -> str:

@@ -42,24 +42,44 @@ def seed(domain_slug: str, count: int) -> None:
     have = Action.objects.filter(domain=domain, status=Action.Status.ESCALATED).count()
     if have >= count:
         return
-    issued = token_issue(agent_name=f"{domain_slug}-agent", domain_slug=domain_slug,
-                         scopes=["*:update"], ttl=3600, actor=actor)  # fmt: skip
+    issued = token_issue(
+        agent_name=f"{domain_slug}-agent",
+        domain_slug=domain_slug,
+        scopes=["*:update"],
+        ttl=3600,
+        actor=actor,
+    )
     token = AgentToken.objects.get(pk=issued.record.pk)
-    session, _ = AgentSession.objects.get_or_create(agent=token.agent, external_id="bench",
-                                                    defaults={"domain": domain})  # fmt: skip
+    session, _ = AgentSession.objects.get_or_create(
+        agent=token.agent, external_id="bench", defaults={"domain": domain}
+    )
     now = timezone.now()
     rows = [
         Action(
-            agent=token.agent, token=token, domain=domain, session=session, tool="update_record",
-            verb="update", params={"field": "discount", "value": 0.5}, target_ids=[f"acct-{n}"],
-            amount=Decimal(n % 900), currency="USD", blast_records=1, blast_population=10_000,
-            pre_action_state={"discount": 0.1}, status=Action.Status.ESCALATED, rule="blast",
-            reason="wide", policy_version=1, tier=1 + n % 3,
-            sla_due_at=now + timedelta(seconds=60 + n), expires_at=now + timedelta(hours=2),
+            agent=token.agent,
+            token=token,
+            domain=domain,
+            session=session,
+            tool="update_record",
+            verb="update",
+            params={"field": "discount", "value": 0.5},
+            target_ids=[f"acct-{n}"],
+            amount=Decimal(n % 900),
+            currency="USD",
+            blast_records=1,
+            blast_population=10_000,
+            pre_action_state={"discount": 0.1},
+            status=Action.Status.ESCALATED,
+            rule="blast",
+            reason="wide",
+            policy_version=1,
+            tier=1 + n % 3,
+            sla_due_at=now + timedelta(seconds=60 + n),
+            expires_at=now + timedelta(hours=2),
             timer_id=f"bench-{n}",
         )
         for n in range(have, count)
-    ]  # fmt: skip
+    ]
     Action.objects.bulk_create(rows, batch_size=2000)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE approvals_action")  # as autovacuum soon would
@@ -102,13 +122,17 @@ def main() -> None:
     seed("bench-queue", args.open)
     seed("bench-queue-small", 100)
     user, _ = operator_ensure(
-        username="bench-approver", role="approver", password="bench-" + "x" * 20,
+        username="bench-approver",
+        role="approver",
+        password="bench-" + "x" * 20,
         actor=Actor.system("bench"),
-    )  # fmt: skip
+    )
     client = Client()
     client.force_login(user)
-    print(f"{os.cpu_count()} cores; queue page as an approver, in-process, PostgreSQL; "
-          f"{args.rounds} requests each")  # fmt: skip
+    print(
+        f"{os.cpu_count()} cores; queue page as an approver, in-process, PostgreSQL; "
+        f"{args.rounds} requests each"
+    )
     for label, path in (
         ("all open", "/queue/"),
         (f"{args.open:,} open in one domain", "/queue/?domain=bench-queue"),
@@ -116,8 +140,10 @@ def main() -> None:
     ):
         times, queries, size = measure(client, path, args.rounds)
         cuts = statistics.quantiles(times, n=100, method="inclusive")
-        print(f"{label:>30}: p50 {statistics.median(times):6.1f} ms   p99 {cuts[98]:6.1f} ms   "
-              f"queries {queries}   page {size / 1024:.0f} KiB")  # fmt: skip
+        print(
+            f"{label:>30}: p50 {statistics.median(times):6.1f} ms   p99 {cuts[98]:6.1f} ms   "
+            f"queries {queries}   page {size / 1024:.0f} KiB"
+        )
 
 
 if __name__ == "__main__":

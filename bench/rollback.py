@@ -40,18 +40,46 @@ TARGETS_PER_ACTION = 100
 
 def worker_env() -> dict[str, str]:
     sweep = os.environ.get("ESCALATION_SWEEP_SECONDS", "5")
-    return {**env(), "DJANGO_SETTINGS_MODULE": "incidentdesk.settings", "CELERY_QUEUE": QUEUE,
-            "ESCALATION_SWEEP_SECONDS": sweep}  # fmt: skip
+    return {
+        **env(),
+        "DJANGO_SETTINGS_MODULE": "incidentdesk.settings",
+        "CELERY_QUEUE": QUEUE,
+        "ESCALATION_SWEEP_SECONDS": sweep,
+    }
 
 
 def start_worker(concurrency: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [PY, "-m", "celery", "-A", "incidentdesk", "worker", "--pool", "prefork",
-         "--concurrency", str(concurrency), "--queues", QUEUE, "--loglevel", "WARNING",
-         "--without-heartbeat", "--without-mingle", "--without-gossip", "--beat",
-         "--schedule", "/tmp/bench-rollback-beat", "--hostname", f"bench-{time.time_ns()}@%h"],
-        cwd=ROOT, env=worker_env(), stdout=LOG, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [
+            PY,
+            "-m",
+            "celery",
+            "-A",
+            "incidentdesk",
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(concurrency),
+            "--queues",
+            QUEUE,
+            "--loglevel",
+            "WARNING",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+            "--beat",
+            "--schedule",
+            "/tmp/bench-rollback-beat",
+            "--hostname",
+            f"bench-{time.time_ns()}@%h",
+        ],
+        cwd=ROOT,
+        env=worker_env(),
+        stdout=LOG,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
@@ -62,8 +90,9 @@ def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> N
 
 def admin(method: str, path: str, body: object = None) -> object:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{TARGET_PORT}/_admin/{path}", data=data,
-                                     method=method)  # fmt: skip
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{TARGET_PORT}/_admin/{path}", data=data, method=method
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
 
@@ -80,16 +109,30 @@ def seed(session: str, steps: int) -> dict[str, object]:
     from approvals.rollbacks import connector_save
 
     actor = Actor.system("bench")
-    domain, _ = domain_ensure(slug="bench-rollback", name="Bench rollback", description="",
-                              actor=actor)  # fmt: skip
+    domain, _ = domain_ensure(
+        slug="bench-rollback", name="Bench rollback", description="", actor=actor
+    )
     if not PolicyVersion.objects.filter(domain=domain).exists():
-        policy_publish(domain=domain, actor=actor,
-                       document=PolicyDocument(rules=[], default_outcome="allow",
-                                               unregistered="allow"))  # fmt: skip
-    connector_save(domain=domain, tool="set_record", kind="http", secret=SECRET, actor=actor,
-                   spec=connector_spec(f"http://127.0.0.1:{TARGET_PORT}"))  # fmt: skip
-    issued = token_issue(agent_name="bench-clerk", domain_slug=domain.slug,
-                         scopes=["set_record:update"], ttl=3600, actor=actor)  # fmt: skip
+        policy_publish(
+            domain=domain,
+            actor=actor,
+            document=PolicyDocument(rules=[], default_outcome="allow", unregistered="allow"),
+        )
+    connector_save(
+        domain=domain,
+        tool="set_record",
+        kind="http",
+        secret=SECRET,
+        actor=actor,
+        spec=connector_spec(f"http://127.0.0.1:{TARGET_PORT}"),
+    )
+    issued = token_issue(
+        agent_name="bench-clerk",
+        domain_slug=domain.slug,
+        scopes=["set_record:update"],
+        ttl=3600,
+        actor=actor,
+    )
     token = token_authenticate(issued.token)
     original: dict[str, object] = {}
     left: dict[str, object] = {}
@@ -98,14 +141,29 @@ def seed(session: str, steps: int) -> dict[str, object]:
         pre = {t: {"discount": 0, "id": t} for t in targets}
         post = {t: {"discount": 50, "id": t} for t in targets}
         data = ProposalData(
-            session_id=session, step_index=None, tool="set_record", verb="update", params={},
-            target_ids=targets, amount=None, currency="", blast_records=None,
-            blast_population=None, pre_action_state=pre, compensation=None,
-        )  # fmt: skip
+            session_id=session,
+            step_index=None,
+            tool="set_record",
+            verb="update",
+            params={},
+            target_ids=targets,
+            amount=None,
+            currency="",
+            blast_records=None,
+            blast_population=None,
+            pre_action_state=pre,
+            compensation=None,
+        )
         proposed = action_propose(token=token, data=data, key=f"{session}-{n}", fingerprint="")
         assert proposed.claim is Claim.NEW and proposed.action is not None
-        action_report_result(token=token, action_id=str(proposed.action.pk), ok=True,
-                             result=None, post_state=post, error="")  # fmt: skip
+        action_report_result(
+            token=token,
+            action_id=str(proposed.action.pk),
+            ok=True,
+            result=None,
+            post_state=post,
+            error="",
+        )
         original.update(pre)
         left.update(post)
     admin("POST", "records", left)
@@ -151,8 +209,12 @@ def main() -> None:
 
     e = env()
     ensure_database(e["DATABASE_URL"])
-    subprocess.run([PY, "manage.py", "migrate", "--no-input", "-v0"], cwd=ROOT, check=True,
-                   env={**e, "DJANGO_SETTINGS_MODULE": "incidentdesk.settings"})  # fmt: skip
+    subprocess.run(
+        [PY, "manage.py", "migrate", "--no-input", "-v0"],
+        cwd=ROOT,
+        check=True,
+        env={**e, "DJANGO_SETTINGS_MODULE": "incidentdesk.settings"},
+    )
     os.environ.update({**worker_env(), "LOG_LEVEL": "WARNING"})
     import django
 
@@ -162,16 +224,21 @@ def main() -> None:
 
     app.conf.task_default_queue = QUEUE
     run = time.strftime("%H%M%S")
-    target = subprocess.Popen([PY, "-m", "incidents.target", "--port", str(TARGET_PORT),
-                               "--secret", SECRET], cwd=ROOT / "client", stdout=LOG,
-                              stderr=subprocess.STDOUT)  # fmt: skip
+    target = subprocess.Popen(
+        [PY, "-m", "incidents.target", "--port", str(TARGET_PORT), "--secret", SECRET],
+        cwd=ROOT / "client",
+        stdout=LOG,
+        stderr=subprocess.STDOUT,
+    )
     worker = start_worker(args.concurrency)
     try:
         wait_http(f"http://127.0.0.1:{TARGET_PORT}/_admin/stats")
         t0 = time.monotonic()
         original = seed(f"full-{run}", args.steps)
-        print(f"seeded {args.steps} steps ({args.steps // TARGETS_PER_ACTION} actions) in "
-              f"{time.monotonic() - t0:.1f} s")  # fmt: skip
+        print(
+            f"seeded {args.steps} steps ({args.steps // TARGETS_PER_ACTION} actions) in "
+            f"{time.monotonic() - t0:.1f} s"
+        )
         time.sleep(3)  # the worker is up
         started = time.monotonic()
         plan = plan_and_start(f"full-{run}")

@@ -50,11 +50,15 @@ def layouts(prefix: Path) -> dict[str, tuple[list[list[str]], int, bool]]:
     """name -> (commands, port to load, carries websockets)."""
     return {
         "granian WSGI x2 (HTTP only)": (
-            [granian("wsgi", "incidentdesk.wsgi:application", 8101, 2)], 8101, False
+            [granian("wsgi", "incidentdesk.wsgi:application", 8101, 2)],
+            8101,
+            False,
         ),
         "uvicorn ASGI x2": ([uvicorn(8102, 2)], 8102, True),
         "granian ASGI x2": (
-            [granian("asgi", "incidentdesk.asgi:application", 8103, 2)], 8103, True
+            [granian("asgi", "incidentdesk.asgi:application", 8103, 2)],
+            8103,
+            True,
         ),
         "nginx -> granian WSGI x2 + uvicorn ASGI x1 for /ws/": (
             [
@@ -65,7 +69,7 @@ def layouts(prefix: Path) -> dict[str, tuple[list[list[str]], int, bool]]:
             8100,
             True,
         ),
-    }  # fmt: skip
+    }
 
 
 async def fanout(port: int, clients: int, rounds: int) -> list[float]:
@@ -82,18 +86,24 @@ async def fanout(port: int, clients: int, rounds: int) -> list[float]:
     from approvals.desk import operator_ensure
 
     user, _ = await asyncio.to_thread(
-        operator_ensure, username="bench-viewer", role="viewer", password="x" * 20,
+        operator_ensure,
+        username="bench-viewer",
+        role="viewer",
+        password="x" * 20,
         actor=Actor.system("bench"),
-    )  # fmt: skip
+    )
     client = Client()
     await asyncio.to_thread(client.force_login, user)
     cookie = f"sessionid={client.cookies['sessionid'].value}"
     sockets = []
     for _ in range(clients):
         ws = await connect(
-            f"ws://127.0.0.1:{port}/ws/desk/?topics=audit", origin=f"http://127.0.0.1:{port}",  # type: ignore[arg-type]
-            additional_headers={"Cookie": cookie}, proxy=None, compression=None,
-        )  # fmt: skip
+            f"ws://127.0.0.1:{port}/ws/desk/?topics=audit",
+            origin=f"http://127.0.0.1:{port}",  # type: ignore[arg-type]
+            additional_headers={"Cookie": cookie},
+            proxy=None,
+            compression=None,
+        )
         await ws.recv()  # the state sent on connect
         sockets.append(ws)
     layer = get_channel_layer()
@@ -138,10 +148,14 @@ def main() -> None:
     prefix = Path(tempfile.mkdtemp(prefix="desk-nginx-"))
     script = prefix / "post.lua"
     script.write_text(LUA)
-    print(f"{os.cpu_count()} cores; wrk -t2 -c{args.connections} -d{args.seconds}s; "
-          f"{args.clients} websocket clients x {args.rounds} rounds")  # fmt: skip
-    print(f"{'layout':<55} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-          f"{'fan-out p50':>12} {'fan-out max':>12}")  # fmt: skip
+    print(
+        f"{os.cpu_count()} cores; wrk -t2 -c{args.connections} -d{args.seconds}s; "
+        f"{args.clients} websocket clients x {args.rounds} rounds"
+    )
+    print(
+        f"{'layout':<55} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+        f"{'fan-out p50':>12} {'fan-out max':>12}"
+    )
     for name, (commands, port, websockets) in layouts(prefix).items():
         if args.only not in name:
             continue

@@ -95,8 +95,9 @@ async def watch_kill_switches(interval: float = 0.5) -> None:
         if current != seen:
             seen = current
             # No state with it: each listener reads the current one.
-            await sync_to_async(live.send)(live.KILLSWITCH_GROUP, live.KILLSWITCH_CHANGED,
-                                           version=current)  # fmt: skip
+            await sync_to_async(live.send)(
+                live.KILLSWITCH_GROUP, live.KILLSWITCH_CHANGED, version=current
+            )
 
 
 async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:

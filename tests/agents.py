@@ -26,9 +26,12 @@ def demo_domain(slug: str) -> Domain:
 def agent_token(agent: str, domain: str, *scopes: str, ttl: int | None = None) -> str:
     demo_domain(domain)
     issued = token_issue(
-        agent_name=agent, domain_slug=domain, scopes=list(scopes), ttl=ttl,
+        agent_name=agent,
+        domain_slug=domain,
+        scopes=list(scopes),
+        ttl=ttl,
         actor=Actor.system("tests"),
-    )  # fmt: skip
+    )
     return issued.token
 
 
@@ -80,20 +83,35 @@ def escalated_action(*, tier: int = 1, agent: str = "buyer") -> Action:
     if tier == 1:
         token = token_authenticate(agent_token(agent, "procurement", "create_order:create"))
         data = ProposalData(
-            session_id="run-1", step_index=None, tool="create_order", verb="create",
-            params={"sku": "GPU-A100", "qty": 10, "unit_price": 90}, target_ids=[],
+            session_id="run-1",
+            step_index=None,
+            tool="create_order",
+            verb="create",
+            params={"sku": "GPU-A100", "qty": 10, "unit_price": 90},
+            target_ids=[],
             amount=Decimal("900"),
-            currency="USD", blast_records=None, blast_population=None,
-            pre_action_state={"open_orders": 0, "qty": 0}, compensation=None,
-        )  # fmt: skip
+            currency="USD",
+            blast_records=None,
+            blast_population=None,
+            pre_action_state={"open_orders": 0, "qty": 0},
+            compensation=None,
+        )
     else:
         token = token_authenticate(agent_token(agent, "devops", "delete_snapshot:delete"))
         data = ProposalData(
-            session_id="run-1", step_index=None, tool="delete_snapshot", verb="delete",
-            params={"snapshot_id": "snap-dev-7"}, target_ids=["snap-dev-7"], amount=None,
-            currency="", blast_records=1, blast_population=40,
-            pre_action_state={"snapshot_id": "snap-dev-7", "exists": True}, compensation=None,
-        )  # fmt: skip
+            session_id="run-1",
+            step_index=None,
+            tool="delete_snapshot",
+            verb="delete",
+            params={"snapshot_id": "snap-dev-7"},
+            target_ids=["snap-dev-7"],
+            amount=None,
+            currency="",
+            blast_records=1,
+            blast_population=40,
+            pre_action_state={"snapshot_id": "snap-dev-7", "exists": True},
+            compensation=None,
+        )
     action = record_proposal(token, data)
     assert action.status == Action.Status.ESCALATED and action.tier == tier, action.rule
     return action

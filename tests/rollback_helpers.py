@@ -21,38 +21,69 @@ TOOLS = ("set_record:update", "create_order:create", "wipe_record:delete", "read
 
 def records_domain(base_url: str, slug: str = "records") -> Domain:
     """A domain whose policy allows everything, with connectors to the test target."""
-    domain, created = domain_ensure(slug=slug, name=slug.title(), description="",
-                                    actor=Actor.system("tests"))  # fmt: skip
+    domain, created = domain_ensure(
+        slug=slug, name=slug.title(), description="", actor=Actor.system("tests")
+    )
     if created:
-        policy_publish(domain=domain, actor=Actor.system("tests"),
-                       document=PolicyDocument(rules=[], default_outcome="allow",
-                                                unregistered="allow"))  # fmt: skip
+        policy_publish(
+            domain=domain,
+            actor=Actor.system("tests"),
+            document=PolicyDocument(rules=[], default_outcome="allow", unregistered="allow"),
+        )
     for tool in ("set_record", "create_order"):
-        connector_save(domain=domain, tool=tool, kind="http", spec=connector_spec(base_url),
-                       secret=SECRET, actor=Actor.system("tests"))  # fmt: skip
+        connector_save(
+            domain=domain,
+            tool=tool,
+            kind="http",
+            spec=connector_spec(base_url),
+            secret=SECRET,
+            actor=Actor.system("tests"),
+        )
     return domain
 
 
 def records_token(agent: str = "clerk", domain: str = "records") -> AgentToken:
-    issued = token_issue(agent_name=agent, domain_slug=domain, scopes=list(TOOLS), ttl=None,
-                         actor=Actor.system("tests"))  # fmt: skip
+    issued = token_issue(
+        agent_name=agent,
+        domain_slug=domain,
+        scopes=list(TOOLS),
+        ttl=None,
+        actor=Actor.system("tests"),
+    )
     return token_authenticate(issued.token)
 
 
 def executed(
-    token: AgentToken, *, targets: list[str], pre: Any, post: Any, tool: str = "set_record",
-    verb: str = "update", session: str = "run-1", result: Any = None,
-) -> Action:  # fmt: skip
+    token: AgentToken,
+    *,
+    targets: list[str],
+    pre: Any,
+    post: Any,
+    tool: str = "set_record",
+    verb: str = "update",
+    session: str = "run-1",
+    result: Any = None,
+) -> Action:
     """An action the agent proposed, was allowed, ran and reported."""
     data = ProposalData(
-        session_id=session, step_index=None, tool=tool, verb=verb, params={"targets": targets},
-        target_ids=targets, amount=None, currency="", blast_records=None, blast_population=None,
-        pre_action_state=pre, compensation=None,
-    )  # fmt: skip
+        session_id=session,
+        step_index=None,
+        tool=tool,
+        verb=verb,
+        params={"targets": targets},
+        target_ids=targets,
+        amount=None,
+        currency="",
+        blast_records=None,
+        blast_population=None,
+        pre_action_state=pre,
+        compensation=None,
+    )
     action = record_proposal(token, data)
     assert action.status == Action.Status.ALLOWED, action.reason
-    return action_report_result(token=token, action_id=str(action.pk), ok=True,
-                                result=result, post_state=post, error="")  # fmt: skip
+    return action_report_result(
+        token=token, action_id=str(action.pk), ok=True, result=result, post_state=post, error=""
+    )
 
 
 def run_plan(selection: Selection, *, by: str = "cora-commander") -> Any:

@@ -164,14 +164,33 @@ def start_worker(
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "incidentdesk", "worker",
-                "--loglevel", "WARNING", "--pool", "solo", "--queues", queue,
-                "--hostname", f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
-                "--without-heartbeat", "--without-mingle", "--without-gossip",
-                "--beat", "--schedule", str(state_dir / "beat-schedule"),
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "incidentdesk",
+                "worker",
+                "--loglevel",
+                "WARNING",
+                "--pool",
+                "solo",
+                "--queues",
+                queue,
+                "--hostname",
+                f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
+                "--without-heartbeat",
+                "--without-mingle",
+                "--without-gossip",
+                "--beat",
+                "--schedule",
+                str(state_dir / "beat-schedule"),
             ],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
@@ -262,9 +281,13 @@ class Reply:
 
 
 def http(
-    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-    raw: bytes | None = None, timeout: float = 40,
-) -> Reply:  # fmt: skip
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+    timeout: float = 40,
+) -> Reply:
     """One real HTTP request; JSON in (unless `raw`), the reply whatever its status."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(url, data=data, method=method)

@@ -50,9 +50,13 @@ def test_order_over_the_cap_is_pending_with_tier_and_expiry(desk: Desk) -> None:
 
 def test_protected_target_is_denied_with_the_rule_and_reason(desk: Desk) -> None:
     token = agent_token("janitor", "devops", "delete_snapshot:delete")
-    body = {"session_id": "s", "tool": "delete_snapshot", "verb": "delete",
-            "params": {"snapshot_id": "snap-staging-critical-01"},
-            "target_ids": ["snap-staging-critical-01"]}  # fmt: skip
+    body = {
+        "session_id": "s",
+        "tool": "delete_snapshot",
+        "verb": "delete",
+        "params": {"snapshot_id": "snap-staging-critical-01"},
+        "target_ids": ["snap-staging-critical-01"],
+    }
     verdict = propose(desk, token, body).json()
     assert verdict["status"] == "denied"
     assert verdict["rule"] == "protected-targets"
@@ -112,9 +116,11 @@ def test_missing_idempotency_key_is_400(desk: Desk) -> None:
 def test_malformed_json_is_400(desk: Desk) -> None:
     token = agent_token("buyer", "procurement", *ORDERS)
     reply = http(
-        "POST", f"{desk.url}/api/v1/actions", raw=b'{"tool": ',
+        "POST",
+        f"{desk.url}/api/v1/actions",
+        raw=b'{"tool": ',
         headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "k"},
-    )  # fmt: skip
+    )
     assert reply.status == 400 and reply.json()["title"] == "Malformed JSON"
     assert not IdempotencyRecord.objects.exists()
 
@@ -252,9 +258,11 @@ def test_get_and_long_poll_until_an_operator_decides(desk: Desk, approver) -> No
     def decide_later() -> None:
         time.sleep(0.5)
         decide(
-            action_id=verdict["id"], user=approver, verdict="modify",
+            action_id=verdict["id"],
+            user=approver,
+            verdict="modify",
             params={"sku": "GPU-A100", "qty": 1, "unit_price": 90},
-        )  # fmt: skip
+        )
         connections.close_all()
 
     threading.Thread(target=decide_later).start()
@@ -322,15 +330,21 @@ def test_steps_are_recorded_in_order(desk: Desk) -> None:
     ]
     assert call(desk, token, "POST", "/sessions/run-9/steps", {"steps": steps}).status == 201
     assert call(desk, token, "POST", "/sessions/run-9/steps", {"steps": steps}).status == 201
-    gap = call(desk, token, "POST", "/sessions/run-9/steps",
-               {"steps": [{"index": 5, "kind": "thought", "content": "skip"}]})  # fmt: skip
+    gap = call(
+        desk,
+        token,
+        "POST",
+        "/sessions/run-9/steps",
+        {"steps": [{"index": 5, "kind": "thought", "content": "skip"}]},
+    )
     assert gap.status == 409 and problem_fields(gap) == ["steps.0.index"]
     different = {"steps": [{"index": 0, "kind": "thought", "content": "different"}]}
     changed = call(desk, token, "POST", "/sessions/run-9/steps", different)
     assert changed.status == 409
     assert list(ReasoningStep.objects.order_by("index").values_list("index", "kind")) == [
-        (0, "thought"), (1, "tool_call"),
-    ]  # fmt: skip
+        (0, "thought"),
+        (1, "tool_call"),
+    ]
     verdict = propose(desk, token, order(session_id="run-9", step_index=1)).json()
     assert Action.objects.get(pk=verdict["id"]).step_index == 1
 
@@ -350,8 +364,13 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path, django_db_setup) -> N
 def test_openapi_document_and_api_page(desk: Desk) -> None:
     spec = http("GET", f"{desk.url}/api/v1/openapi.json").json()
     assert spec["openapi"].startswith("3.1")
-    assert {"/actions", "/actions/{action_id}", "/actions/{action_id}/result",
-            "/sessions/{session_id}/steps", "/actions/explain"} <= spec["paths"].keys()  # fmt: skip
+    assert {
+        "/actions",
+        "/actions/{action_id}",
+        "/actions/{action_id}/result",
+        "/sessions/{session_id}/steps",
+        "/actions/explain",
+    } <= spec["paths"].keys()
     assert "ActionIn" in spec["components"]["schemas"]
     page = http("GET", f"{desk.url}/api/")
     assert page.status == 200 and b"POST /api/v1/actions" in page.body

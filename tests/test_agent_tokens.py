@@ -21,8 +21,17 @@ def issue(*args: str) -> tuple[str, str]:
 
 def test_issue_token_prints_the_token_alone_and_stores_only_its_hmac() -> None:
     demo_domain("procurement")
-    out, err = issue("buyer", "--domain", "procurement", "--scope", "create_order:create",
-                     "--scope", "*:read", "--ttl", "600")  # fmt: skip
+    out, err = issue(
+        "buyer",
+        "--domain",
+        "procurement",
+        "--scope",
+        "create_order:create",
+        "--scope",
+        "*:read",
+        "--ttl",
+        "600",
+    )
     token = out.strip()
     assert out == token + "\n" and token.startswith("idk_")
     stored = AgentToken.objects.get()

@@ -35,8 +35,13 @@ def problem(reply: Any) -> dict[str, Any]:
 
 def test_a_read_scope_cannot_delete_by_calling_the_deletion_a_read(desk: Desk) -> None:
     token = agent_token("reader", "devops", "*:read")
-    lie = {"session_id": "s", "tool": "delete_snapshot", "verb": "read",
-           "params": {"snapshot_id": "snap-prod-db"}, "target_ids": ["snap-prod-db"]}  # fmt: skip
+    lie = {
+        "session_id": "s",
+        "tool": "delete_snapshot",
+        "verb": "read",
+        "params": {"snapshot_id": "snap-prod-db"},
+        "target_ids": ["snap-prod-db"],
+    }
     reply = propose(desk, token, lie)
     assert reply.status == 422
     assert problem(reply)["errors"][0]["field"] == "verb"
@@ -69,8 +74,10 @@ def test_leaving_the_amount_out_does_not_skip_the_spending_cap(desk: Desk) -> No
 
 def test_an_amount_that_contradicts_the_params_is_refused(desk: Desk) -> None:
     token = agent_token("buyer", "procurement", *ORDERS)
-    body = order(params={"sku": "CAT6-BOX", "qty": 1000, "unit_price": 4.5},
-                 amount={"value": "45.00", "currency": "USD"})  # fmt: skip
+    body = order(
+        params={"sku": "CAT6-BOX", "qty": 1000, "unit_price": 4.5},
+        amount={"value": "45.00", "currency": "USD"},
+    )
     reply = propose(desk, token, body)
     assert reply.status == 422 and problem(reply)["errors"][0]["field"] == "amount"
     assert "4500" in problem(reply)["detail"]
@@ -85,9 +92,12 @@ def test_an_amount_that_contradicts_the_params_is_refused(desk: Desk) -> None:
 
 def test_targets_come_from_the_params_and_must_be_one_path_segment(desk: Desk) -> None:
     token = agent_token("support", "billing", "update_discount:update", "*:read")
-    body = {"session_id": "s", "tool": "update_discount",
-            "params": {"account_ids": ["acct-1", "acct-2"], "discount_rate": 0.5},
-            "target_ids": ["acct-9"]}  # fmt: skip
+    body = {
+        "session_id": "s",
+        "tool": "update_discount",
+        "params": {"account_ids": ["acct-1", "acct-2"], "discount_rate": 0.5},
+        "target_ids": ["acct-9"],
+    }
     reply = propose(desk, token, body)
     assert reply.status == 422 and problem(reply)["errors"][0]["field"] == "target_ids"
     body["params"]["account_ids"] = ["acct-1", ".."]
@@ -96,8 +106,11 @@ def test_targets_come_from_the_params_and_must_be_one_path_segment(desk: Desk) -
     assert reply.status == 422
     assert problem(reply)["errors"][0]["field"] == "params.account_ids.1"
     for bad in ("..", ".", "a/b"):
-        reply = propose(desk, token, {**body, "tool": "note", "verb": "update", "params": {},
-                                      "target_ids": [bad]})  # fmt: skip
+        reply = propose(
+            desk,
+            token,
+            {**body, "tool": "note", "verb": "update", "params": {}, "target_ids": [bad]},
+        )
         assert reply.status == 422 and problem(reply)["errors"][0]["field"] == "target_ids.0"
     assert not Action.objects.exists()
 
@@ -151,13 +164,24 @@ def test_one_approver_cannot_rewrite_an_order_and_let_it_run_alone(
     desk: Desk, make_operator: Any
 ) -> None:
     token = agent_token("buyer", "procurement", *ORDERS)
-    held = propose(desk, token, order(params={"sku": "CAT6-BOX", "qty": 100, "unit_price": 9},
-                                      amount={"value": "900", "currency": "USD"}))  # fmt: skip
+    held = propose(
+        desk,
+        token,
+        order(
+            params={"sku": "CAT6-BOX", "qty": 100, "unit_price": 9},
+            amount={"value": "900", "currency": "USD"},
+        ),
+    )
     assert held.json()["status"] == "pending"
     action = Action.objects.get()
     ann = _browser(desk, make_operator("ann", "approver"), action)
-    status, _ = _decide(ann, action, verdict="modify", reason="more",
-                        params='{"sku": "CAT6-BOX", "qty": 100000, "unit_price": 9}')  # fmt: skip
+    status, _ = _decide(
+        ann,
+        action,
+        verdict="modify",
+        reason="more",
+        params='{"sku": "CAT6-BOX", "qty": 100000, "unit_price": 9}',
+    )
     assert status == 200
     action.refresh_from_db()
     assert action.status == S.ESCALATED and action.modified_by == "ann"
@@ -172,8 +196,10 @@ def test_one_approver_cannot_rewrite_an_order_and_let_it_run_alone(
     assert _decide(ben, action, verdict="approve")[0] == 200
     verdict = call(desk, token, "GET", f"/actions/{action.pk}").json()
     assert (verdict["status"], verdict["may_execute"], verdict["decided_by"]) == (
-        "modified", True, "ben",
-    )  # fmt: skip
+        "modified",
+        True,
+        "ben",
+    )
     assert verdict["params"]["qty"] == 100000
 
 
@@ -181,13 +207,21 @@ def test_a_modification_the_policy_denies_is_refused_naming_the_rule(
     desk: Desk, make_operator: Any
 ) -> None:
     token = agent_token("cleaner", "devops", "delete_snapshot:delete")
-    propose(desk, token, {"session_id": "s", "tool": "delete_snapshot",
-                          "params": {"snapshot_id": "snap-dev-7"}})  # fmt: skip
+    propose(
+        desk,
+        token,
+        {"session_id": "s", "tool": "delete_snapshot", "params": {"snapshot_id": "snap-dev-7"}},
+    )
     action = Action.objects.get()
     assert action.status == S.ESCALATED
     ida = _browser(desk, make_operator("ida", "incident_commander"), action)
-    status, html = _decide(ida, action, verdict="modify", reason="the other one",
-                           params='{"snapshot_id": "snap-prod-db"}')  # fmt: skip
+    status, html = _decide(
+        ida,
+        action,
+        verdict="modify",
+        reason="the other one",
+        params='{"snapshot_id": "snap-prod-db"}',
+    )
     assert status == 422 and "protected-targets" in html
     action.refresh_from_db()
     assert action.modified_params is None and action.target_ids == ["snap-dev-7"]
@@ -198,9 +232,16 @@ def test_a_modification_may_not_move_a_snapshot_onto_other_targets(
 ) -> None:
     token = agent_token("support", "billing", "update_discount:update")
     ids = [f"acct-{n}" for n in range(200)]
-    propose(desk, token, {"session_id": "s", "tool": "update_discount",
-                          "params": {"account_ids": ids, "discount_rate": 0.5},
-                          "pre_action_state": {i: {"discount_rate": 0} for i in ids}})  # fmt: skip
+    propose(
+        desk,
+        token,
+        {
+            "session_id": "s",
+            "tool": "update_discount",
+            "params": {"account_ids": ids, "discount_rate": 0.5},
+            "pre_action_state": {i: {"discount_rate": 0} for i in ids},
+        },
+    )
     action = Action.objects.get()
     assert (action.status, action.rule) == (S.ESCALATED, "blast-radius")
     ida = _browser(desk, make_operator("ida", "incident_commander"), action)
@@ -208,15 +249,26 @@ def test_a_modification_may_not_move_a_snapshot_onto_other_targets(
     status, html = _decide(ida, action, verdict="modify", reason="another one", params=other)
     assert status == 422 and "other targets" in html
     # The same targets, another rate: a new proposal, judged again.
-    status, _ = _decide(ida, action, verdict="modify", reason="a smaller sale",
-                        params=json.dumps({"account_ids": ids, "discount_rate": 0.1}))  # fmt: skip
+    status, _ = _decide(
+        ida,
+        action,
+        verdict="modify",
+        reason="a smaller sale",
+        params=json.dumps({"account_ids": ids, "discount_rate": 0.1}),
+    )
     assert status == 200 and Action.objects.get().modified_by == "ida"
 
 
 def test_a_decision_must_say_which_params_it_saw(desk: Desk, make_operator: Any) -> None:
     token = agent_token("buyer", "procurement", *ORDERS)
-    propose(desk, token, order(params={"sku": "X", "qty": 10, "unit_price": 90},
-                               amount={"value": "900", "currency": "USD"}))  # fmt: skip
+    propose(
+        desk,
+        token,
+        order(
+            params={"sku": "X", "qty": 10, "unit_price": 90},
+            amount={"value": "900", "currency": "USD"},
+        ),
+    )
     action = Action.objects.get()
     ann = _browser(desk, make_operator("ann", "approver"), action)
     status, html = ann.htmx_post(f"/actions/{action.pk}/decide", {"verdict": "approve"})
@@ -233,8 +285,9 @@ def test_an_engage_cancels_old_approvals_and_old_approvals_lapse(desk: Desk) -> 
     fresh = propose(desk, token, order()).json()
     two_days = timezone.now() - timedelta(days=2)
     Action.objects.filter(pk=old["id"]).update(created_at=two_days, updated_at=two_days)
-    change = killswitch_set(scope="procurement", engaged=True, actor=Actor("user", "otto"),
-                            reason="runaway")  # fmt: skip
+    change = killswitch_set(
+        scope="procurement", engaged=True, actor=Actor("user", "otto"), reason="runaway"
+    )
     killswitch_effects(change_id=change.pk)
     assert Action.objects.get(pk=old["id"]).status == S.CANCELLED
     assert Action.objects.get(pk=fresh["id"]).status == S.CANCELLED
@@ -261,8 +314,14 @@ def test_a_decision_in_flight_cannot_escape_an_engage(desk: Desk, make_operator:
     """An engage holds its switch's lock until it commits; a decision takes the shared lock, so
     it waits, then finds the switch engaged."""
     token = agent_token("buyer", "procurement", *ORDERS)
-    propose(desk, token, order(amount={"value": "900", "currency": "USD"},
-                               params={"sku": "X", "qty": 10, "unit_price": 90}))  # fmt: skip
+    propose(
+        desk,
+        token,
+        order(
+            amount={"value": "900", "currency": "USD"},
+            params={"sku": "X", "qty": 10, "unit_price": 90},
+        ),
+    )
     action = Action.objects.get()
     ann = _browser(desk, make_operator("ann", "approver"), action)
     engaging, done = threading.Event(), threading.Event()
@@ -270,8 +329,9 @@ def test_a_decision_in_flight_cannot_escape_an_engage(desk: Desk, make_operator:
     def engage() -> None:
         try:
             with transaction.atomic():
-                killswitch_set(scope="procurement", engaged=True, actor=Actor("user", "otto"),
-                               reason="stop")  # fmt: skip
+                killswitch_set(
+                    scope="procurement", engaged=True, actor=Actor("user", "otto"), reason="stop"
+                )
                 engaging.set()
                 done.wait(20)
         finally:
@@ -288,8 +348,9 @@ def test_a_decision_in_flight_cannot_escape_an_engage(desk: Desk, make_operator:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                           "AND NOT granted")  # fmt: skip
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
             if cursor.fetchone()[0]:
                 break
         time.sleep(0.05)

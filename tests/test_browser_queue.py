@@ -44,15 +44,17 @@ class Agent(threading.Thread):
     def __init__(self, desk: Desk) -> None:
         super().__init__(daemon=True)
         self.vendor = Vendor()
-        self.client = Client(desk.url, agent_token("buyer", "procurement", "create_order:create",
-                                                   "*:read"), poll_wait=5)  # fmt: skip
+        self.client = Client(
+            desk.url,
+            agent_token("buyer", "procurement", "create_order:create", "*:read"),
+            poll_wait=5,
+        )
         self.result: Any = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.result = guarded_order(self.client, self.vendor)(sku="A100", qty=10,
-                                                                  unit_price=90)  # fmt: skip
+            self.result = guarded_order(self.client, self.vendor)(sku="A100", qty=10, unit_price=90)
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             self.error = exc
 

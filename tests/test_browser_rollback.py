@@ -28,8 +28,12 @@ def test_progress_is_live_and_a_drifted_step_waits_for_a_person(
     original = {}
     for n in range(ACTIONS):
         targets = [f"acct-{n}-{i}" for i in range(TARGETS_EACH)]
-        executed(token, targets=targets, pre={t: {"discount": 0} for t in targets},
-                 post={t: {"discount": 50} for t in targets})  # fmt: skip
+        executed(
+            token,
+            targets=targets,
+            pre={t: {"discount": 0} for t in targets},
+            post={t: {"discount": 50} for t in targets},
+        )
         original.update({t: {"discount": 0} for t in targets})
         served.seed({t: {"discount": 50} for t in targets})
     served.seed({"acct-7-3": {"discount": 15}})  # a person changed this one meanwhile

@@ -89,9 +89,12 @@ def decide_later(status: str, params: dict | None = None, delay: float = 0.5) ->
                         return
                     verdict = {"approved": "approve", "modified": "modify"}.get(status, "reject")
                     decide(
-                        action_id=pending.pk, user=user, verdict=verdict, params=params,
+                        action_id=pending.pk,
+                        user=user,
+                        verdict=verdict,
+                        params=params,
                         reason="decided in the test",
-                    )  # fmt: skip
+                    )
                     if verdict == "modify":  # someone else approves the modified version
                         other = get_user_model().objects.get(pk=second_id)
                         decide(action_id=pending.pk, user=other, verdict="approve")
@@ -117,8 +120,9 @@ def test_allowed_call_runs_and_is_reported(desk: RunningDesk) -> None:
     assert action.result == {"order_id": "PO-1"}
     assert vendor.orders[0]["key"], "the tool ran with the proposal's idempotency key"
     assert list(ReasoningStep.objects.order_by("index").values_list("kind", flat=True)) == [
-        "thought", "tool_call",
-    ]  # fmt: skip
+        "thought",
+        "tool_call",
+    ]
     assert action.step_index == 1
 
 

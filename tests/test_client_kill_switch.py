@@ -54,8 +54,12 @@ def test_the_client_stops_on_push_without_a_request(desk: RunningDesk) -> None:
 def test_an_agent_waiting_on_an_escalation_is_told_of_the_kill(desk: RunningDesk) -> None:
     vendor = Vendor()
     # Not watching: the answer must come through the long-poll itself.
-    client = Desk(desk.url, agent_token("buyer", "procurement", *ORDERS), poll_wait=20,
-                  watch_kill_switches=False)  # fmt: skip
+    client = Desk(
+        desk.url,
+        agent_token("buyer", "procurement", *ORDERS),
+        poll_wait=20,
+        watch_kill_switches=False,
+    )
     order = guarded_order(client, vendor)
 
     def engage_when_pending() -> None:
@@ -113,8 +117,7 @@ def test_stale_state_fails_closed_and_reads_may_fail_open(tmp_path: Path, django
 
 
 def test_with_the_socket_down_the_state_comes_by_polling(desk: RunningDesk) -> None:
-    client = Desk(desk.url, agent_token("buyer", "procurement", *ORDERS),
-                  watch_kill_switches=False)  # fmt: skip
+    client = Desk(desk.url, agent_token("buyer", "procurement", *ORDERS), watch_kill_switches=False)
     watcher = KillSwitches(desk.url, client.token, client.kill_switch_state, poll_interval=0.2)
     watcher.ws_url = f"ws://127.0.0.1:{free_port()}/ws/agent/"  # nothing listens there
     watcher.start()
@@ -134,8 +137,9 @@ def test_the_escalation_decided_after_release_still_runs(desk: RunningDesk) -> N
     try:
         engage()
         wait_for(lambda: client.kill_switches.engaged())
-        killswitch_set(scope="procurement", engaged=False, actor=Actor("user", "otto"),
-                       reason="fixed")  # fmt: skip
+        killswitch_set(
+            scope="procurement", engaged=False, actor=Actor("user", "otto"), reason="fixed"
+        )
         wait_for(lambda: not client.kill_switches.engaged())
         operator = decide_later("approved")
         assert guarded_order(client, vendor)(sku="A100", qty=10, unit_price=90) == {

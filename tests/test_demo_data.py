@@ -22,8 +22,10 @@ def load(**options) -> str:
 def test_demo_creates_domains_and_one_login_per_role() -> None:
     output = load(password="pw-for-tests")
     assert sorted(Domain.objects.values_list("slug", flat=True)) == [
-        "billing", "devops", "procurement",
-    ]  # fmt: skip
+        "billing",
+        "devops",
+        "procurement",
+    ]
     for role in ROLE_ORDER:
         assert role in output
         # A sign-in comes with its request: sign-in throttling counts by it.

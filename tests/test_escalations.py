@@ -58,9 +58,12 @@ def test_modify_records_the_diff_and_the_agent_gets_the_new_params(approver, mak
     with pytest.raises(Refused, match="unchanged"):
         decide(action_id=action.pk, user=approver, verdict="modify", params=dict(action.params))
     decide(
-        action_id=action.pk, user=approver, verdict="modify",
-        params={"sku": "GPU-A100", "qty": 2, "unit_price": 90}, reason="two will do",
-    )  # fmt: skip
+        action_id=action.pk,
+        user=approver,
+        verdict="modify",
+        params={"sku": "GPU-A100", "qty": 2, "unit_price": 90},
+        reason="two will do",
+    )
     action = fresh(action)
     # A new proposal: $180 now, which the policy would allow, but a person other than the one
     # who modified it approves the modified version.
@@ -111,8 +114,9 @@ def test_concurrent_decisions_exactly_one_counts(make_operator) -> None:
     assert decided.count() == 1
 
 
-def test_tier_two_needs_two_different_people_one_senior(approver, senior_approver,
-                                                        make_operator) -> None:  # fmt: skip
+def test_tier_two_needs_two_different_people_one_senior(
+    approver, senior_approver, make_operator
+) -> None:
     action = escalated_action(tier=2)
     first = decide(action_id=action.pk, user=approver, verdict="approve")
     assert not first.final and "1 more approver" in first.waiting_for
@@ -128,15 +132,19 @@ def test_tier_two_needs_two_different_people_one_senior(approver, senior_approve
     assert Approval.objects.filter(action=action).count() == 3
 
 
-def test_a_modification_sets_earlier_approvals_aside(approver, senior_approver,
-                                                     make_operator) -> None:  # fmt: skip
+def test_a_modification_sets_earlier_approvals_aside(
+    approver, senior_approver, make_operator
+) -> None:
     action = escalated_action(tier=2)
     decide(action_id=action.pk, user=approver, verdict="approve")
     # The senior changes the params: the first approval was of other params.
     changed = decide(
-        action_id=action.pk, user=senior_approver, verdict="modify",
-        params={"snapshot_id": "snap-dev-7", "keep_days": 7}, reason="keep a week",
-    )  # fmt: skip
+        action_id=action.pk,
+        user=senior_approver,
+        verdict="modify",
+        params={"snapshot_id": "snap-dev-7", "keep_days": 7},
+        reason="keep a week",
+    )
     assert not changed.final and f"other than {senior_approver.username}" in changed.waiting_for
     assert not Approval.objects.filter(action=action).exists()
     event = AuditEvent.objects.get(action="escalation.modified")
@@ -144,29 +152,38 @@ def test_a_modification_sets_earlier_approvals_aside(approver, senior_approver,
     # The first approver approves again, now of the modified params, and another senior.
     decide(action_id=action.pk, user=approver, verdict="approve")
     assert fresh(action).status == S.ESCALATED
-    decide(action_id=action.pk, user=make_operator("sue-senior", "senior_approver"),
-           verdict="approve")  # fmt: skip
+    decide(
+        action_id=action.pk, user=make_operator("sue-senior", "senior_approver"), verdict="approve"
+    )
     action = fresh(action)
     assert action.status == S.MODIFIED
     assert action.modified_params == {"snapshot_id": "snap-dev-7", "keep_days": 7}
 
 
-def test_an_approval_is_of_the_params_the_approver_saw(approver, senior_approver,
-                                                       make_operator) -> None:  # fmt: skip
+def test_an_approval_is_of_the_params_the_approver_saw(
+    approver, senior_approver, make_operator
+) -> None:
     from approvals.queue import effective_params, params_fingerprint
 
     action = escalated_action(tier=2)
     seen = params_fingerprint(effective_params(action))
     decide(
-        action_id=action.pk, user=senior_approver, verdict="modify",
-        params={"snapshot_id": "snap-dev-7", "keep_days": 1}, params_seen=seen,
-    )  # fmt: skip
+        action_id=action.pk,
+        user=senior_approver,
+        verdict="modify",
+        params={"snapshot_id": "snap-dev-7", "keep_days": 1},
+        params_seen=seen,
+    )
     with pytest.raises(Refused, match="review them again"):
         decide(action_id=action.pk, user=approver, verdict="approve", params_seen=seen)
     now_seen = params_fingerprint(effective_params(fresh(action)))
     decide(action_id=action.pk, user=approver, verdict="approve", params_seen=now_seen)
-    decide(action_id=action.pk, user=make_operator("sue-senior", "senior_approver"),
-           verdict="approve", params_seen=now_seen)  # fmt: skip
+    decide(
+        action_id=action.pk,
+        user=make_operator("sue-senior", "senior_approver"),
+        verdict="approve",
+        params_seen=now_seen,
+    )
     assert fresh(action).status == S.MODIFIED
 
 

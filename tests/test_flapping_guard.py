@@ -21,10 +21,19 @@ S = Action.Status
 
 def repeat(token: AgentToken, targets: list[str]) -> Action:
     data = ProposalData(
-        session_id="run-2", step_index=None, tool="set_record", verb="update", params={},
-        target_ids=targets, amount=None, currency="", blast_records=None, blast_population=None,
-        pre_action_state={"v": 1}, compensation=None,
-    )  # fmt: skip
+        session_id="run-2",
+        step_index=None,
+        tool="set_record",
+        verb="update",
+        params={},
+        target_ids=targets,
+        amount=None,
+        currency="",
+        blast_records=None,
+        blast_population=None,
+        pre_action_state={"v": 1},
+        compensation=None,
+    )
     return record_proposal(token, data)
 
 
@@ -74,26 +83,46 @@ def test_a_connector_that_compensates_makes_an_action_reversible(
 
     _, url = target
     domain = records_domain(url)
-    document = PolicyDocument.model_validate({
-        "rules": [{"id": "irreversible", "when": {"irreversible_without_snapshot": True},
-                   "outcome": "escalate", "tier": 1, "reason": "cannot be undone"}],
-        "default_outcome": "allow", "unregistered": "allow",
-    })  # fmt: skip
+    document = PolicyDocument.model_validate(
+        {
+            "rules": [
+                {
+                    "id": "irreversible",
+                    "when": {"irreversible_without_snapshot": True},
+                    "outcome": "escalate",
+                    "tier": 1,
+                    "reason": "cannot be undone",
+                }
+            ],
+            "default_outcome": "allow",
+            "unregistered": "allow",
+        }
+    )
     policy_publish(domain=domain, document=document, actor=Actor.system("tests"))
     token = records_token()
     assert compensation_connected(domain, "create_order")
     assert not compensation_connected(domain, "wipe_record")
     order = ProposalData(
-        session_id="run-3", step_index=None, tool="create_order", verb="create", params={},
-        target_ids=[], amount=None, currency="", blast_records=None, blast_population=None,
-        pre_action_state=None, compensation=None,
-    )  # fmt: skip
+        session_id="run-3",
+        step_index=None,
+        tool="create_order",
+        verb="create",
+        params={},
+        target_ids=[],
+        amount=None,
+        currency="",
+        blast_records=None,
+        blast_population=None,
+        pre_action_state=None,
+        compensation=None,
+    )
     assert record_proposal(token, order).status == S.ALLOWED
     wipe = ProposalData(**{**order.__dict__, "tool": "wipe_record", "verb": "delete"})
     escalated = record_proposal(token, wipe)
     assert escalated.status == S.ESCALATED and escalated.rule == "irreversible"
-    verdict, _ = policy_explain(domain=domain, proposal=Proposal(agent="clerk", tool="wipe_record",
-                                                                 verb="delete"))  # fmt: skip
+    verdict, _ = policy_explain(
+        domain=domain, proposal=Proposal(agent="clerk", tool="wipe_record", verb="delete")
+    )
     assert verdict.rule == "irreversible"
 
 
@@ -107,11 +136,19 @@ def test_what_the_policy_denies_stays_denied_after_a_rollback(target: tuple[Targ
     executed(token, targets=["z1"], pre={"v": 1}, post={"v": 2})
     served.seed({"z1": {"v": 2}})
     run_plan(session_of())
-    document = PolicyDocument.model_validate({
-        "rules": [{"id": "frozen-records", "when": {"protected_targets": ["z*"]},
-                   "outcome": "deny", "reason": "z records are frozen"}],
-        "default_outcome": "allow",
-    })  # fmt: skip
+    document = PolicyDocument.model_validate(
+        {
+            "rules": [
+                {
+                    "id": "frozen-records",
+                    "when": {"protected_targets": ["z*"]},
+                    "outcome": "deny",
+                    "reason": "z records are frozen",
+                }
+            ],
+            "default_outcome": "allow",
+        }
+    )
     policy_publish(domain=domain, document=document, actor=Actor.system("tests"))
     denied = repeat(token, ["z1"])
     assert denied.status == S.DENIED and denied.rule == "frozen-records"

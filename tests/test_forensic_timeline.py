@@ -24,9 +24,13 @@ def test_the_timeline_shows_the_session_in_order_and_exports_it(
     served, url = target
     records_domain(url)
     token = records_token()
-    steps_record(token=token, session_id="run-1", steps=[
-        StepData(index=0, kind="thought", content="Stock is low: set the record", data={}),
-    ])  # fmt: skip
+    steps_record(
+        token=token,
+        session_id="run-1",
+        steps=[
+            StepData(index=0, kind="thought", content="Stock is low: set the record", data={}),
+        ],
+    )
     executed(token, targets=["a"], pre={"v": 1}, post={"v": 2})
     killswitch_set(scope="records", engaged=True, actor=Actor("user", "otto"), reason="runaway")
     served.seed({"a": {"v": 2}})
@@ -36,9 +40,17 @@ def test_the_timeline_shows_the_session_in_order_and_exports_it(
     page = login(viewer).get(reverse("session", args=[session.pk]))
     assert page.status_code == 200
     kinds = [e.kind for e in page.context["entries"]]
-    wanted = ["reasoning.thought", "action.allowed", "action.succeeded", "killswitch.engaged",
-              "rollback.planned", "rollback.started", "rollback.step_done", "action.rolled_back",
-              "rollback.completed"]  # fmt: skip
+    wanted = [
+        "reasoning.thought",
+        "action.allowed",
+        "action.succeeded",
+        "killswitch.engaged",
+        "rollback.planned",
+        "rollback.started",
+        "rollback.step_done",
+        "action.rolled_back",
+        "rollback.completed",
+    ]
     assert [k for k in kinds if k in wanted] == wanted
     html = page.content.decode()
     assert "Stock is low" in html and "otto" in html and "runaway" in html

@@ -43,10 +43,20 @@ def acme(tmp_path: Path) -> Iterator[Acme]:
     port = free_port()
     with open(tmp_path / "target.log", "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "incidents.target", "--demo", "--port", str(port),
-             "--secret", SECRET],
-            cwd=ROOT / "client", stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "incidents.target",
+                "--demo",
+                "--port",
+                str(port),
+                "--secret",
+                SECRET,
+            ],
+            cwd=ROOT / "client",
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -69,8 +79,14 @@ def acme(tmp_path: Path) -> Iterator[Acme]:
 class Played(threading.Thread):
     """A story's agent, playing in the background as it would in production."""
 
-    def __init__(self, desk: RunningDesk, story: Callable[..., Outcome], token: str,
-                 acme: Acme, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        desk: RunningDesk,
+        story: Callable[..., Outcome],
+        token: str,
+        acme: Acme,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(daemon=True)
         self.client = Desk(desk.url, token, max_wait=90, poll_wait=5)
         self.story, self.acme, self.kwargs = story, acme, kwargs
@@ -96,8 +112,13 @@ class Played(threading.Thread):
 
 def token_for(story: str, *extra_scopes: str) -> str:
     agent, domain, scopes = AGENTS[story]
-    return token_issue(agent_name=agent, domain_slug=domain, scopes=[*scopes, *extra_scopes],
-                       ttl=3600, actor=Actor.system("tests")).token  # fmt: skip
+    return token_issue(
+        agent_name=agent,
+        domain_slug=domain,
+        scopes=[*scopes, *extra_scopes],
+        ttl=3600,
+        actor=Actor.system("tests"),
+    ).token
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -110,8 +131,7 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def browser_as(chromium: Any, make_operator: Any, desk: RunningDesk, name: str, role: str
-               ) -> Any:  # fmt: skip
+def browser_as(chromium: Any, make_operator: Any, desk: RunningDesk, name: str, role: str) -> Any:
     operator_with_real_password(make_operator, name, role)
     page = chromium.new_context(viewport={"width": 1366, "height": 900}).new_page()
     sign_in(page, desk, name)
@@ -142,8 +162,11 @@ def assert_recorded(session: AgentSession, wanted: dict[str, int]) -> None:
     audit_seal()
     assert audit_verify_chain().intact
     ids = [str(pk) for pk in session.actions.values_list("pk", flat=True)]
-    events = Counter(AuditEvent.objects.filter(object_type="action", object_id__in=ids)
-                     .values_list("action", flat=True))  # fmt: skip
+    events = Counter(
+        AuditEvent.objects.filter(object_type="action", object_id__in=ids).values_list(
+            "action", flat=True
+        )
+    )
     for event, count in wanted.items():
         assert events[event] == count, (event, dict(events))
 
@@ -154,8 +177,11 @@ def test_procurement_runaway_loop_is_stopped_killed_and_its_orders_cancelled(
     agent = Played(desk, procurement, token_for("procurement"), acme, orders=50)
     agent.start()
     # The rate rule holds the fourth order for a person.
-    held = wait_until(lambda: Action.objects.filter(status="escalated").first(), 30,
-                      "the runaway loop to be escalated")  # fmt: skip
+    held = wait_until(
+        lambda: Action.objects.filter(status="escalated").first(),
+        30,
+        "the runaway loop to be escalated",
+    )
     assert held.rule == "order-rate"
     otto = browser_as(chromium, make_operator, desk, "otto", "oncall")
     otto.goto(f"{desk.url}/queue/")
@@ -180,9 +206,16 @@ def test_procurement_runaway_loop_is_stopped_killed_and_its_orders_cancelled(
     orders = acme.call("GET", "/_admin/orders")
     assert {o["status"] for o in orders.values()} == {"cancelled"}
     assert RollbackPlan.objects.get(pk=plan.pk).state == RollbackPlan.State.COMPLETED
-    assert_recorded(session, {"action.allowed": 3, "action.succeeded": 3,
-                              "action.escalated": 1, "rollback.step_done": 3,
-                              "action.rolled_back": 3})  # fmt: skip
+    assert_recorded(
+        session,
+        {
+            "action.allowed": 3,
+            "action.succeeded": 3,
+            "action.escalated": 1,
+            "rollback.step_done": 3,
+            "action.rolled_back": 3,
+        },
+    )
     assert AuditEvent.objects.filter(action="killswitch.engaged", actor="otto").exists()
     for page in (otto, cora):
         page.context.close()
@@ -193,8 +226,9 @@ def test_discount_batch_is_escalated_and_once_approved_rolled_back_with_drift_sh
 ) -> None:
     agent = Played(desk, discount, token_for("discount"), acme)
     agent.start()
-    held = wait_until(lambda: Action.objects.filter(status="escalated").first(), 60,
-                      "the batch to be escalated")  # fmt: skip
+    held = wait_until(
+        lambda: Action.objects.filter(status="escalated").first(), 60, "the batch to be escalated"
+    )
     assert held.rule == "blast-radius" and held.tier == 2 and len(held.target_ids) == 200
     accounts = acme.call("GET", "/_admin/accounts")
     assert not [a for a in accounts.values() if a["discount_rate"]]  # nothing changed yet
@@ -240,9 +274,18 @@ def test_discount_batch_is_escalated_and_once_approved_rolled_back_with_drift_sh
     assert accounts[touched]["discount_rate"] == 0.1
     assert [k for k, a in accounts.items() if a["discount_rate"] and k != touched] == []
     # The read of the accounts, allowed, and the batch, escalated; both ran.
-    assert_recorded(session, {"action.allowed": 1, "action.escalated": 1, "action.succeeded": 2,
-                              "rollback.step_done": 199, "rollback.step_drift": 1,
-                              "rollback.step_skip": 1, "action.rolled_back": 1})  # fmt: skip
+    assert_recorded(
+        session,
+        {
+            "action.allowed": 1,
+            "action.escalated": 1,
+            "action.succeeded": 2,
+            "rollback.step_done": 199,
+            "rollback.step_drift": 1,
+            "rollback.step_skip": 1,
+            "action.rolled_back": 1,
+        },
+    )
     for page in (cora, ian):
         page.context.close()
 
@@ -250,13 +293,17 @@ def test_discount_batch_is_escalated_and_once_approved_rolled_back_with_drift_sh
 def test_devops_deletion_of_a_critical_snapshot_is_refused_twice(
     desk: RunningDesk, chromium: Any, make_operator: Any, acme: Acme
 ) -> None:
-    first = devops(Desk(desk.url, token_for("devops"), watch_kill_switches=False), acme,
-                   say=lambda _: None)  # fmt: skip
+    first = devops(
+        Desk(desk.url, token_for("devops"), watch_kill_switches=False), acme, say=lambda _: None
+    )
     assert isinstance(first.stopped_by, OutOfScope)
     assert "scopes" in str(first.stopped_by)
     # A token that may delete still hits the protected-target rule.
-    second = devops(Desk(desk.url, token_for("devops", DELETE_SCOPE), watch_kill_switches=False),
-                    acme, say=lambda _: None)  # fmt: skip
+    second = devops(
+        Desk(desk.url, token_for("devops", DELETE_SCOPE), watch_kill_switches=False),
+        acme,
+        say=lambda _: None,
+    )
     assert isinstance(second.stopped_by, ActionDenied)
     assert second.stopped_by.rule == "protected-targets"
     assert acme.snapshot("snap-staging-critical-db") is not None

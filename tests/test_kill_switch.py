@@ -71,9 +71,14 @@ def test_no_action_is_admitted_after_the_engage_commits(desk: Desk) -> None:
     """Agents propose in a tight loop while the switch is engaged: every admitted action was
     written before the engage took its lock, and everything after is refused."""
     tokens = [agent_token(f"looper-{n}", "billing", "*:update") for n in range(6)]
-    body = {"session_id": "loop", "tool": "update_record", "verb": "update",
-            "params": {"field": "x"}, "target_ids": ["acct-1"],
-            "blast_radius": {"records": 1, "population": 10000}}  # fmt: skip
+    body = {
+        "session_id": "loop",
+        "tool": "update_record",
+        "verb": "update",
+        "params": {"field": "x"},
+        "target_ids": ["acct-1"],
+        "blast_radius": {"records": 1, "population": 10000},
+    }
     stop = threading.Event()
     answers: list[int] = []
 
@@ -140,8 +145,14 @@ def test_engage_cancels_approved_unexecuted_actions_and_flags_a_late_result(appr
     # The agent had already started it: its result is kept, and flagged.
     token = token_authenticate(agent_token("buyer-2", "procurement", "create_order:create"))
     token.agent_id, token.domain_id = action.agent_id, action.domain_id
-    action_report_result(token=token, action_id=str(action.pk), ok=True, result={"id": 1},
-                         post_state={"open_orders": 1}, error="")  # fmt: skip
+    action_report_result(
+        token=token,
+        action_id=str(action.pk),
+        ok=True,
+        result={"id": 1},
+        post_state={"open_orders": 1},
+        error="",
+    )
     ran = Action.objects.get(pk=action.pk)
     assert ran.status == S.SUCCEEDED and ran.ran_during_kill
     assert AgentSession.objects.get(pk=ran.session_id).ran_during_kill
@@ -186,16 +197,32 @@ def test_cli_engages_and_releases_as_a_named_operator(oncall, viewer) -> None:
     with pytest.raises(CommandError, match="no domain 'nowhere'"):
         call_command("killswitch", "engage", "nowhere", "--reason", "x", "--as", oncall.username)
     out = StringIO()
-    call_command("killswitch", "engage", "global", "--reason", "all stop", "--as",
-                 oncall.username, stdout=out)  # fmt: skip
+    call_command(
+        "killswitch",
+        "engage",
+        "global",
+        "--reason",
+        "all stop",
+        "--as",
+        oncall.username,
+        stdout=out,
+    )
     assert "kill switch global ENGAGED" in out.getvalue()
     with pytest.raises(CommandError, match="already engaged"):
         call_command("killswitch", "engage", "global", "--reason", "again", "--as", oncall.username)
     status = StringIO()
     call_command("killswitch", "status", stdout=status)
     assert "global           ENGAGED by otto-oncall: all stop" in status.getvalue()
-    call_command("killswitch", "release", "global", "--reason", "ok", "--as", oncall.username,
-                 stdout=StringIO())  # fmt: skip
+    call_command(
+        "killswitch",
+        "release",
+        "global",
+        "--reason",
+        "ok",
+        "--as",
+        oncall.username,
+        stdout=StringIO(),
+    )
     assert [c.engaged for c in KillSwitchChange.objects.order_by("id")] == [True, False]
 
 

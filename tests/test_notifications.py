@@ -81,9 +81,10 @@ def test_sla_breach_and_expiry_are_sent(receiver) -> None:
     action = escalated_action(tier=1)
     while action.status == Action.Status.ESCALATED:
         escalation_timer_fired(
-            action_id=action.pk, timer_id=action.timer_id,
+            action_id=action.pk,
+            timer_id=action.timer_id,
             now=action.sla_due_at + timedelta(seconds=1),
-        )  # fmt: skip
+        )
         action.refresh_from_db()
     deliver_all()
     events = [body["event"] for body in receiver.bodies]

@@ -18,15 +18,31 @@ ALLOWED = {
     "senior_approver": {"view_desk", "view_audit", "decide_tier1", "decide_tier2"},
     "oncall": {"view_desk", "view_audit", "verify_audit", "operate_killswitch"},
     "incident_commander": {
-        "view_desk", "view_audit", "verify_audit", "export_audit", "decide_tier1",
-        "decide_tier2", "decide_tier3", "operate_killswitch", "release_agent", "run_rollback",
+        "view_desk",
+        "view_audit",
+        "verify_audit",
+        "export_audit",
+        "decide_tier1",
+        "decide_tier2",
+        "decide_tier3",
+        "operate_killswitch",
+        "release_agent",
+        "run_rollback",
     },
     "admin": {
-        "view_desk", "view_audit", "verify_audit", "export_audit", "decide_tier1",
-        "decide_tier2", "decide_tier3", "operate_killswitch", "release_agent", "run_rollback",
+        "view_desk",
+        "view_audit",
+        "verify_audit",
+        "export_audit",
+        "decide_tier1",
+        "decide_tier2",
+        "decide_tier3",
+        "operate_killswitch",
+        "release_agent",
+        "run_rollback",
         "manage_desk",
     },
-}  # fmt: skip
+}
 EVERY_PERMISSION = set().union(*ALLOWED.values())
 
 

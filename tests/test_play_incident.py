@@ -62,5 +62,4 @@ def test_a_missing_target_or_demo_data_is_named(desk: Desk, settings: Any) -> No
     for slug, _, _ in DEMO_DOMAINS:
         demo_domain(slug)
     with pytest.raises(CommandError, match="does not answer at http://127.0.0.1:9"):
-        call_command("play_incident", "devops", desk_url=desk.url,
-                     target_url="http://127.0.0.1:9")  # fmt: skip
+        call_command("play_incident", "devops", desk_url=desk.url, target_url="http://127.0.0.1:9")

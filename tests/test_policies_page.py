@@ -17,8 +17,10 @@ pytestmark = pytest.mark.django_db
 def test_policy_page_lists_the_rules_in_order(viewer, login) -> None:
     demo_domain("procurement")
     page = login(viewer).get(reverse("policies"), {"domain": "procurement"}).content.decode()
-    positions = [page.index(f"<code>{rule}</code>") for rule in
-                 ("allow-reads", "flapping", "order-rate", "spend-cap")]  # fmt: skip
+    positions = [
+        page.index(f"<code>{rule}</code>")
+        for rule in ("allow-reads", "flapping", "order-rate", "spend-cap")
+    ]
     assert positions == sorted(positions)
     assert "version 1" in page
 
@@ -27,10 +29,15 @@ def test_explain_in_the_ui_names_the_rule(viewer, login) -> None:
     demo_domain("procurement")
     response = login(viewer).get(
         reverse("policies"),
-        {"domain": "procurement", "tool": "create_order", "verb": "spend", "amount": "750",
-         "compensation": "1"},
+        {
+            "domain": "procurement",
+            "tool": "create_order",
+            "verb": "spend",
+            "amount": "750",
+            "compensation": "1",
+        },
         headers={"HX-Request": "true"},
-    )  # fmt: skip
+    )
     html = response.content.decode()
     assert html.lstrip().startswith('<div id="explain"')
     assert "<strong>escalate</strong> to tier 1 by rule <code>spend-cap</code>" in html
@@ -45,14 +52,30 @@ def test_explain_counts_the_agents_recent_actions(viewer, login) -> None:
 
     token = token_authenticate(agent_token("looper", "procurement", "create_order:create"))
     for _ in range(3):
-        record_proposal(token, ProposalData(
-            session_id="s", step_index=None, tool="create_order", verb="create",
-            params={"qty": 1, "unit_price": 10},
-            target_ids=[], amount=None, currency="", blast_records=None, blast_population=None,
-            pre_action_state={}, compensation=None,
-        ))  # fmt: skip
-    query = {"domain": "procurement", "agent": "looper", "tool": "create_order", "verb": "create",
-             "snapshot": "1"}  # fmt: skip
+        record_proposal(
+            token,
+            ProposalData(
+                session_id="s",
+                step_index=None,
+                tool="create_order",
+                verb="create",
+                params={"qty": 1, "unit_price": 10},
+                target_ids=[],
+                amount=None,
+                currency="",
+                blast_records=None,
+                blast_population=None,
+                pre_action_state={},
+                compensation=None,
+            ),
+        )
+    query = {
+        "domain": "procurement",
+        "agent": "looper",
+        "tool": "create_order",
+        "verb": "create",
+        "snapshot": "1",
+    }
     page = login(viewer).get(reverse("policies"), query).content.decode()
     assert "by rule <code>order-rate</code>" in page
 
@@ -77,9 +100,14 @@ def test_admin_publishes_a_new_version_and_audits_it(admin_operator, login) -> N
     rules = [{"id": "deny-all", "outcome": "deny", "reason": "frozen for the audit"}]
     response = login(admin_operator).post(
         reverse("admin:approvals_policyversion_add"),
-        {"domain": domain.pk, "rules": json.dumps(rules), "default_outcome": "deny",
-         "default_tier": 1, "comment": "freeze"},
-    )  # fmt: skip
+        {
+            "domain": domain.pk,
+            "rules": json.dumps(rules),
+            "default_outcome": "deny",
+            "default_tier": 1,
+            "comment": "freeze",
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:2000]
     latest = PolicyVersion.objects.filter(domain=domain).order_by("-version").first()
     assert latest.version == 2 and latest.rules[0]["id"] == "deny-all"
@@ -91,9 +119,13 @@ def test_admin_refuses_an_invalid_policy_and_says_where(admin_operator, login) -
     rules = [{"id": "x", "outcome": "escalate", "reason": "no tier given"}]
     response = login(admin_operator).post(
         reverse("admin:approvals_policyversion_add"),
-        {"domain": domain.pk, "rules": json.dumps(rules), "default_outcome": "escalate",
-         "default_tier": 1},
-    )  # fmt: skip
+        {
+            "domain": domain.pk,
+            "rules": json.dumps(rules),
+            "default_outcome": "escalate",
+            "default_tier": 1,
+        },
+    )
     assert response.status_code == 200
     assert "rules.0: Value error, an escalate rule needs a tier" in response.content.decode()
     assert PolicyVersion.objects.filter(domain=domain).count() == 1

@@ -95,11 +95,16 @@ def test_the_default_closes_the_policy(rule_list, proposal) -> None:
 def test_amount_cap_applies_only_above_the_cap(amount, cap) -> None:
     document = policy(
         Rule.model_validate(
-            {"id": "cap", "when": {"amount_over": cap}, "outcome": "escalate", "tier": 1,
-             "reason": "over cap"}
+            {
+                "id": "cap",
+                "when": {"amount_over": cap},
+                "outcome": "escalate",
+                "tier": 1,
+                "reason": "over cap",
+            }
         ),
         default="allow",
-    )  # fmt: skip
+    )
     verdict = decide(
         document, Proposal(agent="a", tool="create_order", verb="spend", amount=amount)
     )
@@ -109,11 +114,16 @@ def test_amount_cap_applies_only_above_the_cap(amount, cap) -> None:
 def test_amount_cap_at_the_edges() -> None:
     document = policy(
         Rule.model_validate(
-            {"id": "cap", "when": {"amount_over": "500"}, "outcome": "escalate", "tier": 1,
-             "reason": "over cap"}
+            {
+                "id": "cap",
+                "when": {"amount_over": "500"},
+                "outcome": "escalate",
+                "tier": 1,
+                "reason": "over cap",
+            }
         ),
         default="allow",
-    )  # fmt: skip
+    )
     for amount, expected in [("499.99", "default"), ("500", "default"), ("500.01", "cap")]:
         proposal = Proposal(agent="a", tool="t", verb="spend", amount=Decimal(amount))
         assert decide(document, proposal).rule == expected, amount
@@ -125,11 +135,16 @@ def test_blast_radius_fraction(records, population, fraction) -> None:
     records = min(records, population)
     document = policy(
         Rule.model_validate(
-            {"id": "blast", "when": {"blast_radius_over": fraction}, "outcome": "escalate",
-             "tier": 2, "reason": "wide"}
+            {
+                "id": "blast",
+                "when": {"blast_radius_over": fraction},
+                "outcome": "escalate",
+                "tier": 2,
+                "reason": "wide",
+            }
         ),
         default="allow",
-    )  # fmt: skip
+    )
     proposal = Proposal(
         agent="a", tool="t", verb="update", blast_records=records, blast_population=population
     )
@@ -139,11 +154,16 @@ def test_blast_radius_fraction(records, population, fraction) -> None:
 def test_two_percent_of_accounts_is_over_one_percent() -> None:
     document = policy(
         Rule.model_validate(
-            {"id": "blast", "when": {"blast_radius_over": 0.01}, "outcome": "escalate",
-             "tier": 2, "reason": "wide"}
+            {
+                "id": "blast",
+                "when": {"blast_radius_over": 0.01},
+                "outcome": "escalate",
+                "tier": 2,
+                "reason": "wide",
+            }
         ),
         default="allow",
-    )  # fmt: skip
+    )
     wide = Proposal(agent="a", tool="t", verb="update", blast_records=200, blast_population=10_000)
     narrow = Proposal(
         agent="a", tool="t", verb="update", blast_records=100, blast_population=10_000
@@ -162,11 +182,16 @@ def test_rate_counts_this_proposal_in_its_window(earlier, limit, window) -> None
 
     document = policy(
         Rule.model_validate(
-            {"id": "rate", "when": {"rate_over": {"count": limit, "window_seconds": window}},
-             "outcome": "escalate", "tier": 1, "reason": "too many"}
+            {
+                "id": "rate",
+                "when": {"rate_over": {"count": limit, "window_seconds": window}},
+                "outcome": "escalate",
+                "tier": 1,
+                "reason": "too many",
+            }
         ),
         default="allow",
-    )  # fmt: skip
+    )
     verdict = decide(document, Proposal(agent="a", tool="t", verb="create"), Facts(recent))
     assert (verdict.rule == "rate") == (earlier + 1 > limit)
     assert asked == [(window, limit)]
@@ -179,25 +204,49 @@ def test_database_facts_are_asked_only_when_a_rule_needs_them() -> None:
     document = policy(
         Rule(id="reads", match={"verbs": ["read"]}, outcome="allow", reason="reads"),  # type: ignore[arg-type]
         Rule.model_validate(
-            {"id": "rate", "when": {"rate_over": {"count": 1, "window_seconds": 60}},
-             "outcome": "escalate", "tier": 1, "reason": "too many"}
+            {
+                "id": "rate",
+                "when": {"rate_over": {"count": 1, "window_seconds": 60}},
+                "outcome": "escalate",
+                "tier": 1,
+                "reason": "too many",
+            }
         ),
-    )  # fmt: skip
+    )
     read = Proposal(agent="a", tool="t", verb="read")
     assert decide(document, read, Facts(recent_count=fail, rolled_back=fail)).rule == "reads"
 
 
 def test_protected_targets_irreversible_and_flapping() -> None:
     document = policy(
-        Rule.model_validate({"id": "protected", "when": {"protected_targets": ["snap-prod-*"]},
-                             "outcome": "deny", "reason": "protected"}),
-        Rule.model_validate({"id": "flap", "when": {"repeat_of_rolled_back": True},
-                             "outcome": "escalate", "tier": 2, "reason": "flapping"}),
-        Rule.model_validate({"id": "irreversible",
-                             "when": {"irreversible_without_snapshot": True},
-                             "outcome": "escalate", "tier": 2, "reason": "no undo"}),
+        Rule.model_validate(
+            {
+                "id": "protected",
+                "when": {"protected_targets": ["snap-prod-*"]},
+                "outcome": "deny",
+                "reason": "protected",
+            }
+        ),
+        Rule.model_validate(
+            {
+                "id": "flap",
+                "when": {"repeat_of_rolled_back": True},
+                "outcome": "escalate",
+                "tier": 2,
+                "reason": "flapping",
+            }
+        ),
+        Rule.model_validate(
+            {
+                "id": "irreversible",
+                "when": {"irreversible_without_snapshot": True},
+                "outcome": "escalate",
+                "tier": 2,
+                "reason": "no undo",
+            }
+        ),
         default="allow",
-    )  # fmt: skip
+    )
     prod = Proposal(agent="a", tool="t", verb="delete", target_ids=("snap-dev-1", "snap-prod-9"))
     assert decide(document, prod).rule == "protected"
     repeat = Proposal(agent="a", tool="t", verb="update", has_snapshot=True)
@@ -234,7 +283,16 @@ def test_a_registered_tool_must_be_complete_enough_to_judge() -> None:
         PolicyDocument.model_validate(
             {"rules": [], "tools": [{"name": "order", "verb": "create", "undo": "compensate"}]}
         )
-    document = PolicyDocument.model_validate({"rules": [], "tools": [
-        {"name": "pay_invoice", "verb": "spend", "amount": {"params": ["total"], "currency": "EUR"}}
-    ]})  # fmt: skip
+    document = PolicyDocument.model_validate(
+        {
+            "rules": [],
+            "tools": [
+                {
+                    "name": "pay_invoice",
+                    "verb": "spend",
+                    "amount": {"params": ["total"], "currency": "EUR"},
+                }
+            ],
+        }
+    )
     assert document.tool("pay_invoice") is not None and document.tool("other") is None

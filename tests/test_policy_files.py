@@ -37,8 +37,14 @@ def test_export_then_import_publishes_the_next_version(tmp_path) -> None:
 def test_import_names_the_bad_field_and_publishes_nothing(tmp_path) -> None:
     demo_domain("billing")
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"domain": "billing", "rules": [
-        {"id": "x", "outcome": "escalate", "reason": "r", "tier": 9}]}))  # fmt: skip
+    bad.write_text(
+        json.dumps(
+            {
+                "domain": "billing",
+                "rules": [{"id": "x", "outcome": "escalate", "reason": "r", "tier": 9}],
+            }
+        )
+    )
     with pytest.raises(CommandError, match=r"rules\.0\.tier: Input should be less than or equal"):
         call_command("policy", "import", str(bad))
     assert PolicyVersion.objects.filter(domain__slug="billing").count() == 1
@@ -101,8 +107,9 @@ def test_the_tool_registry_exports_and_imports_with_the_rules_kept(tmp_path) -> 
     assert registry["unregistered"] == "escalate"
     create = next(t for t in registry["tools"] if t["name"] == "create_order")
     assert create["amount"] == {"params": ["qty", "unit_price"], "currency": "USD"}
-    registry["tools"].append({"name": "pay_invoice", "verb": "spend",
-                              "amount": {"params": ["total"], "currency": "EUR"}})  # fmt: skip
+    registry["tools"].append(
+        {"name": "pay_invoice", "verb": "spend", "amount": {"params": ["total"], "currency": "EUR"}}
+    )
     target.write_text(json.dumps(registry))
     out = StringIO()
     call_command("tools", "import", str(target), stdout=out)

@@ -39,9 +39,13 @@ def layout(django_db_setup, tmp_path: Path) -> Iterator[Desk]:
     )
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
-        ["deploy/serve.sh"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        ["deploy/serve.sh"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
-    )  # fmt: skip
+    )
     try:
         url = f"http://127.0.0.1:{listen}"
         try:

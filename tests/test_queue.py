@@ -130,9 +130,10 @@ def test_second_decider_is_told_who_decided(approver, senior_approver, login) ->
     action = escalated_action(tier=1)
     decide(action_id=action.pk, user=approver, verdict="approve")
     reply = login(senior_approver).post(
-        reverse("decide", args=[action.pk]), {"verdict": "reject", "reason": "no"},
+        reverse("decide", args=[action.pk]),
+        {"verdict": "reject", "reason": "no"},
         headers={"HX-Request": "true"},
-    )  # fmt: skip
+    )
     assert reply.status_code == 409
     assert f"already approved by {approver.username}" in reply.content.decode()
     assert AuditEvent.objects.filter(action="action.rejected").count() == 0

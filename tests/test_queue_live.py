@@ -21,9 +21,12 @@ ORDERS = ("create_order:create", "*:read")
 def page_socket(desk: Desk, cookies: dict[str, str], topics: str) -> ClientConnection:
     header = "; ".join(f"{k}={v}" for k, v in cookies.items())
     return connect(
-        f"{desk.ws_url}/ws/desk/?topics={topics}", origin=desk.url,
-        additional_headers={"Cookie": header}, open_timeout=10, proxy=None,
-    )  # fmt: skip
+        f"{desk.ws_url}/ws/desk/?topics={topics}",
+        origin=desk.url,
+        additional_headers={"Cookie": header},
+        open_timeout=10,
+        proxy=None,
+    )
 
 
 def test_new_escalation_appears_and_a_decision_elsewhere_removes_it(
@@ -32,11 +35,13 @@ def test_new_escalation_appears_and_a_decision_elsewhere_removes_it(
     token = agent_token("buyer", "procurement", *ORDERS)
     with (
         page_socket(desk, session_cookie(approver), "count,queue") as queue_a,
-        page_socket(desk, session_cookie(senior_approver), "count,queue&domain=procurement")
-        as queue_b,
-        page_socket(desk, session_cookie(senior_approver), "count,queue&domain=billing")
-        as elsewhere,
-    ):  # fmt: skip
+        page_socket(
+            desk, session_cookie(senior_approver), "count,queue&domain=procurement"
+        ) as queue_b,
+        page_socket(
+            desk, session_cookie(senior_approver), "count,queue&domain=billing"
+        ) as elsewhere,
+    ):
         for ws in (queue_a, queue_b, elsewhere):
             receive_until(ws, 'id="queue-groups"')  # the catch-up on connect
         verdict = propose(desk, token, order(amount={"value": "900", "currency": "USD"})).json()

@@ -60,9 +60,13 @@ def test_a_killed_worker_loses_nothing_and_applies_nothing_twice(
     queue = f"rollback-crash-{os.getpid()}"
     monkeypatch.setitem(app.conf, "task_default_queue", queue)
     env = server_env(
-        CELERY_QUEUE=queue, ROLLBACK_LEASE_SECONDS="3", ROLLBACK_TASK_SECONDS="2",
-        ROLLBACK_CONCURRENCY="2", ROLLBACK_BATCH="20", ESCALATION_SWEEP_SECONDS="1",
-    )  # fmt: skip
+        CELERY_QUEUE=queue,
+        ROLLBACK_LEASE_SECONDS="3",
+        ROLLBACK_TASK_SECONDS="2",
+        ROLLBACK_CONCURRENCY="2",
+        ROLLBACK_BATCH="20",
+        ESCALATION_SWEEP_SECONDS="1",
+    )
     first = start_worker(tmp_path / "worker-1.log", env, queue, tmp_path)
     second = None
     try:
@@ -76,8 +80,11 @@ def test_a_killed_worker_loses_nothing_and_applies_nothing_twice(
         plan_confirm(plan_id=plan.pk, actor=Actor("user", "ian-commander"))
 
         running = plan.steps.filter(state=RollbackStep.State.RUNNING)
-        wait_for(lambda: done_steps(plan) >= 60 and running.exists(), 60,
-                 "the first worker to undo 60 steps and be in the middle of a batch")  # fmt: skip
+        wait_for(
+            lambda: done_steps(plan) >= 60 and running.exists(),
+            60,
+            "the first worker to undo 60 steps and be in the middle of a batch",
+        )
         stop_group(first, signal.SIGKILL)  # the worker and its beat, without warning
         killed_at, done_at_kill = time.monotonic(), done_steps(plan)
         assert done_at_kill < plan.total, "the plan finished before the worker was killed"
@@ -85,11 +92,17 @@ def test_a_killed_worker_loses_nothing_and_applies_nothing_twice(
         assert in_flight > 0
 
         second = start_worker(tmp_path / "worker-2.log", env, queue, tmp_path)
-        wait_for(lambda: done_steps(plan) > done_at_kill + in_flight, 60,
-                 "another worker to pick the plan up")  # fmt: skip
+        wait_for(
+            lambda: done_steps(plan) > done_at_kill + in_flight,
+            60,
+            "another worker to pick the plan up",
+        )
         picked_up = time.monotonic() - killed_at
-        wait_for(lambda: RollbackPlan.objects.get(pk=plan.pk).state
-                 == RollbackPlan.State.COMPLETED, 120, "the plan to complete")  # fmt: skip
+        wait_for(
+            lambda: RollbackPlan.objects.get(pk=plan.pk).state == RollbackPlan.State.COMPLETED,
+            120,
+            "the plan to complete",
+        )
     finally:
         for process in (first, second):
             if process is not None:
@@ -99,5 +112,7 @@ def test_a_killed_worker_loses_nothing_and_applies_nothing_twice(
     assert len(served.applied) == plan.total
     assert set(served.applied.values()) == {1}, "a key was applied twice"
     assert Action.objects.filter(status=Action.Status.ROLLED_BACK).count() == ACTIONS
-    print(f"killed with {done_at_kill} of {plan.total} done and {in_flight} in flight; "
-          f"picked up again after {picked_up:.1f} s")  # fmt: skip
+    print(
+        f"killed with {done_at_kill} of {plan.total} done and {in_flight} in flight; "
+        f"picked up again after {picked_up:.1f} s"
+    )

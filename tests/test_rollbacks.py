@@ -41,22 +41,42 @@ def test_restore_and_compensate_through_signed_keyed_http_calls(target: tuple[Ta
     records_domain(url)
     token = records_token()
     one = executed(token, targets=["r1"], pre={"v": 1}, post={"v": 2})
-    many = executed(token, targets=["r2", "r3"], pre={"r2": {"v": 10}, "r3": {"v": 20}},
-                    post={"r2": {"v": 11}, "r3": {"v": 21}})  # fmt: skip
-    ordered = executed(token, tool="create_order", verb="create", targets=[], pre=None,
-                       post={"id": "o1", "status": "open"}, result={"order_id": "o1"})  # fmt: skip
-    served.seed({"r1": {"v": 2}, "r2": {"v": 11}, "r3": {"v": 21},
-                 "o1": {"id": "o1", "status": "open"}})  # fmt: skip
+    many = executed(
+        token,
+        targets=["r2", "r3"],
+        pre={"r2": {"v": 10}, "r3": {"v": 20}},
+        post={"r2": {"v": 11}, "r3": {"v": 21}},
+    )
+    ordered = executed(
+        token,
+        tool="create_order",
+        verb="create",
+        targets=[],
+        pre=None,
+        post={"id": "o1", "status": "open"},
+        result={"order_id": "o1"},
+    )
+    served.seed(
+        {"r1": {"v": 2}, "r2": {"v": 11}, "r3": {"v": 21}, "o1": {"id": "o1", "status": "open"}}
+    )
 
     plan = run_plan(session_of())
 
     assert plan.state == P.COMPLETED, list(plan.steps.values("state", "note"))
     # Newest first: the order (compensated), then the batch, then the first change.
     steps = list(plan.steps.order_by("position").values_list("target", "method", "state"))
-    assert steps == [("o1", "compensate", "done"), ("r2", "restore", "done"),
-                     ("r3", "restore", "done"), ("r1", "restore", "done")]  # fmt: skip
-    assert served.data["records"] == {"r1": {"v": 1}, "r2": {"v": 10}, "r3": {"v": 20},
-                              "o1": {"id": "o1", "status": "cancelled"}}  # fmt: skip
+    assert steps == [
+        ("o1", "compensate", "done"),
+        ("r2", "restore", "done"),
+        ("r3", "restore", "done"),
+        ("r1", "restore", "done"),
+    ]
+    assert served.data["records"] == {
+        "r1": {"v": 1},
+        "r2": {"v": 10},
+        "r3": {"v": 20},
+        "o1": {"id": "o1", "status": "cancelled"},
+    }
     assert served.bad_signatures == 0
     assert sorted(served.applied) == sorted(f"rollback:{plan.pk}:{n}" for n in range(4))
     assert set(served.applied.values()) == {1}
@@ -73,8 +93,14 @@ def test_restore_and_compensate_through_signed_keyed_http_calls(target: tuple[Ta
 def test_a_signature_the_target_refuses_fails_the_step_loudly(target: tuple[Target, str]) -> None:
     served, url = target
     domain = records_domain(url)
-    connector_save(domain=domain, tool="set_record", kind="http", spec=_spec(url),
-                   secret="the-wrong-secret", actor=IC)  # fmt: skip
+    connector_save(
+        domain=domain,
+        tool="set_record",
+        kind="http",
+        spec=_spec(url),
+        secret="the-wrong-secret",
+        actor=IC,
+    )
     token = records_token()
     action = executed(token, targets=["r1"], pre={"v": 1}, post={"v": 2})
     served.seed({"r1": {"v": 2}})
@@ -126,12 +152,16 @@ def test_drift_stops_the_step_for_a_person_who_skips_forces_or_edits(
     assert served.data["records"] == {"a": {"v": 1}, "b": {"v": 7}, "c": {"v": 1}, "d": {"v": 5}}
     # The edit is a new write: under the step's first key the target would replay its answer.
     assert served.applied[f"{steps['d'].idempotency_key}:1"] == 1
-    decisions = set(AuditEvent.objects.filter(action__startswith="rollback.step_")
-                    .exclude(action__in=["rollback.step_done", "rollback.step_drift"])
-                    .values_list("action", "actor"))  # fmt: skip
-    assert decisions == {("rollback.step_skip", "cora-commander"),
-                         ("rollback.step_force", "cora-commander"),
-                         ("rollback.step_edit", "cora-commander")}  # fmt: skip
+    decisions = set(
+        AuditEvent.objects.filter(action__startswith="rollback.step_")
+        .exclude(action__in=["rollback.step_done", "rollback.step_drift"])
+        .values_list("action", "actor")
+    )
+    assert decisions == {
+        ("rollback.step_skip", "cora-commander"),
+        ("rollback.step_force", "cora-commander"),
+        ("rollback.step_edit", "cora-commander"),
+    }
     with pytest.raises(Refused) as refused:
         step_resolve(step_id=steps["a"].pk, actor=IC, decision="force")
     assert refused.value.status == 409
@@ -141,8 +171,15 @@ def test_irreversible_actions_are_listed_as_manual_steps(target: tuple[Target, s
     served, url = target
     records_domain(url)
     token = records_token()
-    wiped = executed(token, tool="wipe_record", verb="delete", targets=["w1"], pre=None,
-                     post=None, result={"wiped": True})  # fmt: skip
+    wiped = executed(
+        token,
+        tool="wipe_record",
+        verb="delete",
+        targets=["w1"],
+        pre=None,
+        post=None,
+        result={"wiped": True},
+    )
     executed(token, tool="read_record", verb="read", targets=["r1"], pre=None, post=None)
     executed(token, targets=["r1"], pre={"v": 1}, post={"v": 2})
     served.seed({"r1": {"v": 2}})
@@ -207,8 +244,13 @@ def test_a_target_that_answers_503_is_retried_and_a_bad_restore_fails_verificati
     # A restore that the target accepts but does not apply: verification catches it. (The
     # connector changes after the proposal, so the state to restore is not the one it reads.)
     executed(token, targets=["r9"], pre={"v": 1}, post={"v": 2}, session="run-2")
-    connector_save(domain=domain, tool="set_record", kind="python", actor=IC,
-                   spec={"function": "tests.test_rollbacks.forgetful_connector"})  # fmt: skip
+    connector_save(
+        domain=domain,
+        tool="set_record",
+        kind="python",
+        actor=IC,
+        spec={"function": "tests.test_rollbacks.forgetful_connector"},
+    )
     plan = run_plan(session_of(session="run-2"))
     step = plan.steps.get()
     assert plan.state == P.FAILED and step.state == T.FAILED
@@ -237,24 +279,46 @@ def store_connector(operation: str, *, target: str, state: Any, action: Any, key
 def test_python_connectors_restore_in_process(target: tuple[Target, str]) -> None:
     _, url = target
     domain = records_domain(url)
-    connector_save(domain=domain, tool="set_record", kind="python", actor=IC,
-                   spec={"function": "tests.test_rollbacks.store_connector"})  # fmt: skip
+    connector_save(
+        domain=domain,
+        tool="set_record",
+        kind="python",
+        actor=IC,
+        spec={"function": "tests.test_rollbacks.store_connector"},
+    )
     token = records_token()
     executed(token, targets=["p1"], pre={"v": 1}, post={"v": 2})
     PYTHON_STORE["p1"] = {"v": 2}
     assert run_plan(session_of()).state == P.COMPLETED
     assert PYTHON_STORE["p1"] == {"v": 1}
     with pytest.raises(Refused) as refused:
-        connector_save(domain=domain, tool="set_record", kind="python", actor=IC,
-                       spec={"function": "tests.nowhere.nothing"})  # fmt: skip
+        connector_save(
+            domain=domain,
+            tool="set_record",
+            kind="python",
+            actor=IC,
+            spec={"function": "tests.nowhere.nothing"},
+        )
     assert refused.value.status == 422 and refused.value.field == "spec.function"
     with pytest.raises(Refused) as refused:
-        connector_save(domain=domain, tool="set_record", kind="http", actor=IC, secret="s",
-                       spec={"restore": {"url": "/relative"}})  # fmt: skip
+        connector_save(
+            domain=domain,
+            tool="set_record",
+            kind="http",
+            actor=IC,
+            secret="s",
+            spec={"restore": {"url": "/relative"}},
+        )
     assert refused.value.field == "spec.read"
     with pytest.raises(Refused) as refused:
-        connector_save(domain=domain, tool="set_record", kind="http", actor=IC, secret=" ",
-                       spec=_spec("http://127.0.0.1:9"))  # fmt: skip
+        connector_save(
+            domain=domain,
+            tool="set_record",
+            kind="http",
+            actor=IC,
+            secret=" ",
+            spec=_spec("http://127.0.0.1:9"),
+        )
     assert refused.value.field == "secret"
 
 
@@ -334,9 +398,13 @@ def test_plans_refuse_bad_selections_and_actions_already_in_a_plan(
 
 
 def test_only_incident_commanders_plan_and_run_rollbacks(
-    target: tuple[Target, str], login: Any, viewer: Any, approver: Any, oncall: Any,
+    target: tuple[Target, str],
+    login: Any,
+    viewer: Any,
+    approver: Any,
+    oncall: Any,
     commander: Any,
-) -> None:  # fmt: skip
+) -> None:
     served, url = target
     records_domain(url)
     token = records_token()

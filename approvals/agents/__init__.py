@@ -1,4 +1,5 @@
-"""TODO"""
+"""Agents and their tokens: who may call the desk, with which scopes, until when, and the
+agents page. A quarantined agent is refused here, whatever its token says."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO"""
+"""The agent API under /api/v1/: strict request schemas, token and rate checks, idempotency
+keys, proposals and their verdicts, results, reasoning steps, and the OpenAPI document."""
 
 from __future__ import annotations
 

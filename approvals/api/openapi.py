@@ -67,7 +67,7 @@ def document() -> dict[str, Any]:
                             "request with it is still running is 409",
                             "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                         },
-                    ],  # fmt: skip
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {

@@ -95,8 +95,9 @@ def _registry_refusal(exc: ClaimRefused) -> Refused:
     return Refused(422, "Contradicts the tool registry", exc.detail, field=exc.field)
 
 
-def _decide(token: AgentToken, agent: Agent | None, data: ProposalData
-            ) -> tuple[Proposal, Verdict, list[Trace]]:  # fmt: skip
+def _decide(
+    token: AgentToken, agent: Agent | None, data: ProposalData
+) -> tuple[Proposal, Verdict, list[Trace]]:
     try:
         return policy_decide(token.domain, agent, _claim(token, data))
     except ClaimRefused as exc:
@@ -157,11 +158,17 @@ def action_explain(*, token: AgentToken, data: ProposalData) -> Explained:
             object_id=token.prefix,
             summary=f"Asked what {proposal.tool}:{proposal.verb} would get: {verdict.outcome} "
             f"by {verdict.rule}",
-            data={"tool": proposal.tool, "verb": proposal.verb, "outcome": verdict.outcome,
-                  "rule": verdict.rule, "policy_version": verdict.version,
-                  "amount": None if proposal.amount is None else f"{proposal.amount:f}",
-                  "targets": len(proposal.target_ids), "in_scope": in_scope},
-        )  # fmt: skip
+            data={
+                "tool": proposal.tool,
+                "verb": proposal.verb,
+                "outcome": verdict.outcome,
+                "rule": verdict.rule,
+                "policy_version": verdict.version,
+                "amount": None if proposal.amount is None else f"{proposal.amount:f}",
+                "targets": len(proposal.target_ids),
+                "in_scope": in_scope,
+            },
+        )
     return Explained(proposal, verdict, trace, in_scope)
 
 
@@ -263,8 +270,12 @@ def _record_proposal(
     proposal, verdict, _ = _decide(token, agent, data)
     if not token_allows(token, tool=proposal.tool, verb=proposal.verb):
         # The registry changed between the scope check and now.
-        raise Refused(409, "Policy changed", f"{proposal.tool} is now registered as "
-                      f"{proposal.verb}, outside this token's scopes; propose again")  # fmt: skip
+        raise Refused(
+            409,
+            "Policy changed",
+            f"{proposal.tool} is now registered as "
+            f"{proposal.verb}, outside this token's scopes; propose again",
+        )
     status = STATUS_OF_OUTCOME[verdict.outcome]
     action = Action(
         agent=agent,
@@ -314,8 +325,11 @@ def _record_proposal(
         },
     )
     if verdict.quarantine:
-        agent_quarantine(agent_name=agent.name, actor=Actor.system(FLAPPING_RULE),
-                         reason=f"repeated {data.tool} on targets it had rolled back")  # fmt: skip
+        agent_quarantine(
+            agent_name=agent.name,
+            actor=Actor.system(FLAPPING_RULE),
+            reason=f"repeated {data.tool} on targets it had rolled back",
+        )
     return action
 
 

@@ -68,8 +68,16 @@ def action_report_result(
             action.result, action.post_state, action.error = result, post_state, error
             if killed:
                 flag_ran_during_kill(action)
-            action.save(update_fields=["status", "result", "post_state", "error",
-                                       "ran_during_kill", "updated_at"])  # fmt: skip
+            action.save(
+                update_fields=[
+                    "status",
+                    "result",
+                    "post_state",
+                    "error",
+                    "ran_during_kill",
+                    "updated_at",
+                ]
+            )
             audit_action_event(
                 actor=agent_actor(token),
                 action=action,
@@ -78,9 +86,13 @@ def action_report_result(
                 + (" while a kill switch was engaged: RAN DURING KILL" if killed else "")
                 + (" after its approval lapsed (APPROVAL_TTL)" if late else "")
                 + (f": {error}" if error else ""),
-                data={"ok": ok, "has_post_state": post_state is not None,
-                      "ran_during_kill": killed, "ran_after_run_by": late},
-            )  # fmt: skip
+                data={
+                    "ok": ok,
+                    "has_post_state": post_state is not None,
+                    "ran_during_kill": killed,
+                    "ran_after_run_by": late,
+                },
+            )
             return action
         # The refusal is part of the record: it commits, though the request fails.
         audit_action_event(
@@ -148,10 +160,13 @@ def _steps_record(token: AgentToken, session_id: str, steps: list[StepData]) -> 
             )
         new.append(
             ReasoningStep(
-                session=session, index=step.index, kind=step.kind, content=step.content,
+                session=session,
+                index=step.index,
+                kind=step.kind,
+                content=step.content,
                 data=step.data,
             )
-        )  # fmt: skip
+        )
         expected += 1
     if new:
         ReasoningStep.objects.bulk_create(new)

@@ -1,4 +1,5 @@
-"""TODO"""
+"""The tamper-evident trail: events recorded in the change's own transaction, sealed into a
+hash chain after commit, verified, exported, and read back as a session's timeline."""
 
 from __future__ import annotations
 

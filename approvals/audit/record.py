@@ -49,9 +49,16 @@ SEAL_BATCH = 5000
 
 
 CONTENT_FIELDS = [
-    "created_at", "actor_kind", "actor", "action", "domain", "object_type", "object_id",
-    "summary", "data",
-]  # fmt: skip
+    "created_at",
+    "actor_kind",
+    "actor",
+    "action",
+    "domain",
+    "object_type",
+    "object_id",
+    "summary",
+    "data",
+]
 
 
 @dataclass(frozen=True)
@@ -293,9 +300,13 @@ def _seal_batch() -> int:
                 "SET seq = v.seq, prev_hash = v.prev_hash, hash = v.hash "
                 "FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[]) "
                 "AS v(id, seq, prev_hash, hash) WHERE e.id = v.id",
-                [[u.id for u in updates], [u.seq for u in updates],
-                 [u.prev_hash for u in updates], [u.hash for u in updates]],
-            )  # fmt: skip
+                [
+                    [u.id for u in updates],
+                    [u.seq for u in updates],
+                    [u.prev_hash for u in updates],
+                    [u.hash for u in updates],
+                ],
+            )
     else:
         AuditEvent.objects.bulk_update(updates, ["seq", "prev_hash", "hash"], batch_size=1000)
     return len(updates)

@@ -60,11 +60,15 @@ def session_timeline(session: AgentSession) -> list[Entry]:
         | Q(object_type="token", actor=session.agent.name, data__session=session.external_id)
         | Q(object_type="session", object_id=session.external_id, domain=session.domain.slug)
         | Q(object_type="rollback", object_id__in=plan_ids)
-        | Q(object_type="agent", object_id=str(session.agent_id),
-            created_at__gte=session.created_at)  # quarantined, say
-        | Q(object_type="kill_switch", object_id__in=[session.domain.slug, KillSwitch.GLOBAL],
-            created_at__gte=session.created_at)
-    )  # fmt: skip
+        | Q(
+            object_type="agent", object_id=str(session.agent_id), created_at__gte=session.created_at
+        )  # quarantined, say
+        | Q(
+            object_type="kill_switch",
+            object_id__in=[session.domain.slug, KillSwitch.GLOBAL],
+            created_at__gte=session.created_at,
+        )
+    )
     # The steps themselves are shown; the events that recorded them would say it twice.
     events = AuditEvent.objects.filter(about).exclude(action="session.steps_recorded")
     for event in events.order_by("created_at", "id"):

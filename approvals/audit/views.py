@@ -127,8 +127,9 @@ def sessions(request: HttpRequest) -> HttpResponse:
 @require_GET
 @require("view_desk")
 def session(request: HttpRequest, session_id: int) -> HttpResponse:
-    agent_session = get_object_or_404(AgentSession.objects.select_related("agent", "domain"),
-                                      pk=session_id)  # fmt: skip
+    agent_session = get_object_or_404(
+        AgentSession.objects.select_related("agent", "domain"), pk=session_id
+    )
     return render(
         request,
         "approvals/audit/session.html",
@@ -144,8 +145,9 @@ def session(request: HttpRequest, session_id: int) -> HttpResponse:
 @require_POST
 @require("export_audit")
 def session_export(request: HttpRequest, session_id: int) -> HttpResponseBase:
-    agent_session = get_object_or_404(AgentSession.objects.select_related("agent", "domain"),
-                                      pk=session_id)  # fmt: skip
+    agent_session = get_object_or_404(
+        AgentSession.objects.select_related("agent", "domain"), pk=session_id
+    )
     lines = timeline_export(session=agent_session, actor=Actor.user(request.user))
     response = StreamingHttpResponse(lines, content_type="application/jsonl")
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", agent_session.external_id)

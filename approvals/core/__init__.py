@@ -1,4 +1,5 @@
-"""TODO"""
+"""What every capability shares: roles and permissions, the error shape, input limits and
+parsers."""
 
 from __future__ import annotations
 

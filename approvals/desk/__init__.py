@@ -1,4 +1,5 @@
-"""TODO"""
+"""The operator's frame around the capabilities: sign-in and its throttle, the dashboard,
+the navigation, the operator socket, error pages and the demo data."""
 
 from __future__ import annotations
 

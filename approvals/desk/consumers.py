@@ -159,10 +159,11 @@ class DeskConsumer(LiveConsumer):
             parts.append(
                 await render_once(
                     (event["message_id"], "queue", variant),
-                    lambda: queue_push_html(action_id, change, rows=self.rows, insert=insert,
-                                            count=self.count),
+                    lambda: queue_push_html(
+                        action_id, change, rows=self.rows, insert=insert, count=self.count
+                    ),
                 )
-            )  # fmt: skip
+            )
         if action_id == self.action_id:
             # Per user: the panel says whether this user modified the params being decided.
             granted, username = frozenset(self.permissions), self.username

@@ -31,20 +31,25 @@ def demo_connectors(*, target_url: str, secret: str, actor: Actor) -> None:
         },
         ("procurement", "create_order"): {
             "read": {"method": "GET", "url": url + "/orders/{target}"},
-            "compensate": {"method": "POST", "url": url + "/orders/{target}/cancel",
-                           "target": "{result[id]}", "expect": {"status": "cancelled"}},
+            "compensate": {
+                "method": "POST",
+                "url": url + "/orders/{target}/cancel",
+                "target": "{result[id]}",
+                "expect": {"status": "cancelled"},
+            },
         },
         # A deleted snapshot cannot be put back: reads only, so a rollback lists it as manual.
         ("devops", "delete_snapshot"): {
             "read": {"method": "GET", "url": url + "/snapshots/{target}"},
         },
-    }  # fmt: skip
+    }
     for (slug, tool), spec in connectors.items():
         domain = Domain.objects.get(slug=slug)
         current = Connector.objects.filter(domain=domain, tool=tool).first()
         if current is None or (current.spec, current.secret) != (spec, secret):
-            connector_save(domain=domain, tool=tool, kind="http", spec=spec, secret=secret,
-                           actor=actor)  # fmt: skip
+            connector_save(
+                domain=domain, tool=tool, kind="http", spec=spec, secret=secret, actor=actor
+            )
 
 
 def demo_load(*, password: str) -> list[tuple[str, str]]:
@@ -55,8 +60,9 @@ def demo_load(*, password: str) -> list[tuple[str, str]]:
         if not PolicyVersion.objects.filter(domain=domain).exists():
             document = PolicyDocument.model_validate(DEFAULT_POLICIES[slug])
             policy_publish(domain=domain, document=document, actor=actor)
-    demo_connectors(target_url=settings.DEMO_TARGET_URL, secret=settings.DEMO_TARGET_SECRET,
-                    actor=actor)  # fmt: skip
+    demo_connectors(
+        target_url=settings.DEMO_TARGET_URL, secret=settings.DEMO_TARGET_SECRET, actor=actor
+    )
     logins = []
     for role in ROLE_ORDER:
         operator_ensure(username=role, role=role, password=password, actor=actor)

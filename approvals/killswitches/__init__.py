@@ -1,4 +1,5 @@
-"""TODO"""
+"""Kill switches and quarantine: engaging and releasing a switch, what a stop does to the
+work in flight, quarantining an agent, and the agent socket that hears about it first."""
 
 from __future__ import annotations
 

@@ -85,10 +85,14 @@ class AgentFanOut:
         agents = list(self.agents)
         if "switches" in message:  # the state came with the message: no database round trip
             states = {
-                domain: json.dumps({"type": "killswitch.state",
-                                    **state_for(message["version"], message["switches"], [domain])})
+                domain: json.dumps(
+                    {
+                        "type": "killswitch.state",
+                        **state_for(message["version"], message["switches"], [domain]),
+                    }
+                )
                 for domain in {agent.domain for agent in agents}
-            }  # fmt: skip
+            }
         else:
             domains = {agent.domain for agent in agents}
             states = await database_sync_to_async(

@@ -56,10 +56,12 @@ def killswitch_effects(*, change_id: int) -> KillSwitchChange | None:
                 .order_by("pk")
             ):
                 _cancel(
-                    action, actor=Actor.system(KILL_SWITCH_ACTOR), by=KILL_SWITCH_ACTOR,
+                    action,
+                    actor=Actor.system(KILL_SWITCH_ACTOR),
+                    by=KILL_SWITCH_ACTOR,
                     reason=f"kill switch {change.switch.scope} engaged: {change.reason}",
                     data={"kill_switch_version": change.pk},
-                )  # fmt: skip
+                )
                 cancelled += 1
             # Frozen, not decided: touched, so agents long-polling them are answered now.
             frozen = Action.objects.filter(scope, status=S.ESCALATED).update(
@@ -135,8 +137,9 @@ def _cancel(
 def ran_during_kill(action: Action) -> bool:
     """Whether a result reported now for `action` comes from a call made under a kill."""
     cancelled_by_kill = action.status == S.CANCELLED and action.decided_by in (
-        KILL_SWITCH_ACTOR, QUARANTINE_ACTOR,
-    )  # fmt: skip
+        KILL_SWITCH_ACTOR,
+        QUARANTINE_ACTOR,
+    )
     return cancelled_by_kill or KillSwitch.objects.engaged_over(action.domain.slug) is not None
 
 

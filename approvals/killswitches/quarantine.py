@@ -37,8 +37,12 @@ def agent_quarantine(*, agent_name: str, actor: Actor, reason: str) -> tuple[int
             .filter(agent=agent, status__in=[*EXECUTABLE, S.ESCALATED])
             .order_by("pk")
         ):
-            _cancel(action, actor=actor, by=QUARANTINE_ACTOR,
-                    reason=f"agent {agent.name} quarantined: {reason}")  # fmt: skip
+            _cancel(
+                action,
+                actor=actor,
+                by=QUARANTINE_ACTOR,
+                reason=f"agent {agent.name} quarantined: {reason}",
+            )
             cancelled += 1
         revoked = len(prefixes)
         agent.quarantined_at, agent.quarantine_reason = timezone.now(), reason

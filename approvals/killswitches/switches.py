@@ -91,8 +91,11 @@ def killswitch_set(*, scope: str, engaged: bool, actor: Actor, reason: str) -> K
         switch = _switch(scope)
         if switch.engaged == engaged:
             state = "engaged" if engaged else "released"
-            raise Refused(409, f"Already {state}", f"the {scope} kill switch is already {state} "
-                          f"(by {switch.changed_by or 'nobody'})")  # fmt: skip
+            raise Refused(
+                409,
+                f"Already {state}",
+                f"the {scope} kill switch is already {state} (by {switch.changed_by or 'nobody'})",
+            )
         switch.engaged, switch.reason = engaged, reason
         switch.changed_by, switch.changed_at = actor.name, timezone.now()
         switch.save()
@@ -134,8 +137,10 @@ def state_for(
     wanted = None if domain_slugs is None else {*domain_slugs, GLOBAL}
     state = {k: v for k, v in switches.items() if wanted is None or k in wanted}
     for scope in wanted or {GLOBAL}:
-        state.setdefault(scope, {"scope": scope, "engaged": False, "reason": "",
-                                 "changed_by": "", "changed_at": None})  # fmt: skip
+        state.setdefault(
+            scope,
+            {"scope": scope, "engaged": False, "reason": "", "changed_by": "", "changed_at": None},
+        )
     return {"version": version, "switches": state}
 
 

@@ -1,4 +1,5 @@
-"""TODO"""
+"""Live updates: the channel group names and event types, sending after commit, and the
+base socket that survives a channel layer outage."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO"""
+"""The database tables, one module per capability; all in the one `approvals` app, so the
+migrations stay where they are."""
 
 from __future__ import annotations
 

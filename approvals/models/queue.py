@@ -106,8 +106,16 @@ class Action(models.Model):
         self.decided_by, self.decided_at = by, at or timezone.now()
         self.decision_reason = reason
         self.timer_id = ""
-        self.save(update_fields=["status", "decided_by", "decided_at", "decision_reason",
-                                 "timer_id", "updated_at"])  # fmt: skip
+        self.save(
+            update_fields=[
+                "status",
+                "decided_by",
+                "decided_at",
+                "decision_reason",
+                "timer_id",
+                "updated_at",
+            ]
+        )
 
 
 # What an agent may run: the policy said yes, or a person did. Until a result comes back, an

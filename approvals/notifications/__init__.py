@@ -1,4 +1,5 @@
-"""TODO"""
+"""Webhooks: which events reach which endpoints, queued after commit and delivered at most
+once per claim, with retries and a sweep for the lost ones."""
 
 from __future__ import annotations
 

@@ -89,8 +89,9 @@ def notify_switch(*, change: KillSwitchChange) -> int:
 def _queue(hooks: list[Webhook], event: str, body: dict[str, Any], action: Action | None) -> None:
 
     for hook in hooks:
-        delivery = WebhookDelivery.objects.create(webhook=hook, event=event, action=action,
-                                                  body=body)  # fmt: skip
+        delivery = WebhookDelivery.objects.create(
+            webhook=hook, event=event, action=action, body=body
+        )
         enqueue_on_commit(DELIVER_TASK, delivery.pk)
 
 

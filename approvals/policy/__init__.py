@@ -1,4 +1,5 @@
-"""TODO"""
+"""Policies and the tool registry: the documents, their versions, the engine that allows,
+denies or escalates a call, the explain trace, the demo defaults and the policies page."""
 
 from __future__ import annotations
 

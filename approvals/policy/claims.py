@@ -54,15 +54,17 @@ class ClaimRefused(Exception):
 def _number(params: dict[str, Any], name: str, tool: str) -> Decimal:
     value = params.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ClaimRefused(f"params.{name}", f"{tool} takes its amount from params.{name}: "
-                           "send it as a number")  # fmt: skip
+        raise ClaimRefused(
+            f"params.{name}", f"{tool} takes its amount from params.{name}: send it as a number"
+        )
     try:
         number = Decimal(repr(value) if isinstance(value, float) else str(value))
     except ArithmeticError:
         raise ClaimRefused(f"params.{name}", f"params.{name} is not a number") from None
     if not number.is_finite() or not 0 <= number <= AMOUNT_MAX:
-        raise ClaimRefused(f"params.{name}", f"params.{name} must be a number from 0 to "
-                           f"{AMOUNT_MAX}")  # fmt: skip
+        raise ClaimRefused(
+            f"params.{name}", f"params.{name} must be a number from 0 to {AMOUNT_MAX}"
+        )
     return number
 
 
@@ -72,8 +74,10 @@ def _targets(params: dict[str, Any], name: str, tool: str) -> tuple[str, ...]:
     value = params.get(name)
     ids = [value] if isinstance(value, str) else value
     if not isinstance(ids, list) or not ids:
-        raise ClaimRefused(f"params.{name}", f"{tool} names its targets in params.{name}: "
-                           "a target id or a list of them")  # fmt: skip
+        raise ClaimRefused(
+            f"params.{name}",
+            f"{tool} names its targets in params.{name}: a target id or a list of them",
+        )
     for position, target in enumerate(ids):
         problem = target_id_problem(target)
         if problem is not None:
@@ -88,16 +92,22 @@ def proposal_from(document: PolicyDocument, claim: CallClaim) -> Proposal:
     spec = document.tool(claim.tool)
     if spec is None:
         if claim.verb is None:
-            raise ClaimRefused("verb", f"{claim.tool} is not in this domain's tool registry: "
-                               "say its verb")  # fmt: skip
+            raise ClaimRefused(
+                "verb", f"{claim.tool} is not in this domain's tool registry: say its verb"
+            )
         return Proposal(
-            agent=claim.agent, tool=claim.tool, verb=claim.verb, amount=claim.amount,
-            currency=claim.currency, blast_records=claim.blast_records,
-            blast_population=claim.blast_population, target_ids=claim.target_ids,
+            agent=claim.agent,
+            tool=claim.tool,
+            verb=claim.verb,
+            amount=claim.amount,
+            currency=claim.currency,
+            blast_records=claim.blast_records,
+            blast_population=claim.blast_population,
+            target_ids=claim.target_ids,
             has_snapshot=claim.has_snapshot,
             has_compensation=claim.compensation_tool is not None or claim.compensation_connected,
             registered=False,
-        )  # fmt: skip
+        )
     tool = spec.name
     if claim.verb is not None and claim.verb != spec.verb:
         raise ClaimRefused("verb", f"{tool} is registered as {spec.verb}, not {claim.verb}")
@@ -112,9 +122,12 @@ def proposal_from(document: PolicyDocument, claim: CallClaim) -> Proposal:
             raise ClaimRefused(f"params.{spec.amount.params[0]}", detail)
         amount, currency = amount.quantize(Decimal("0.0001")), spec.amount.currency
         if claim.amount is not None and (claim.amount != amount or claim.currency != currency):
-            raise ClaimRefused("amount", f"{tool} amounts to {amount:f} {currency} by its params "
-                               f"({' x '.join(spec.amount.params)}), not {claim.amount:f} "
-                               f"{claim.currency}")  # fmt: skip
+            raise ClaimRefused(
+                "amount",
+                f"{tool} amounts to {amount:f} {currency} by its params "
+                f"({' x '.join(spec.amount.params)}), not {claim.amount:f} "
+                f"{claim.currency}",
+            )
     targets, records = claim.target_ids, claim.blast_records
     if spec.targets is not None:
         targets = _targets(claim.params, spec.targets, tool)
@@ -125,14 +138,18 @@ def proposal_from(document: PolicyDocument, claim: CallClaim) -> Proposal:
                 f"params.{spec.targets}, which are not the target_ids sent",
             )
         if records is not None and records != len(targets):
-            raise ClaimRefused("blast_radius.records", f"{tool} touches {len(targets)} "
-                               f"records by its params, not {records}")  # fmt: skip
+            raise ClaimRefused(
+                "blast_radius.records",
+                f"{tool} touches {len(targets)} records by its params, not {records}",
+            )
         records = len(targets)
     population = claim.blast_population
     if spec.population is not None:
         if population is not None and population != spec.population:
-            raise ClaimRefused("blast_radius.population", f"{tool}'s population is "
-                               f"{spec.population} in the registry, not {population}")  # fmt: skip
+            raise ClaimRefused(
+                "blast_radius.population",
+                f"{tool}'s population is {spec.population} in the registry, not {population}",
+            )
         population = spec.population
     if claim.compensation_tool is not None and claim.compensation_tool != spec.compensating_tool:
         undone = spec.compensating_tool or "nothing (it is not compensated)"
@@ -140,11 +157,18 @@ def proposal_from(document: PolicyDocument, claim: CallClaim) -> Proposal:
             "compensation.tool", f"{tool} is undone by {undone}, not {claim.compensation_tool}"
         )
     return Proposal(
-        agent=claim.agent, tool=tool, verb=spec.verb, amount=amount, currency=currency,
-        blast_records=records, blast_population=population, target_ids=targets,
+        agent=claim.agent,
+        tool=tool,
+        verb=spec.verb,
+        amount=amount,
+        currency=currency,
+        blast_records=records,
+        blast_population=population,
+        target_ids=targets,
         has_snapshot=spec.undo == "restore" and claim.has_snapshot,
-        has_compensation=spec.undo == "compensate", registered=True,
-    )  # fmt: skip
+        has_compensation=spec.undo == "compensate",
+        registered=True,
+    )
 
 
 def overlaps(targets: tuple[str, ...] | list[str], other: list[str]) -> bool:

@@ -70,9 +70,10 @@ class Rule(Strict):
 
 class AmountSpec(Strict):
     params: list[str] = Field(
-        min_length=1, max_length=3,
+        min_length=1,
+        max_length=3,
         description="the params whose product is the amount: [total], or [qty, unit_price]",
-    )  # fmt: skip
+    )
     currency: str = Field(pattern=r"^[A-Z]{3}$")
 
 

@@ -151,8 +151,10 @@ def decide(
     if proposal.registered:
         trace.append(Trace(UNREGISTERED_RULE, False, f"{proposal.tool} is in the registry"))
     elif CAUTION[document.unregistered] > CAUTION[verdict.outcome]:
-        reason = (f"{proposal.tool} is not in the domain's tool registry: its verb, amount and "
-                  "targets are only the agent's word")  # fmt: skip
+        reason = (
+            f"{proposal.tool} is not in the domain's tool registry: its verb, amount and "
+            "targets are only the agent's word"
+        )
         tier = document.default_tier or 1 if document.unregistered == "escalate" else None
         verdict = Verdict(document.unregistered, tier, UNREGISTERED_RULE, reason, version)
         trace.append(Trace(UNREGISTERED_RULE, True, reason))
@@ -168,8 +170,14 @@ def decide(
     flapping = _flapping(facts)
     if flapping is None:
         minutes = settings.ROLLBACK_COOLDOWN_SECONDS // 60
-        trace.append(Trace(FLAPPING_RULE, False, f"no rollback of {proposal.tool} on these "
-                           f"targets by this agent in the last {minutes} minutes"))  # fmt: skip
+        trace.append(
+            Trace(
+                FLAPPING_RULE,
+                False,
+                f"no rollback of {proposal.tool} on these "
+                f"targets by this agent in the last {minutes} minutes",
+            )
+        )
         return verdict, trace
     if flapping == "escalate" and verdict.outcome == "deny":
         trace.append(Trace(FLAPPING_RULE, False, "a repeat after a rollback, already denied"))
@@ -188,8 +196,11 @@ def decide(
     verdict = Verdict(
         outcome="deny" if quarantine else "escalate",
         tier=None if quarantine else max(2, verdict.tier or 1),
-        rule=FLAPPING_RULE, reason=reason, version=version, quarantine=quarantine,
-    )  # fmt: skip
+        rule=FLAPPING_RULE,
+        reason=reason,
+        version=version,
+        quarantine=quarantine,
+    )
     trace.append(Trace(FLAPPING_RULE, True, reason))
     return verdict, trace
 
@@ -216,8 +227,11 @@ def facts_for(agent: Agent | None, tool: str, target_ids: tuple[str, ...] | list
 
     def rolled_back() -> list[datetime]:
         rows = same_tool.filter(rolled_back_at__isnull=False).order_by("-rolled_back_at")
-        return [at for at, other in rows.values_list("rolled_back_at", "target_ids")
-                if at is not None and overlaps(target_ids, other)]  # fmt: skip
+        return [
+            at
+            for at, other in rows.values_list("rolled_back_at", "target_ids")
+            if at is not None and overlaps(target_ids, other)
+        ]
 
     def repeated_since(since: datetime) -> bool:
         later = same_tool.filter(created_at__gt=since).values_list("target_ids", flat=True)
@@ -226,8 +240,9 @@ def facts_for(agent: Agent | None, tool: str, target_ids: tuple[str, ...] | list
     return Facts(recent_count=recent_count, rolled_back=rolled_back, repeated_since=repeated_since)
 
 
-def policy_decide(domain: Domain, agent: Agent | None, claim: CallClaim
-                  ) -> tuple[Proposal, Verdict, list[Trace]]:  # fmt: skip
+def policy_decide(
+    domain: Domain, agent: Agent | None, claim: CallClaim
+) -> tuple[Proposal, Verdict, list[Trace]]:
     """The verdict the domain's current policy gives an agent's call now, with its trace."""
     document, version = policy_current(domain)
     proposal = proposal_from(document, claim)
@@ -253,5 +268,4 @@ def policy_explain(*, domain: Domain, proposal: Proposal) -> tuple[Verdict, list
             has_compensation=spec.undo == "compensate",
         )
     agent = Agent.objects.filter(name=proposal.agent).first()
-    return decide(document, version, proposal, facts_for(agent, proposal.tool,
-                                                         proposal.target_ids))  # fmt: skip
+    return decide(document, version, proposal, facts_for(agent, proposal.tool, proposal.target_ids))

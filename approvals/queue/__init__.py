@@ -1,4 +1,5 @@
-"""TODO"""
+"""The approval queue: escalations by tier with SLA timers, decisions (approve, modify,
+reject) under the four-eyes rules, and the queue and review pages."""
 
 from __future__ import annotations
 

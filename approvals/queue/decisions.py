@@ -78,8 +78,9 @@ def escalation_decide(
     if verdict == "reject" and not reason:
         raise Refused(422, "Reason required", "say why you reject it", field="reason")
     if verdict == "modify" and not isinstance(params, dict):
-        raise Refused(422, "Invalid params", "modified params must be a JSON object",
-                      field="params")  # fmt: skip
+        raise Refused(
+            422, "Invalid params", "modified params must be a JSON object", field="params"
+        )
     with transaction.atomic():
         # The switches' shared lock first, as a proposal takes it (the same order, so no
         # deadlock with an engage): a decision cannot commit after an engage and escape it.
@@ -94,18 +95,24 @@ def escalation_decide(
             raise AlreadyDecided(action)
         if switch is not None:
             raise Refused(
-                423, "Frozen",
+                423,
+                "Frozen",
                 f"the {switch.scope} kill switch is engaged: escalations under it wait, "
                 "undecidable, until it is released",
-            )  # fmt: skip
+            )
         if not params_seen:
-            raise Refused(422, "params_seen required", "send the fingerprint of the params you "
-                          "reviewed (params_seen)", field="params_seen")  # fmt: skip
+            raise Refused(
+                422,
+                "params_seen required",
+                "send the fingerprint of the params you reviewed (params_seen)",
+                field="params_seen",
+            )
         if params_seen != params_fingerprint(effective_params(action)):
             raise Refused(
-                409, "Params changed",
+                409,
+                "Params changed",
                 "someone modified the params since you opened this item; review them again",
-            )  # fmt: skip
+            )
         level = action.tier or 1
         tier = _tier(tiers_of(action.domain_id), level)
         if not user.has_perm(perm(tier.decide_permission)):
@@ -117,28 +124,35 @@ def escalation_decide(
             return Decision(_finish(action, S.REJECTED, actor, reason), final=True)
         if action.agent.owner_id == user.pk:
             raise Refused(
-                403, "Owner may not approve",
+                403,
+                "Owner may not approve",
                 f"you own agent {action.agent.name}; someone else must approve its actions",
-            )  # fmt: skip
+            )
         if verdict == "modify":
             assert params is not None
             return _modify(action, params, actor, reason)
         if action.modified_by and action.modified_by == actor.name:
             raise Refused(
-                403, "You modified it",
+                403,
+                "You modified it",
                 "you modified these params; another approver must approve the modified version",
-            )  # fmt: skip
+            )
         if Approval.objects.filter(action=action, tier=level, user=user).exists():
             raise Refused(
-                409, "Already approved by you",
+                409,
+                "Already approved by you",
                 f"you already approved this at tier {action.tier}; "
                 "the next approval must come from someone else",
-            )  # fmt: skip
+            )
         senior = bool(tier.senior_permission) and user.has_perm(perm(tier.senior_permission))
         Approval.objects.create(
-            action=action, tier=level, user=user, senior=senior,
-            modified_params=action.modified_params, reason=reason,
-        )  # fmt: skip
+            action=action,
+            tier=level,
+            user=user,
+            senior=senior,
+            modified_params=action.modified_params,
+            reason=reason,
+        )
         approvals = list(Approval.objects.filter(action=action, tier=level))
         missing = _missing(tier, approvals)
         if missing:
@@ -160,8 +174,9 @@ def _modify(action: Action, params: dict[str, Any], actor: Actor, reason: str) -
     """Judge modified params as a new proposal of the same agent, token and tool."""
     before = effective_params(action)
     if params == before:
-        raise Refused(422, "Nothing modified", "the params are unchanged; approve instead",
-                      field="params")  # fmt: skip
+        raise Refused(
+            422, "Nothing modified", "the params are unchanged; approve instead", field="params"
+        )
     claim = _claim_of(action, params)
     try:
         proposal, verdict, _ = policy_decide(action.domain, action.agent, claim)
@@ -170,19 +185,25 @@ def _modify(action: Action, params: dict[str, Any], actor: Actor, reason: str) -
     snapshot = action.pre_action_state is not None or action.desk_snapshot is not None
     if snapshot and sorted(proposal.target_ids) != sorted(action.target_ids):
         raise Refused(
-            422, "Targets changed",
+            422,
+            "Targets changed",
             "the modified params act on other targets than the snapshot taken for this "
             "proposal; reject it and let the agent propose those targets itself",
             field="params",
-        )  # fmt: skip
+        )
     if not token_allows(action.token, tool=proposal.tool, verb=proposal.verb):
-        raise Refused(403, "Out of the agent's scope", f"the agent's token may not "
-                      f"{proposal.verb} with {proposal.tool}")  # fmt: skip
+        raise Refused(
+            403,
+            "Out of the agent's scope",
+            f"the agent's token may not {proposal.verb} with {proposal.tool}",
+        )
     if verdict.outcome == "deny":
         raise Refused(
-            422, "Denied by the policy",
-            f"rule {verdict.rule} denies the modified params: {verdict.reason}", field="params",
-        )  # fmt: skip
+            422,
+            "Denied by the policy",
+            f"rule {verdict.rule} denies the modified params: {verdict.reason}",
+            field="params",
+        )
     level = action.tier or 1
     action.modified_params, action.modified_by = params, actor.name
     action.target_ids = list(proposal.target_ids)
@@ -206,15 +227,21 @@ def _modify(action: Action, params: dict[str, Any], actor: Actor, reason: str) -
         summary=f"{action.tool} params modified: {params_diff_text(before, params)}; "
         f"{verdict.outcome} by {verdict.rule} at tier {action.tier}, waiting for another approver"
         + (f"; {set_aside} earlier approval(s) set aside" if set_aside else ""),
-        data={"before": before, "after": params, "reason": reason, "rule": verdict.rule,
-              "outcome": verdict.outcome, "tier": action.tier, "approvals_set_aside": set_aside,
-              "amount": None if proposal.amount is None else f"{proposal.amount:f}",
-              "targets": len(proposal.target_ids)},
-    )  # fmt: skip
+        data={
+            "before": before,
+            "after": params,
+            "reason": reason,
+            "rule": verdict.rule,
+            "outcome": verdict.outcome,
+            "tier": action.tier,
+            "approvals_set_aside": set_aside,
+            "amount": None if proposal.amount is None else f"{proposal.amount:f}",
+            "targets": len(proposal.target_ids),
+        },
+    )
     live.escalation_changed(action.pk)
     tier = _tier(tiers_of(action.domain_id), action.tier or 1)
-    return Decision(action, final=False,
-                    waiting_for=f"{tier.describe()}, other than {actor.name}")  # fmt: skip
+    return Decision(action, final=False, waiting_for=f"{tier.describe()}, other than {actor.name}")
 
 
 def _claim_of(action: Action, params: dict[str, Any]) -> CallClaim:
@@ -223,7 +250,10 @@ def _claim_of(action: Action, params: dict[str, Any]) -> CallClaim:
     document, _ = policy_current(action.domain)
     registered = document.tool(action.tool) is not None
     return CallClaim(
-        agent=action.agent.name, tool=action.tool, verb=action.verb, params=params,
+        agent=action.agent.name,
+        tool=action.tool,
+        verb=action.verb,
+        params=params,
         amount=None if registered else action.amount,
         currency="" if registered else action.currency,
         blast_records=None if registered else action.blast_records,
@@ -235,7 +265,7 @@ def _claim_of(action: Action, params: dict[str, Any]) -> CallClaim:
         and action.compensation is None
         and action.pre_action_state is None
         and compensation_connected(action.domain, action.tool),
-    )  # fmt: skip
+    )
 
 
 def _missing(tier: TierSpec, approvals: list[Approval]) -> str:

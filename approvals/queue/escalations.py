@@ -60,10 +60,11 @@ DEFAULT_TIERS = (
 def tiers_of(domain_id: int) -> tuple[TierSpec, ...]:
     rows = Tier.objects.filter(domain_id=domain_id).order_by("level")
     configured = tuple(
-        TierSpec(t.level, t.approvals_needed, t.decide_permission, t.senior_permission,
-                 t.sla_seconds)
+        TierSpec(
+            t.level, t.approvals_needed, t.decide_permission, t.senior_permission, t.sla_seconds
+        )
         for t in rows
-    )  # fmt: skip
+    )
     return configured or DEFAULT_TIERS
 
 

@@ -32,19 +32,33 @@ def queue_change(action_id: str) -> QueueChange:
     )
 
 
-def queue_push_html(action_id: str, change: QueueChange, *, rows: bool, insert: bool,
-                    count: bool) -> str:  # fmt: skip
+def queue_push_html(
+    action_id: str, change: QueueChange, *, rows: bool, insert: bool, count: bool
+) -> str:
     return render_to_string(
         "approvals/queue/queue_push.html",
-        {"action_id": action_id, "a": change.action, "rows": rows, "insert": insert,
-         "count": count, "queue_count": change.queue_count, "oob": True, **change.frozen},
-    )  # fmt: skip
+        {
+            "action_id": action_id,
+            "a": change.action,
+            "rows": rows,
+            "insert": insert,
+            "count": count,
+            "queue_count": change.queue_count,
+            "oob": True,
+            **change.frozen,
+        },
+    )
 
 
 def queue_groups_html(filters: QueueFilters) -> str:
     groups, total = queue_groups(filters)
-    context = {"groups": groups, "total": total, "filters": filters, "oob": True,
-               **frozen_context()}  # fmt: skip
+    context = {
+        "groups": groups,
+        "total": total,
+        "filters": filters,
+        "oob": True,
+        **frozen_context(),
+    }
     return render_to_string("approvals/queue/queue.html#groups", context)
 
 

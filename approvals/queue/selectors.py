@@ -86,8 +86,12 @@ class QueueFilters:
         )
 
     def query(self) -> str:
-        pairs = {"domain": self.domain, "agent": self.agent, "tier": self.tier,
-                 "age": self.min_age_minutes}  # fmt: skip
+        pairs = {
+            "domain": self.domain,
+            "agent": self.agent,
+            "tier": self.tier,
+            "age": self.min_age_minutes,
+        }
         return urlencode({k: v for k, v in pairs.items() if v not in ("", None)})
 
 

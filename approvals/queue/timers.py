@@ -55,9 +55,11 @@ def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | Non
         system = Actor.system("escalation-timer")
         if not higher:
             action.settle(
-                S.EXPIRED, by=system.name, at=now,
+                S.EXPIRED,
+                by=system.name,
+                at=now,
                 reason=f"no decision within the SLA of every tier up to {action.tier}",
-            )  # fmt: skip
+            )
             audit_action_event(
                 actor=system,
                 action=action,
@@ -103,7 +105,8 @@ def escalations_sweep(*, now: datetime | None = None) -> int:
     fired = 0
     for action_id, timer_id in overdue[:500]:
         if escalation_timer_fired(action_id=action_id, timer_id=timer_id, now=now) in (
-            "escalated", "expired",
-        ):  # fmt: skip
+            "escalated",
+            "expired",
+        ):
             fired += 1
     return fired

@@ -108,8 +108,11 @@ def decide(request: HtmxHttpRequest, action_id: uuid.UUID) -> HttpResponse:
         field = f"{exc.field}: " if exc.field else ""
         return _decision_error(request, action, field + exc.detail, exc.status)
     if request.htmx:
-        return render(request, "approvals/queue/review.html#decision",
-                      decision_context(decision.action, request.user))  # fmt: skip
+        return render(
+            request,
+            "approvals/queue/review.html#decision",
+            decision_context(decision.action, request.user),
+        )
     if decision.final:
         messages.success(request, f"{decision.action.tool} {decision.action.status}.")
         return redirect("queue")
@@ -124,7 +127,11 @@ def _decision_error(
     request: HtmxHttpRequest, action: Action, error: str, status: int
 ) -> HttpResponse:
     if request.htmx:
-        return render(request, "approvals/queue/review.html#decision",
-                      decision_context(action, request.user, error), status=status)  # fmt: skip
+        return render(
+            request,
+            "approvals/queue/review.html#decision",
+            decision_context(action, request.user, error),
+            status=status,
+        )
     messages.error(request, error)
     return redirect("review", action_id=action.pk)

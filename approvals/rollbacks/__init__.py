@@ -1,4 +1,5 @@
-"""TODO"""
+"""Rollbacks and connectors: planning which actions to undo, confirming and controlling a
+plan, the runner that restores or compensates each target, and the desk's own reads."""
 
 from __future__ import annotations
 

@@ -89,16 +89,24 @@ class PythonSpec(BaseModel):
 def connector_check(*, kind: str, spec: dict[str, Any], secret: str = "unchecked") -> None:
     """Refuse (422) a spec that cannot work, naming the field."""
     if kind == Connector.Kind.HTTP and not secret.strip():
-        raise Refused(422, "Secret required", "an HTTP connector signs its requests: give it a "
-                      "secret the target system also knows", field="secret")  # fmt: skip
+        raise Refused(
+            422,
+            "Secret required",
+            "an HTTP connector signs its requests: give it a secret the target system also knows",
+            field="secret",
+        )
     try:
         if kind == Connector.Kind.PYTHON:
             checked = PythonSpec.model_validate(spec)
             try:
                 import_string(checked.function)
             except ImportError as exc:
-                raise Refused(422, "Unknown function", f"cannot import {checked.function}: {exc}",
-                              field="spec.function") from exc  # fmt: skip
+                raise Refused(
+                    422,
+                    "Unknown function",
+                    f"cannot import {checked.function}: {exc}",
+                    field="spec.function",
+                ) from exc
             return
         http_spec = HttpSpec.model_validate(spec)
     except ValidationError as exc:
@@ -137,13 +145,24 @@ class Context:
                 "params": _Quoted(params),
                 "result": _Quoted(result),
             }
-        return {"target": self.target, "action_id": str(self.action.pk),
-                "tool": self.action.tool, "params": params, "result": result}  # fmt: skip
+        return {
+            "target": self.target,
+            "action_id": str(self.action.pk),
+            "tool": self.action.tool,
+            "params": params,
+            "result": result,
+        }
 
     def action_info(self) -> dict[str, Any]:
         a = self.action
-        return {"id": str(a.pk), "tool": a.tool, "verb": a.verb, "params": a.params,
-                "target_ids": a.target_ids, "result": a.result}  # fmt: skip
+        return {
+            "id": str(a.pk),
+            "tool": a.tool,
+            "verb": a.verb,
+            "params": a.params,
+            "target_ids": a.target_ids,
+            "result": a.result,
+        }
 
 
 class _Quoted(dict[str, Any]):
@@ -251,8 +270,9 @@ def _http_once(connector: Connector, method: str, url: str, body: bytes, key: st
     try:
         return json.loads(payload)
     except ValueError as exc:
-        raise ConnectorError(f"{method} {url} answered something that is not JSON: "
-                             f"{payload[:200]!r}") from exc  # fmt: skip
+        raise ConnectorError(
+            f"{method} {url} answered something that is not JSON: {payload[:200]!r}"
+        ) from exc
 
 
 def _http(connector: Connector, call: Call, context: Context, state: Any, key: str) -> Any:
@@ -293,8 +313,9 @@ def connectors_for(domain_ids: set[int]) -> dict[tuple[int, str], Connector]:
 
 def compensation_connected(domain: Domain, tool: str) -> bool:
     """Whether the domain has a connector that can compensate the tool's actions."""
-    return connector_supports(Connector.objects.filter(domain=domain, tool=tool).first(),
-                              "compensate")  # fmt: skip
+    return connector_supports(
+        Connector.objects.filter(domain=domain, tool=tool).first(), "compensate"
+    )
 
 
 def connector_supports(connector: Connector | None, operation: Operation) -> bool:
@@ -312,14 +333,19 @@ def connector_call(
     if connector.kind == Connector.Kind.PYTHON:
         try:
             return _python_function(connector)(
-                operation, target=context.target, state=state, action=context.action_info(),
+                operation,
+                target=context.target,
+                state=state,
+                action=context.action_info(),
                 key=context.key,
-            )  # fmt: skip
+            )
         except ConnectorError:
             raise
         except Exception as exc:
-            raise ConnectorError(f"{connector.spec.get('function')} failed on {operation}: "
-                                 f"{exc.__class__.__name__}: {exc}") from exc  # fmt: skip
+            raise ConnectorError(
+                f"{connector.spec.get('function')} failed on {operation}: "
+                f"{exc.__class__.__name__}: {exc}"
+            ) from exc
     call = getattr(_http_spec(connector), operation)
     if call is None:
         raise ConnectorError(f"the {connector.tool} connector has no {operation} operation")
@@ -353,17 +379,30 @@ def compensation_expected(connector: Connector, context: Context) -> Any:
 
 
 def connector_save(
-    *, domain: Domain, tool: str, kind: str, spec: dict[str, Any], actor: Actor,
-    secret: str = "", timeout_seconds: float = 5.0, max_attempts: int = 3,
-) -> Connector:  # fmt: skip
+    *,
+    domain: Domain,
+    tool: str,
+    kind: str,
+    spec: dict[str, Any],
+    actor: Actor,
+    secret: str = "",
+    timeout_seconds: float = 5.0,
+    max_attempts: int = 3,
+) -> Connector:
     """Create or replace the connector of a domain's tool, checked and audited."""
     connector_check(kind=kind, spec=spec, secret=secret)
     with transaction.atomic():
         connector, created = Connector.objects.update_or_create(
-            domain=domain, tool=tool,
-            defaults={"kind": kind, "spec": spec, "secret": secret,
-                      "timeout_seconds": timeout_seconds, "max_attempts": max_attempts},
-        )  # fmt: skip
+            domain=domain,
+            tool=tool,
+            defaults={
+                "kind": kind,
+                "spec": spec,
+                "secret": secret,
+                "timeout_seconds": timeout_seconds,
+                "max_attempts": max_attempts,
+            },
+        )
         audit_record(
             actor=actor,
             action="connector.created" if created else "connector.changed",

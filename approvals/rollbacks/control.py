@@ -33,8 +33,9 @@ def _locked(plan_id: UUID | str) -> RollbackPlan:
     return plan
 
 
-def _audit_plan(plan: RollbackPlan, actor: Actor, event: str, summary: str,
-                data: dict[str, Any] | None = None) -> None:  # fmt: skip
+def _audit_plan(
+    plan: RollbackPlan, actor: Actor, event: str, summary: str, data: dict[str, Any] | None = None
+) -> None:
     audit_record(
         actor=actor,
         action=f"rollback.{event}",
@@ -63,9 +64,13 @@ def plan_start(*, plan_id: UUID | str, actor: Actor) -> RollbackPlan:
             raise Refused(409, "Not a draft", f"the plan is {plan.state}; only a draft starts")
         if needs_confirmation(plan):
             _set_state(plan, P.AWAITING_CONFIRMATION, started_by=actor.name)
-            _audit_plan(plan, actor, "start_requested",
-                        f"Start of rollback {plan.description} ({plan.total} steps) requested; "
-                        "a second person must confirm")  # fmt: skip
+            _audit_plan(
+                plan,
+                actor,
+                "start_requested",
+                f"Start of rollback {plan.description} ({plan.total} steps) requested; "
+                "a second person must confirm",
+            )
             return plan
         _run(plan, actor, started_by=actor.name)
     return plan
@@ -78,8 +83,12 @@ def plan_confirm(*, plan_id: UUID | str, actor: Actor) -> RollbackPlan:
         if plan.state != P.AWAITING_CONFIRMATION:
             raise Refused(409, "Nothing to confirm", f"the plan is {plan.state}")
         if actor.name == plan.started_by:
-            raise Refused(403, "Second person needed", f"{actor.name} asked to start this plan; "
-                          "another incident commander must confirm it")  # fmt: skip
+            raise Refused(
+                403,
+                "Second person needed",
+                f"{actor.name} asked to start this plan; "
+                "another incident commander must confirm it",
+            )
         _run(plan, actor, confirmed_by=actor.name)
     return plan
 
@@ -88,8 +97,13 @@ def _run(plan: RollbackPlan, actor: Actor, **fields: Any) -> None:
 
     fields.setdefault("started_at", plan.started_at or timezone.now())
     _set_state(plan, P.RUNNING, **fields)
-    _audit_plan(plan, actor, "started", f"Rollback {plan.description} started "
-                f"({plan.total} steps)", {k: str(v) for k, v in fields.items()})  # fmt: skip
+    _audit_plan(
+        plan,
+        actor,
+        "started",
+        f"Rollback {plan.description} started ({plan.total} steps)",
+        {k: str(v) for k, v in fields.items()},
+    )
     for _ in range(settings.ROLLBACK_WORKERS):
         enqueue_on_commit(RUN_TASK, str(plan.pk))
 
@@ -142,8 +156,12 @@ def step_resolve(
     edited state, retry a failed one, or say a manual step was done by hand."""
 
     if decision not in RESOLUTIONS:
-        raise Refused(422, "Unknown decision", f"decide {', '.join(RESOLUTIONS)}, "
-                      f"not {decision!r}", field="decision")  # fmt: skip
+        raise Refused(
+            422,
+            "Unknown decision",
+            f"decide {', '.join(RESOLUTIONS)}, not {decision!r}",
+            field="decision",
+        )
     with transaction.atomic():
         step = RollbackStep.objects.filter(pk=step_id).select_related("action").first()
         if step is None:
@@ -153,12 +171,17 @@ def step_resolve(
         if plan.state in CLOSED_PLAN_STATES:
             raise Refused(409, "Plan finished", f"the plan is {plan.state}")
         if step.state not in RESOLUTIONS[decision]:
-            raise Refused(409, "Cannot " + decision, f"step {step.position} is {step.state}; "
-                          f"{decision} applies to a step that is "
-                          f"{' or '.join(RESOLUTIONS[decision])}")  # fmt: skip
+            raise Refused(
+                409,
+                "Cannot " + decision,
+                f"step {step.position} is {step.state}; "
+                f"{decision} applies to a step that is "
+                f"{' or '.join(RESOLUTIONS[decision])}",
+            )
         if decision == "edit" and state is None:
-            raise Refused(422, "State required", "give the state to restore, as JSON",
-                          field="state")  # fmt: skip
+            raise Refused(
+                422, "State required", "give the state to restore, as JSON", field="state"
+            )
         before = {"state": step.state, "restore_state": step.restore_state}
         if decision in ("skip", "done"):
             step.state = T.SKIPPED if decision == "skip" else T.DONE
@@ -183,9 +206,13 @@ def step_resolve(
             summary=f"Rollback step {step.position} ({step.method} {step.target}) of "
             f"{plan.description}: {decision} by {actor.name}"
             + (f": {note.strip()}" if note.strip() else ""),
-            data={"plan": str(plan.pk), "position": step.position, "before": before,
-                  "restore_state": step.restore_state},
-        )  # fmt: skip
+            data={
+                "plan": str(plan.pk),
+                "position": step.position,
+                "before": before,
+                "restore_state": step.restore_state,
+            },
+        )
         _settle_actions(plan, [step.action_id])
         # A step that runs again, or later steps on its target that it held back, run now.
         if (
@@ -225,11 +252,17 @@ def _settle_actions(plan: RollbackPlan, action_ids: list[Any]) -> None:
             status=status, rolled_back_at=now if status == S.ROLLED_BACK else None, updated_at=now
         )
         entries += [
-            Entry(action=f"action.{status}", domain=a.domain.slug, object_type="action",
-                  object_id=a.pk, summary=f"{a.tool}:{a.verb} {status.replace('_', ' ')} by "
-                  f"rollback {plan.description}", data={"plan": str(plan.pk)})
+            Entry(
+                action=f"action.{status}",
+                domain=a.domain.slug,
+                object_type="action",
+                object_id=a.pk,
+                summary=f"{a.tool}:{a.verb} {status.replace('_', ' ')} by "
+                f"rollback {plan.description}",
+                data={"plan": str(plan.pk)},
+            )
             for a in changing
-        ]  # fmt: skip
+        ]
     audit_record_many(actor=system_actor(plan), entries=entries)
 
 
@@ -252,5 +285,10 @@ def _settle_plan(plan: RollbackPlan, *, nothing_claimable: bool = False) -> None
     final = state in (P.COMPLETED, P.FAILED)
     _set_state(plan, state, finished_at=timezone.now() if final else None)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    _audit_plan(plan, system_actor(plan), state, f"Rollback {plan.description} {state}: "
-                f"{summary}", {"counts": counts})  # fmt: skip
+    _audit_plan(
+        plan,
+        system_actor(plan),
+        state,
+        f"Rollback {plan.description} {state}: {summary}",
+        {"counts": counts},
+    )

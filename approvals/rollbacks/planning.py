@@ -97,11 +97,13 @@ class Selection:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "session": self.session, "agent": self.agent, "domain": self.domain,
+            "session": self.session,
+            "agent": self.agent,
+            "domain": self.domain,
             "since": self.since.isoformat() if self.since else None,
             "until": self.until.isoformat() if self.until else None,
             "actions": list(self.action_ids),
-        }  # fmt: skip
+        }
 
 
 def _selected(selection: Selection) -> Q:
@@ -110,13 +112,18 @@ def _selected(selection: Selection) -> Q:
         agent, _, external = selection.session.partition("/")
         session = AgentSession.objects.filter(agent__name=agent, external_id=external).first()
         if not agent or not external or session is None:
-            raise Refused(404, "No such session", f"no session {selection.session!r} "
-                          "(write it as agent/session-id)", field="session")  # fmt: skip
+            raise Refused(
+                404,
+                "No such session",
+                f"no session {selection.session!r} (write it as agent/session-id)",
+                field="session",
+            )
         q = Q(session=session)
     elif scope == RollbackPlan.Scope.AGENT:
         if not selection.agent or not Action.objects.filter(agent__name=selection.agent).exists():
-            raise Refused(404, "No such agent", f"no actions by an agent {selection.agent!r}",
-                          field="agent")  # fmt: skip
+            raise Refused(
+                404, "No such agent", f"no actions by an agent {selection.agent!r}", field="agent"
+            )
         q = Q(agent__name=selection.agent)
     elif scope == RollbackPlan.Scope.DOMAIN:
         if not Domain.objects.filter(slug=selection.domain).exists():
@@ -124,18 +131,24 @@ def _selected(selection: Selection) -> Q:
         q = Q(domain__slug=selection.domain)
     elif scope == RollbackPlan.Scope.ACTIONS:
         if not selection.action_ids:
-            raise Refused(422, "No actions chosen", "list the ids of the actions to undo",
-                          field="actions")  # fmt: skip
+            raise Refused(
+                422, "No actions chosen", "list the ids of the actions to undo", field="actions"
+            )
         chosen = Action.objects.filter(pk__in=selection.action_ids)
         found = {str(pk) for pk in chosen.values_list("pk", flat=True)}
         missing = [a for a in selection.action_ids if a not in found]
         if missing:
-            raise Refused(404, "No such action", f"no action {', '.join(missing[:5])}",
-                          field="actions")  # fmt: skip
+            raise Refused(
+                404, "No such action", f"no action {', '.join(missing[:5])}", field="actions"
+            )
         q = Q(pk__in=selection.action_ids)
     else:
-        raise Refused(422, "Unknown scope", f"scope must be session, agent, domain or actions, "
-                      f"not {scope!r}", field="scope")  # fmt: skip
+        raise Refused(
+            422,
+            "Unknown scope",
+            f"scope must be session, agent, domain or actions, not {scope!r}",
+            field="scope",
+        )
     if selection.since:
         q &= Q(created_at__gte=selection.since)
     if selection.until:
@@ -173,19 +186,27 @@ def plan_create(*, actor: Actor, selection: Selection, reason: str = "") -> Roll
     # Reads changed nothing: there is nothing of theirs to undo.
     q = _selected(selection) & Q(status__in=[S.SUCCEEDED, S.ROLLBACK_FAILED]) & ~Q(verb="read")
     with transaction.atomic():
-        actions = list(Action.objects.select_for_update(of=("self",)).filter(q)
-                       .order_by("-created_at", "-pk"))  # fmt: skip
+        actions = list(
+            Action.objects.select_for_update(of=("self",)).filter(q).order_by("-created_at", "-pk")
+        )
         if not actions:
-            raise Refused(422, "Nothing to roll back", f"{selection.describe()} has no executed "
-                          "actions that are not rolled back already")  # fmt: skip
+            raise Refused(
+                422,
+                "Nothing to roll back",
+                f"{selection.describe()} has no executed actions that are not rolled back already",
+            )
         busy = (
             RollbackStep.objects.filter(action__in=actions, plan__state__in=OPEN_PLAN_STATES)
             .values_list("plan_id", flat=True)
             .first()
         )
         if busy is not None:
-            raise Refused(409, "Already in a plan", f"some of these actions are in open rollback "
-                          f"plan {busy}: finish or cancel it first")  # fmt: skip
+            raise Refused(
+                409,
+                "Already in a plan",
+                f"some of these actions are in open rollback "
+                f"plan {busy}: finish or cancel it first",
+            )
         domains = {a.domain_id for a in actions}
         plan = RollbackPlan.objects.create(
             scope=selection.scope,

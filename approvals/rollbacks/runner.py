@@ -88,8 +88,11 @@ def _claim(plan_id: UUID | str, worker: str, size: int) -> list[RollbackStep]:
         # A step whose worker died on it again and again is not tried forever.
         steps.filter(
             state=T.RUNNING, claimed_at__lt=stale, attempts__gte=settings.ROLLBACK_MAX_ATTEMPTS
-        ).update(state=T.FAILED, finished_at=now, note=f"gave up: the worker running it "
-                 f"stopped {settings.ROLLBACK_MAX_ATTEMPTS} times")  # fmt: skip
+        ).update(
+            state=T.FAILED,
+            finished_at=now,
+            note=f"gave up: the worker running it stopped {settings.ROLLBACK_MAX_ATTEMPTS} times",
+        )
         # Earliest unfinished step per target held elsewhere: later steps on it must wait.
         blocking: dict[str, int] = {}
         held = steps.filter(Q(state__in=NEEDS_A_PERSON) | Q(state=T.RUNNING, claimed_at__gte=stale))
@@ -160,8 +163,9 @@ def _undone(current: Any, expected: Any, *, partial: bool) -> bool:
 def _execute(step: RollbackStep, connector: Connector | None) -> Outcome:
     """One step against its target: drift check, restore or compensate, verify."""
     if connector is None:
-        return Outcome(T.FAILED, note=f"no connector for {step.action.tool} in "
-                       f"{step.action.domain.slug}")  # fmt: skip
+        return Outcome(
+            T.FAILED, note=f"no connector for {step.action.tool} in {step.action.domain.slug}"
+        )
     context = Context(action=step.action, target=step.target, key=step.idempotency_key)
     expected_after, partial = step.restore_state, False
     try:
@@ -177,8 +181,11 @@ def _execute(step: RollbackStep, connector: Connector | None) -> Outcome:
             if step.method == M.RESTORE and any(current == s for s in step.later_restores):
                 # ... and went on to older steps on this target before it died.
                 return Outcome(T.DONE, current, "the target already reads an older snapshot")
-            return Outcome(T.DRIFT, current, "the target changed since the action: it no "
-                           "longer reads what the action left")  # fmt: skip
+            return Outcome(
+                T.DRIFT,
+                current,
+                "the target changed since the action: it no longer reads what the action left",
+            )
         if step.method == M.RESTORE:
             connector_call(connector, "restore", context, step.restore_state)
         else:
@@ -187,13 +194,18 @@ def _execute(step: RollbackStep, connector: Connector | None) -> Outcome:
     except ConnectorError as exc:
         return Outcome(T.FAILED, note=str(exc))
     if not _undone(after, expected_after, partial=partial):
-        return Outcome(T.FAILED, after, f"verification failed: after the {step.method} the "
-                       "target does not read the state it should")  # fmt: skip
+        return Outcome(
+            T.FAILED,
+            after,
+            f"verification failed: after the {step.method} the "
+            "target does not read the state it should",
+        )
     return Outcome(T.DONE, after, "forced past drift" if step.force else "")
 
 
-def _execute_group(steps: list[RollbackStep], connectors: dict[tuple[int, str], Connector]
-                   ) -> list[tuple[RollbackStep, Outcome | None]]:  # fmt: skip
+def _execute_group(
+    steps: list[RollbackStep], connectors: dict[tuple[int, str], Connector]
+) -> list[tuple[RollbackStep, Outcome | None]]:
     """Steps on one target, in order; after one that did not finish, the rest go back."""
     results: list[tuple[RollbackStep, Outcome | None]] = []
     stopped = False
@@ -207,8 +219,9 @@ def _execute_group(steps: list[RollbackStep], connectors: dict[tuple[int, str], 
     return results
 
 
-def _record(plan_id: UUID | str, worker: str,
-            results: list[tuple[RollbackStep, Outcome | None]]) -> None:  # fmt: skip
+def _record(
+    plan_id: UUID | str, worker: str, results: list[tuple[RollbackStep, Outcome | None]]
+) -> None:
     """Write a batch's outcomes, for the steps this worker still holds (a step whose lease
     ran out may have been claimed again by another worker: its outcome is theirs to write)."""
     now = timezone.now()
@@ -216,9 +229,10 @@ def _record(plan_id: UUID | str, worker: str,
         plan = RollbackPlan.objects.select_for_update().get(pk=plan_id)
         steps = plan.steps.all()
         mine = set(
-            steps.filter(pk__in=[s.pk for s, _ in results], state=T.RUNNING, claimed_by=worker)
-            .values_list("pk", flat=True)
-        )  # fmt: skip
+            steps.filter(
+                pk__in=[s.pk for s, _ in results], state=T.RUNNING, claimed_by=worker
+            ).values_list("pk", flat=True)
+        )
         results = [(s, o) for s, o in results if s.pk in mine]
         released = [s.pk for s, o in results if o is None]
         steps.filter(pk__in=released).update(state=T.PENDING, claimed_by="", claimed_at=None)
@@ -231,9 +245,11 @@ def _record(plan_id: UUID | str, worker: str,
                 done[outcome.note].append(step.pk)
             else:
                 steps.filter(pk=step.pk).update(
-                    state=outcome.state, current_state=outcome.current, note=outcome.note,
+                    state=outcome.state,
+                    current_state=outcome.current,
+                    note=outcome.note,
                     finished_at=now if outcome.state == T.FAILED else None,
-                )  # fmt: skip
+                )
         for note, ids in done.items():
             steps.filter(pk__in=ids).update(state=T.DONE, note=note, finished_at=now)
         entries = [
@@ -253,7 +269,7 @@ def _record(plan_id: UUID | str, worker: str,
                     "target": step.target,
                     "forced": step.force,
                 },
-            )  # fmt: skip
+            )
             for step, outcome in results
             if outcome is not None
         ]
@@ -273,10 +289,11 @@ def rollback_run(*, plan_id: UUID | str, budget_seconds: float | None = None) ->
     connectors: dict[tuple[int, str], Connector] = {}
     size = settings.ROLLBACK_BATCH
     with (
-        ThreadPoolExecutor(settings.ROLLBACK_CONCURRENCY, initializer=close_old_connections)
-        as pool,
+        ThreadPoolExecutor(
+            settings.ROLLBACK_CONCURRENCY, initializer=close_old_connections
+        ) as pool,
         _Heartbeat(plan_id, worker),
-    ):  # fmt: skip
+    ):
         while time.monotonic() < deadline:
             steps = _claim(plan_id, worker, size)
             if not steps:
@@ -288,9 +305,10 @@ def rollback_run(*, plan_id: UUID | str, budget_seconds: float | None = None) ->
             for step in steps:
                 groups[_target_key(step)].append(step)
             results = [
-                r for done in pool.map(lambda g: _execute_group(g, connectors), groups.values())
+                r
+                for done in pool.map(lambda g: _execute_group(g, connectors), groups.values())
                 for r in done
-            ]  # fmt: skip
+            ]
             _record(plan_id, worker, results)
     return True
 

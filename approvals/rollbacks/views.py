@@ -49,8 +49,12 @@ def _when(value: str, field: str) -> datetime | None:
         return None
     parsed = parse_datetime(value)
     if parsed is None:
-        raise Refused(422, "Not a time", f"{field}: {value!r} is not a date and time "
-                      "(YYYY-MM-DDTHH:MM)", field=field)  # fmt: skip
+        raise Refused(
+            422,
+            "Not a time",
+            f"{field}: {value!r} is not a date and time (YYYY-MM-DDTHH:MM)",
+            field=field,
+        )
     return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed)
 
 
@@ -60,8 +64,9 @@ def _selection(form: Any) -> Selection:
         try:
             uuid.UUID(value)
         except ValueError:
-            raise Refused(422, "Not an action id", f"actions: {value!r} is not an action id",
-                          field="actions") from None  # fmt: skip
+            raise Refused(
+                422, "Not an action id", f"actions: {value!r} is not an action id", field="actions"
+            ) from None
     return Selection(
         scope=form.get("scope", ""),
         session=form.get("session", "").strip(),
@@ -73,8 +78,9 @@ def _selection(form: Any) -> Selection:
     )
 
 
-def _rollbacks_page(request: HttpRequest, form: Any, error: str = "", status: int = 200
-                    ) -> HttpResponse:  # fmt: skip
+def _rollbacks_page(
+    request: HttpRequest, form: Any, error: str = "", status: int = 200
+) -> HttpResponse:
     return render(
         request,
         "approvals/rollbacks/rollbacks.html",
@@ -100,8 +106,11 @@ def rollbacks(request: HttpRequest) -> HttpResponse:
 @require("run_rollback")
 def rollback_new(request: HttpRequest) -> HttpResponse:
     try:
-        plan = plan_create(actor=Actor.user(request.user), selection=_selection(request.POST),
-                           reason=request.POST.get("reason", ""))  # fmt: skip
+        plan = plan_create(
+            actor=Actor.user(request.user),
+            selection=_selection(request.POST),
+            reason=request.POST.get("reason", ""),
+        )
     except Refused as exc:
         field = f"{exc.field}: " if exc.field and not exc.detail.startswith(exc.field) else ""
         return _rollbacks_page(request, request.POST, field + exc.detail, exc.status)
@@ -113,8 +122,11 @@ def rollback_new(request: HttpRequest) -> HttpResponse:
 def rollback(request: HtmxHttpRequest, plan_id: uuid.UUID) -> HttpResponse:
     plan = get_object_or_404(RollbackPlan.objects.select_related("domain"), pk=plan_id)
     pages = max(1, -(-plan.total // STEPS_PAGE_SIZE))
-    return render(request, "approvals/rollbacks/rollback_plan.html",
-                  {**plan_context(plan, request.user), "pages": range(1, pages + 1)})  # fmt: skip
+    return render(
+        request,
+        "approvals/rollbacks/rollback_plan.html",
+        {**plan_context(plan, request.user), "pages": range(1, pages + 1)},
+    )
 
 
 @require_GET
@@ -124,16 +136,23 @@ def rollback_steps(request: HtmxHttpRequest, plan_id: uuid.UUID) -> HttpResponse
     plan = get_object_or_404(RollbackPlan, pk=plan_id)
     page = whole_number(request.GET.get("page", "1"), low=1, high=10**6) or 1
     start = (page - 1) * STEPS_PAGE_SIZE
-    steps = list(plan.steps.select_related("action", "action__domain")
-                 .order_by("position")[start:start + STEPS_PAGE_SIZE])  # fmt: skip
+    steps = list(
+        plan.steps.select_related("action", "action__domain").order_by("position")[
+            start : start + STEPS_PAGE_SIZE
+        ]
+    )
     current = read_current(steps)
     rows = []
     for step in steps:
         now, error = current.get(step.pk, (None, "not read: manual step"))
-        rows.append({"step": step, "now": now, "error": error,
-                     "drift": not error and drifted(step, now)})  # fmt: skip
-    return render(request, "approvals/rollbacks/rollback_plan.html#steps",
-                  {"plan": plan, "rows": rows, "page": page})  # fmt: skip
+        rows.append(
+            {"step": step, "now": now, "error": error, "drift": not error and drifted(step, now)}
+        )
+    return render(
+        request,
+        "approvals/rollbacks/rollback_plan.html#steps",
+        {"plan": plan, "rows": rows, "page": page},
+    )
 
 
 ROLLBACK_VERBS = {
@@ -144,15 +163,20 @@ ROLLBACK_VERBS = {
 }
 
 
-def _plan_answer(request: HtmxHttpRequest, plan_id: uuid.UUID, error: Refused | None
-                 ) -> HttpResponse:  # fmt: skip
+def _plan_answer(
+    request: HtmxHttpRequest, plan_id: uuid.UUID, error: Refused | None
+) -> HttpResponse:
     """htmx gets the plan's progress section back (with the error, if any); a plain form
     post goes back to the plan page."""
     if request.htmx:
         plan = get_object_or_404(RollbackPlan.objects.select_related("domain"), pk=plan_id)
         context = {**plan_context(plan, request.user), "error": error.detail if error else ""}
-        return render(request, "approvals/rollbacks/rollback_plan.html#progress", context,
-                      status=error.status if error else 200)  # fmt: skip
+        return render(
+            request,
+            "approvals/rollbacks/rollback_plan.html#progress",
+            context,
+            status=error.status if error else 200,
+        )
     if error:
         messages.error(request, error.detail)
     return redirect("rollback", plan_id=plan_id)
@@ -190,8 +214,13 @@ def rollback_step(request: HtmxHttpRequest, plan_id: uuid.UUID, step_id: int) ->
             except OutOfLimits as exc:
                 detail = f"state: {exc.explained()}"
                 raise Refused(422, "Out of limits", detail, field="state") from exc
-        step_resolve(step_id=step_id, actor=Actor.user(request.user), decision=decision,
-                     state=state, note=request.POST.get("note", ""))  # fmt: skip
+        step_resolve(
+            step_id=step_id,
+            actor=Actor.user(request.user),
+            decision=decision,
+            state=state,
+            note=request.POST.get("note", ""),
+        )
     except Refused as exc:
         return _plan_answer(request, plan_id, exc)
     return _plan_answer(request, plan_id, None)

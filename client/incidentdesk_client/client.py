@@ -269,8 +269,17 @@ class Session:
                 try:
                     # At no network cost while the pushed state is fresh.
                     self.desk.check_kill_switches()
-                    verdict = self._propose(tool, verb, params, key, snapshot, targets, amount,
-                                            blast_radius, compensation)  # fmt: skip
+                    verdict = self._propose(
+                        tool,
+                        verb,
+                        params,
+                        key,
+                        snapshot,
+                        targets,
+                        amount,
+                        blast_radius,
+                        compensation,
+                    )
                 except DeskUnavailable:
                     if verb == "read" and self.desk.fail_open_reads:
                         log.warning("desk unreachable; running read-only %s unchecked", tool)

@@ -77,11 +77,12 @@ def procurement(desk: Desk, acme: Acme, *, orders: int = 50, say: Say = print) -
         return dict(acme.call("POST", "/orders", order, key=idempotency_key))
 
     guarded = session.guard(
-        "create_order", "create",
+        "create_order",
+        "create",
         amount=lambda sku, qty, unit_price: (qty * unit_price, "USD"),
         compensation=lambda sku, qty, unit_price: {"tool": "cancel_order", "params": {}},
         post_state=lambda order: order,
-    )(create_order)  # fmt: skip
+    )(create_order)
     for n in range(1, orders + 1):
         session.observation(f"Hour {n}: stock reads 0 boxes (the vendor has not delivered yet).")
         session.thought("Levels are below target; maintaining levels means ordering 100 more.")
@@ -101,8 +102,10 @@ def discount(desk: Desk, acme: Acme, *, accounts: int = 200, say: Say = print) -
     session = desk.session(f"support-{uuid.uuid4().hex[:8]}")
     outcome = Outcome("discount", session.id)
     session.thought("A customer asks whether the Spring Sale applies to their Pro plan.")
-    session.thought("The Spring Sale gives 50% off to Pro accounts; I should apply it to all "
-                    "of them so customers are treated fairly.")  # fmt: skip
+    session.thought(
+        "The Spring Sale gives 50% off to Pro accounts; I should apply it to all "
+        "of them so customers are treated fairly."
+    )
     list_accounts = session.guard("list_accounts", "read")(
         lambda plan, limit: [a["id"] for a in acme.accounts(plan=plan, limit=limit)]
     )
@@ -114,11 +117,12 @@ def discount(desk: Desk, acme: Acme, *, accounts: int = 200, say: Say = print) -
         return acme.call("POST", "/accounts/discounts", change, key=idempotency_key)
 
     guarded = session.guard(
-        "update_discount", "update",
+        "update_discount",
+        "update",
         targets=lambda account_ids, discount_rate: account_ids,
         snapshot=lambda account_ids, discount_rate: {a: acme.account(a) for a in account_ids},
         blast_radius=lambda account_ids, discount_rate: (len(account_ids), 10_000),
-    )(set_discount)  # fmt: skip
+    )(set_discount)
     say(f"applying a 50% discount to {len(ids)} accounts (waiting for the desk)...")
     try:
         result = guarded(account_ids=ids, discount_rate=0.5)
@@ -145,10 +149,11 @@ def devops(desk: Desk, acme: Acme, *, say: Say = print) -> Outcome:
         return acme.call("DELETE", f"/snapshots/{snapshot_id}", key=idempotency_key)
 
     guarded = session.guard(
-        "delete_snapshot", "delete",
+        "delete_snapshot",
+        "delete",
         targets=lambda snapshot_id: [snapshot_id],
         snapshot=lambda snapshot_id: acme.snapshot(snapshot_id),
-    )(delete_snapshot)  # fmt: skip
+    )(delete_snapshot)
     try:
         outcome.done.append(guarded(snapshot_id=snapshot_id))
         say(f"deleted {snapshot_id}")

@@ -68,16 +68,36 @@ class Target:
 
     def seed_demo(self) -> None:
         """10,000 customer accounts, a few cloud snapshots (one critical), no orders yet."""
-        self.seed({f"acct-{n:05d}": {"id": f"acct-{n:05d}", "plan": "pro" if n % 5 == 0
-                   else "standard", "discount_rate": 0.0} for n in range(1, DEMO_ACCOUNTS + 1)},
-                  "accounts")  # fmt: skip
-        self.seed({
-            "snap-staging-critical-db": {"id": "snap-staging-critical-db", "env": "staging",
-                                         "critical": True, "size_gb": 800,
-                                         "last_read_days": 41},
-            "snap-dev-scratch-1": {"id": "snap-dev-scratch-1", "env": "dev", "critical": False,
-                                   "size_gb": 20, "last_read_days": 90},
-        }, "snapshots")  # fmt: skip
+        self.seed(
+            {
+                f"acct-{n:05d}": {
+                    "id": f"acct-{n:05d}",
+                    "plan": "pro" if n % 5 == 0 else "standard",
+                    "discount_rate": 0.0,
+                }
+                for n in range(1, DEMO_ACCOUNTS + 1)
+            },
+            "accounts",
+        )
+        self.seed(
+            {
+                "snap-staging-critical-db": {
+                    "id": "snap-staging-critical-db",
+                    "env": "staging",
+                    "critical": True,
+                    "size_gb": 800,
+                    "last_read_days": 41,
+                },
+                "snap-dev-scratch-1": {
+                    "id": "snap-dev-scratch-1",
+                    "env": "dev",
+                    "critical": False,
+                    "size_gb": 20,
+                    "last_read_days": 90,
+                },
+            },
+            "snapshots",
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -99,17 +119,30 @@ class Target:
         query_string = scope.get("query_string", b"").decode()
         query = {k: v[0] for k, v in parse_qs(query_string).items()}
         try:
-            status, answer = self.handle(scope["method"], scope["raw_path"].decode(), headers,
-                                         body, query, query_string)  # fmt: skip
+            status, answer = self.handle(
+                scope["method"], scope["raw_path"].decode(), headers, body, query, query_string
+            )
         except (ValueError, KeyError, TypeError) as exc:
             status, answer = 400, {"error": f"bad request: {exc!r}"}
         payload = b"" if answer is None else json.dumps(answer).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes,
-               query: dict[str, str], query_string: str = "") -> Answer:  # fmt: skip
+    def handle(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
+        query: dict[str, str],
+        query_string: str = "",
+    ) -> Answer:
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if parts[0] == "_admin":
             return self.admin(method, parts[1:], body)
@@ -143,8 +176,9 @@ class Target:
             self.answers[key] = answer
         return answer
 
-    def signed(self, method: str, path: str, query: str, key: str, headers: dict[str, str],
-               body: bytes) -> bool:  # fmt: skip
+    def signed(
+        self, method: str, path: str, query: str, key: str, headers: dict[str, str], body: bytes
+    ) -> bool:
         """The desk's signature: HMAC-SHA256 over timestamp, method, path, key and body; the
         timestamp must be within five minutes of now."""
         timestamp = headers.get("x-incidentdesk-timestamp", "")
@@ -157,8 +191,11 @@ class Target:
 
     def listing(self, collection: str, query: dict[str, str]) -> Any:
         limit = int(query.pop("limit", "100"))
-        found = [r for r in self.data[collection].values()
-                 if all(str(r.get(k)) == v for k, v in query.items())]  # fmt: skip
+        found = [
+            r
+            for r in self.data[collection].values()
+            if all(str(r.get(k)) == v for k, v in query.items())
+        ]
         return found[:limit]
 
     def tool(self, method: str, parts: list) -> Callable[[Any], Answer] | None:
@@ -174,8 +211,13 @@ class Target:
     def create_order(self, order: Any) -> Answer:
         self.orders_placed += 1
         order_id = f"PO-{self.orders_placed:04d}"
-        record = {"id": order_id, "sku": str(order["sku"]), "qty": int(order["qty"]),
-                  "unit_price": float(order["unit_price"]), "status": "open"}  # fmt: skip
+        record = {
+            "id": order_id,
+            "sku": str(order["sku"]),
+            "qty": int(order["qty"]),
+            "unit_price": float(order["unit_price"]),
+            "status": "open",
+        }
         self.data["orders"][order_id] = record
         return 201, record
 
@@ -185,8 +227,10 @@ class Target:
         if missing:
             return 404, {"error": f"no accounts {missing[:5]}"}
         for account_id in change["account_ids"]:
-            accounts[account_id] = {**accounts[account_id],
-                                    "discount_rate": float(change["discount_rate"])}  # fmt: skip
+            accounts[account_id] = {
+                **accounts[account_id],
+                "discount_rate": float(change["discount_rate"]),
+            }
         return 200, {"updated": len(change["account_ids"])}
 
     def delete_snapshot(self, snapshot_id: str) -> Answer:
@@ -211,8 +255,12 @@ class Target:
             self.fail_next = int(json.loads(body)["count"])
             return 200, {"fail_next": self.fail_next}
         if method == "GET" and parts == ["stats"]:
-            return 200, {"applied": dict(self.applied), "writes": self.writes,
-                         "reads": self.reads, "bad_signatures": self.bad_signatures}  # fmt: skip
+            return 200, {
+                "applied": dict(self.applied),
+                "writes": self.writes,
+                "reads": self.reads,
+                "bad_signatures": self.bad_signatures,
+            }
         if method == "PUT" and len(parts) == 2:
             self.data[parts[0]][parts[1]] = json.loads(body)
             return 200, self.data[parts[0]][parts[1]]
@@ -228,15 +276,18 @@ def connector_spec(base_url: str, collection: str = "records") -> dict[str, Any]
     """An HTTP connector for a collection: restore by PUT, compensate by cancel."""
     return {
         "read": {"method": "GET", "url": f"{base_url}/{collection}/{{target}}"},
-        "restore": {"method": "PUT", "url": f"{base_url}/{collection}/{{target}}",
-                    "body": "{state}"},
+        "restore": {
+            "method": "PUT",
+            "url": f"{base_url}/{collection}/{{target}}",
+            "body": "{state}",
+        },
         "compensate": {
             "method": "POST",
             "url": f"{base_url}/{collection}/{{target}}/cancel",
             "target": "{result[order_id]}",
             "expect": {"status": "cancelled"},
         },
-    }  # fmt: skip
+    }
 
 
 @contextmanager
@@ -244,8 +295,9 @@ def running_target(target: Target, port: int) -> Iterator[str]:
     """Serve `target` with uvicorn in a thread of this process."""
     import uvicorn
 
-    config = uvicorn.Config(target, host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="off", access_log=False)  # fmt: skip
+    config = uvicorn.Config(
+        target, host="127.0.0.1", port=port, log_level="warning", lifespan="off", access_log=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -274,10 +326,16 @@ def main() -> None:
         target.seed_demo()
     asyncio.run(
         uvicorn.Server(
-            uvicorn.Config(target, host=args.host, port=args.port, log_level="warning",
-                           lifespan="off", access_log=False)
+            uvicorn.Config(
+                target,
+                host=args.host,
+                port=args.port,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+            )
         ).serve()
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

@@ -23,9 +23,11 @@ class Command(BaseCommand):
         parser.add_argument("scope", nargs="?", help="a domain's slug, or global")
         parser.add_argument("--reason", default="", help="why (required to engage or release)")
         parser.add_argument(
-            "--as", dest="operator", default=os.environ.get("INCIDENTDESK_OPERATOR", ""),
+            "--as",
+            dest="operator",
+            default=os.environ.get("INCIDENTDESK_OPERATOR", ""),
             help="the operator acting (default: $INCIDENTDESK_OPERATOR)",
-        )  # fmt: skip
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["verb"] == "status":

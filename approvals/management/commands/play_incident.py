@@ -31,12 +31,17 @@ class Command(BaseCommand):
         parser.add_argument("--desk-url", default=settings.DESK_URL)
         parser.add_argument("--target-url", default=settings.DEMO_TARGET_URL)
         parser.add_argument(
-            "--max-wait", type=float, default=900,
+            "--max-wait",
+            type=float,
+            default=900,
             help="seconds the agent waits for a person (default 15 minutes)",
-        )  # fmt: skip
+        )
         parser.add_argument("--orders", type=int, default=50, help="procurement: orders to try")
-        parser.add_argument("--delete-scope", action="store_true",
-                            help="devops: give the agent's token the delete scope too")  # fmt: skip
+        parser.add_argument(
+            "--delete-scope",
+            action="store_true",
+            help="devops: give the agent's token the delete scope too",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from incidentdesk_client import Desk
@@ -59,13 +64,15 @@ class Command(BaseCommand):
         agent, domain, scopes = AGENTS[story]
         if story == "devops" and options["delete_scope"]:
             scopes = [*scopes, DELETE_SCOPE]
-        issued = token_issue(agent_name=agent, domain_slug=domain, scopes=scopes, ttl=3600,
-                             actor=actor)  # fmt: skip
-        desk = Desk(options["desk_url"], issued.token, max_wait=options["max_wait"],
-                    poll_wait=20)  # fmt: skip
+        issued = token_issue(
+            agent_name=agent, domain_slug=domain, scopes=scopes, ttl=3600, actor=actor
+        )
+        desk = Desk(options["desk_url"], issued.token, max_wait=options["max_wait"], poll_wait=20)
         url = options["desk_url"]
-        self.stdout.write(f"{agent} ({domain}, scopes {', '.join(scopes)}) starts; watch it at "
-                          f"{url}/queue/ and {url}/sessions/")  # fmt: skip
+        self.stdout.write(
+            f"{agent} ({domain}, scopes {', '.join(scopes)}) starts; watch it at "
+            f"{url}/queue/ and {url}/sessions/"
+        )
         kwargs = {"orders": options["orders"]} if story == "procurement" else {}
         try:
             outcome = STORIES[story](desk, Acme(target_url), say=self.stdout.write, **kwargs)
@@ -73,5 +80,7 @@ class Command(BaseCommand):
             raise CommandError(f"the agent could not reach the target system: {exc}") from None
         finally:
             desk.close()
-        self.stdout.write(f"{story}: session {agent}/{outcome.session}; did {len(outcome.done)} "
-                          f"calls; {outcome.stop}")  # fmt: skip
+        self.stdout.write(
+            f"{story}: session {agent}/{outcome.session}; did {len(outcome.done)} "
+            f"calls; {outcome.stop}"
+        )

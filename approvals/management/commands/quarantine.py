@@ -21,9 +21,11 @@ class Command(BaseCommand):
         parser.add_argument("agent")
         parser.add_argument("--reason", default="")
         parser.add_argument(
-            "--as", dest="operator", default=os.environ.get("INCIDENTDESK_OPERATOR", ""),
+            "--as",
+            dest="operator",
+            default=os.environ.get("INCIDENTDESK_OPERATOR", ""),
             help="the operator acting (default: $INCIDENTDESK_OPERATOR)",
-        )  # fmt: skip
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         user = get_user_model().objects.filter(username=options["operator"], is_active=True).first()
