@@ -25,18 +25,15 @@ from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
+from tests.fault_servers import PrivateDatabase, PrivatePostgres, PrivateRedis, manage
 from tests.faults import (
     DOMAIN,
     HALF_WRITTEN,
     SCOPE,
     Agents,
-    PrivateDatabase,
-    PrivatePostgres,
-    PrivateRedis,
     Receiver,
     faults_domain,
     log_problems,
-    manage,
     order,
     wait_for,
 )

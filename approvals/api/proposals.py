@@ -104,7 +104,7 @@ def _decide(
         raise _registry_refusal(exc) from None
 
 
-def _record_refusal(token: AgentToken, event: str, summary: str, data: dict[str, Any]) -> None:
+def record_refusal(token: AgentToken, event: str, summary: str, data: dict[str, Any]) -> None:
     """A refused request is part of the record: audited in a transaction of its own, so it
     stays though the request fails."""
     with transaction.atomic():
@@ -123,7 +123,7 @@ def check_scope(token: AgentToken, *, tool: str, verb: str, session_id: str = ""
     """Refuse (403) a tool call outside the token's scopes, and record the attempt."""
     if token_allows(token, tool=tool, verb=verb):
         return
-    _record_refusal(
+    record_refusal(
         token,
         "action.out_of_scope",
         f"{tool}:{verb} refused: outside the token's scopes",
@@ -223,7 +223,7 @@ def action_propose(
             body = action_verdict(action)
             idempotency_complete(claimed=claimed, status=201, body=body)
     except Killed as killed:
-        _record_refusal(
+        record_refusal(
             token,
             "action.refused_killed",
             f"{data.tool}:{verb} refused: kill switch {killed.switch.scope} is engaged",
@@ -231,7 +231,7 @@ def action_propose(
         )
         raise
     except Quarantined as quarantined:
-        _record_refusal(
+        record_refusal(
             token,
             "action.refused_quarantined",
             f"{data.tool}:{verb} refused: agent {quarantined.agent.name} is quarantined",
@@ -259,7 +259,7 @@ def _record_proposal(
     # One proposal at a time per agent, so rate rules count exactly.
     agent = Agent.objects.select_for_update().get(pk=token.agent_id)
     agent_admission_check(agent)  # read after the lock: a quarantine meanwhile is seen
-    session = _session(agent, token, data.session_id)
+    session = session_of(agent, token, data.session_id)
     if data.step_index is not None and not session.steps.filter(index=data.step_index).exists():
         raise Refused(
             409,
@@ -333,7 +333,7 @@ def _record_proposal(
     return action
 
 
-def _session(agent: Agent, token: AgentToken, session_id: str) -> AgentSession:
+def session_of(agent: Agent, token: AgentToken, session_id: str) -> AgentSession:
     # A session belongs to its agent; its domain is the one it started in.
     session, _ = AgentSession.objects.get_or_create(
         agent=agent, external_id=session_id, defaults={"domain": token.domain}

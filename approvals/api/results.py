@@ -7,7 +7,7 @@ from typing import Any
 from django.db import transaction
 
 from approvals.agents import Quarantined, agent_admission_check
-from approvals.api.proposals import FINISHED, _record_refusal, _session, agent_actor, past_run_by
+from approvals.api.proposals import FINISHED, agent_actor, past_run_by, record_refusal, session_of
 from approvals.audit import audit_action_event, audit_record
 from approvals.core import Refused
 from approvals.killswitches import (
@@ -122,7 +122,7 @@ def steps_record(*, token: AgentToken, session_id: str, steps: list[StepData]) -
     try:
         return _steps_record(token, session_id, steps)
     except Quarantined as quarantined:
-        _record_refusal(
+        record_refusal(
             token,
             "session.refused_quarantined",
             f"steps of session {session_id} refused: agent {quarantined.agent.name} is quarantined",
@@ -135,7 +135,7 @@ def steps_record(*, token: AgentToken, session_id: str, steps: list[StepData]) -
 def _steps_record(token: AgentToken, session_id: str, steps: list[StepData]) -> AgentSession:
     agent = Agent.objects.select_for_update().get(pk=token.agent_id)
     agent_admission_check(agent)
-    session = _session(agent, token, session_id)
+    session = session_of(agent, token, session_id)
     existing = {s.index: s for s in session.steps.filter(index__in=[s.index for s in steps])}
     expected = session.steps.count()
     new = []

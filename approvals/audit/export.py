@@ -11,7 +11,7 @@ from django.db import (
 )
 from django.db.models import QuerySet
 
-from approvals.audit.record import Actor, _timestamp, audit_record, audit_seal
+from approvals.audit.record import Actor, audit_record, audit_seal, timestamp_text
 from approvals.models import AuditEvent
 
 
@@ -46,7 +46,7 @@ def export_lines(events: QuerySet[AuditEvent]) -> Iterator[str]:
     """JSON lines, oldest first, with the hashes, so a reader can re-check the chain."""
     columns = [f.attname for f in AuditEvent._meta.concrete_fields if f.attname != "id"]
     for row in events.exclude(seq=None).order_by("seq").values(*columns).iterator(chunk_size=2000):
-        row["created_at"] = _timestamp(row["created_at"])
+        row["created_at"] = timestamp_text(row["created_at"])
         yield json.dumps(row, sort_keys=True, ensure_ascii=False, cls=DjangoJSONEncoder) + "\n"
 
 

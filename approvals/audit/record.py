@@ -77,7 +77,7 @@ class Actor:
 
 def canonical_content(event: dict[str, Any]) -> str:
     fields = {name: event[name] for name in ["seq", *CONTENT_FIELDS, "prev_hash"]}
-    fields["created_at"] = _timestamp(fields["created_at"])
+    fields["created_at"] = timestamp_text(fields["created_at"])
     return json.dumps(
         fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, cls=DjangoJSONEncoder
     )
@@ -88,7 +88,7 @@ def event_hash(event: dict[str, Any]) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def _timestamp(value: datetime | str) -> str:
+def timestamp_text(value: datetime | str) -> str:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value.astimezone(UTC).isoformat(timespec="microseconds")

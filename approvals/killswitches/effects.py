@@ -55,7 +55,7 @@ def killswitch_effects(*, change_id: int) -> KillSwitchChange | None:
                 .filter(scope, status__in=EXECUTABLE)
                 .order_by("pk")
             ):
-                _cancel(
+                cancel_unrun(
                     action,
                     actor=Actor.system(KILL_SWITCH_ACTOR),
                     by=KILL_SWITCH_ACTOR,
@@ -120,7 +120,7 @@ def _scope(switch: KillSwitch) -> Q:
     return Q() if switch.scope == GLOBAL else Q(domain_id=switch.domain_id)
 
 
-def _cancel(
+def cancel_unrun(
     action: Action, *, actor: Actor, by: str, reason: str, data: dict[str, Any] | None = None
 ) -> None:
     action.settle(S.CANCELLED, by=by, reason=reason)
@@ -149,7 +149,7 @@ def flag_ran_during_kill(action: Action) -> None:
         AgentSession.objects.filter(pk=action.session_id).update(ran_during_kill=True)
 
 
-def _duration(span: timedelta) -> str:
+def duration_text(span: timedelta) -> str:
     minutes, seconds = divmod(int(span.total_seconds()), 60)
     hours, minutes = divmod(minutes, 60)
     days, hours = divmod(hours, 24)

@@ -8,7 +8,7 @@ from django.utils import timezone
 from approvals.agents import token_revoke
 from approvals.audit import Actor, audit_record
 from approvals.core import Refused
-from approvals.killswitches.effects import QUARANTINE_ACTOR, _cancel, _duration
+from approvals.killswitches.effects import QUARANTINE_ACTOR, cancel_unrun, duration_text
 from approvals.models import (
     EXECUTABLE,
     Action,
@@ -37,7 +37,7 @@ def agent_quarantine(*, agent_name: str, actor: Actor, reason: str) -> tuple[int
             .filter(agent=agent, status__in=[*EXECUTABLE, S.ESCALATED])
             .order_by("pk")
         ):
-            _cancel(
+            cancel_unrun(
                 action,
                 actor=actor,
                 by=QUARANTINE_ACTOR,
@@ -75,7 +75,7 @@ def agent_release(*, agent_name: str, actor: Actor, reason: str) -> Agent:
             action="agent.released",
             object_type="agent",
             object_id=agent.pk,
-            summary=f"Agent {agent.name} released from quarantine after {_duration(held)}: "
+            summary=f"Agent {agent.name} released from quarantine after {duration_text(held)}: "
             f"{reason}",
             data={
                 "reason": reason,

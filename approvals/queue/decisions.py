@@ -14,13 +14,13 @@ from approvals.models import Action, Approval, KillSwitch
 from approvals.policy import CallClaim, ClaimRefused, policy_current, policy_decide
 from approvals.queue.escalations import (
     TierSpec,
-    _finish,
-    _schedule_timer,
-    _tier,
     effective_params,
+    escalation_finish,
     escalation_open,
     params_diff_text,
     params_fingerprint,
+    schedule_timer,
+    tier_at,
     tiers_of,
 )
 from approvals.rollbacks import compensation_connected
@@ -114,14 +114,14 @@ def escalation_decide(
                 "someone modified the params since you opened this item; review them again",
             )
         level = action.tier or 1
-        tier = _tier(tiers_of(action.domain_id), level)
+        tier = tier_at(tiers_of(action.domain_id), level)
         if not user.has_perm(perm(tier.decide_permission)):
             raise Refused(
                 403, "Not your tier", f"deciding {tier.describe()} needs {tier.decide_permission}"
             )
         actor = Actor.user(user)
         if verdict == "reject":
-            return Decision(_finish(action, S.REJECTED, actor, reason), final=True)
+            return Decision(escalation_finish(action, S.REJECTED, actor, reason), final=True)
         if action.agent.owner_id == user.pk:
             raise Refused(
                 403,
@@ -167,7 +167,7 @@ def escalation_decide(
             live.escalation_changed(action.pk)
             return Decision(action, final=False, waiting_for=missing)
         status = S.MODIFIED if action.modified_params is not None else S.APPROVED
-        return Decision(_finish(action, status, actor, reason), final=True)
+        return Decision(escalation_finish(action, status, actor, reason), final=True)
 
 
 def _modify(action: Action, params: dict[str, Any], actor: Actor, reason: str) -> Decision:
@@ -219,7 +219,7 @@ def _modify(action: Action, params: dict[str, Any], actor: Actor, reason: str) -
     # Approvals given so far were of other params: they no longer count.
     set_aside, _ = Approval.objects.filter(action=action).delete()
     if raised:
-        _schedule_timer(action)
+        schedule_timer(action)
     audit_action_event(
         actor=actor,
         action=action,
@@ -240,7 +240,7 @@ def _modify(action: Action, params: dict[str, Any], actor: Actor, reason: str) -
         },
     )
     live.escalation_changed(action.pk)
-    tier = _tier(tiers_of(action.domain_id), action.tier or 1)
+    tier = tier_at(tiers_of(action.domain_id), action.tier or 1)
     return Decision(action, final=False, waiting_for=f"{tier.describe()}, other than {actor.name}")
 
 

@@ -68,12 +68,12 @@ def tiers_of(domain_id: int) -> tuple[TierSpec, ...]:
     return configured or DEFAULT_TIERS
 
 
-def _tier(tiers: tuple[TierSpec, ...], level: int) -> TierSpec:
+def tier_at(tiers: tuple[TierSpec, ...], level: int) -> TierSpec:
     # A policy may name a tier the domain does not have: the nearest one takes it.
     return min(tiers, key=lambda t: (abs(t.level - level), -t.level))
 
 
-def _from_tier(tiers: tuple[TierSpec, ...], level: int) -> tuple[TierSpec, ...]:
+def tiers_from(tiers: tuple[TierSpec, ...], level: int) -> tuple[TierSpec, ...]:
     return tuple(t for t in tiers if t.level >= level)
 
 
@@ -81,11 +81,11 @@ def escalation_open(action: Action, *, now: datetime | None = None) -> None:
     """Set up a new escalation's tier and timers; call in the transaction that creates it."""
     now = now or timezone.now()
     tiers = tiers_of(action.domain_id)
-    tier = _tier(tiers, action.tier or 1)
+    tier = tier_at(tiers, action.tier or 1)
     action.tier = tier.level
     action.sla_due_at = now + timedelta(seconds=tier.sla_seconds)
     action.expires_at = now + timedelta(
-        seconds=sum(t.sla_seconds for t in _from_tier(tiers, tier.level))
+        seconds=sum(t.sla_seconds for t in tiers_from(tiers, tier.level))
     )
     action.timer_id = uuid.uuid4().hex
 
@@ -93,13 +93,13 @@ def escalation_open(action: Action, *, now: datetime | None = None) -> None:
 def escalation_opened(action: Action) -> None:
     """After the action row is written: schedule its timer, tell the open queues, and notify
     the domain's webhooks of anything above tier 1."""
-    _schedule_timer(action)
+    schedule_timer(action)
     live.escalation_changed(action.pk)
     if (action.tier or 1) >= 2:
         notify(action=action, event="escalation.opened")
 
 
-def _schedule_timer(action: Action) -> None:
+def schedule_timer(action: Action) -> None:
 
     assert action.sla_due_at is not None
     action_id, timer_id, due = str(action.pk), action.timer_id, action.sla_due_at
@@ -112,7 +112,7 @@ def may_decide(user: Any, action: Action) -> bool:
     """Whether `user` may take part in deciding `action` at its current tier."""
     if action.tier is None:
         return False
-    tier = _tier(tiers_of(action.domain_id), action.tier)
+    tier = tier_at(tiers_of(action.domain_id), action.tier)
     return user.has_perm(perm(tier.decide_permission))
 
 
@@ -131,7 +131,7 @@ def run_deadline(now: datetime | None = None) -> datetime:
     return (now or timezone.now()) + timedelta(seconds=settings.APPROVAL_TTL)
 
 
-def _finish(action: Action, status: str, actor: Actor, reason: str) -> Action:
+def escalation_finish(action: Action, status: str, actor: Actor, reason: str) -> Action:
     if status in (S.APPROVED, S.MODIFIED):
         action.run_by = run_deadline()
         action.save(update_fields=["run_by"])

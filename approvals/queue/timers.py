@@ -11,7 +11,7 @@ from approvals import live
 from approvals.audit import Actor, audit_action_event
 from approvals.models import Action, KillSwitch
 from approvals.notifications import notify
-from approvals.queue.escalations import _from_tier, _schedule_timer, tiers_of
+from approvals.queue.escalations import schedule_timer, tiers_from, tiers_of
 
 S = Action.Status
 
@@ -25,7 +25,7 @@ def escalation_resume(action: Action, *, extra: timedelta) -> None:
         action.expires_at += extra
     action.timer_id = uuid.uuid4().hex
     action.save(update_fields=["sla_due_at", "expires_at", "timer_id", "updated_at"])
-    _schedule_timer(action)
+    schedule_timer(action)
     live.escalation_changed(action.pk)
 
 
@@ -46,7 +46,7 @@ def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | Non
         if action is None or not timer_id:
             return "stale"
         if action.sla_due_at and now < action.sla_due_at:
-            _schedule_timer(action)
+            schedule_timer(action)
             return "early"
         if KillSwitch.objects.engaged_over(action.domain.slug) is not None:
             return "frozen"  # the sweep takes it up again once the switch is released
@@ -74,7 +74,7 @@ def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | Non
         before, nxt = action.tier, higher[0]
         action.tier = nxt.level
         action.sla_due_at = now + timedelta(seconds=nxt.sla_seconds)
-        remaining = sum(t.sla_seconds for t in _from_tier(tiers, nxt.level))
+        remaining = sum(t.sla_seconds for t in tiers_from(tiers, nxt.level))
         action.expires_at = now + timedelta(seconds=remaining)
         action.timer_id = uuid.uuid4().hex
         action.save(update_fields=["tier", "sla_due_at", "expires_at", "timer_id", "updated_at"])
@@ -85,7 +85,7 @@ def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | Non
             summary=f"SLA of tier {before} passed: moved to {nxt.describe()}",
             data={"from": before, "to": nxt.level},
         )
-        _schedule_timer(action)
+        schedule_timer(action)
         live.escalation_changed(action.pk)
         notify(action=action, event="escalation.sla_breached")
         return "escalated"

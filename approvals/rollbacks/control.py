@@ -213,7 +213,7 @@ def step_resolve(
                 "restore_state": step.restore_state,
             },
         )
-        _settle_actions(plan, [step.action_id])
+        settle_actions(plan, [step.action_id])
         # A step that runs again, or later steps on its target that it held back, run now.
         if (
             plan.state in (P.WAITING, P.FAILED, P.RUNNING)
@@ -222,11 +222,11 @@ def step_resolve(
             _set_state(plan, P.RUNNING, finished_at=None)
             enqueue_on_commit(RUN_TASK, str(plan.pk))
         else:
-            _settle_plan(plan)
+            settle_plan(plan)
     return step
 
 
-def _settle_actions(plan: RollbackPlan, action_ids: list[Any]) -> None:
+def settle_actions(plan: RollbackPlan, action_ids: list[Any]) -> None:
     """Actions whose steps in this plan are all finished are rolled back (or not)."""
     if not action_ids:
         return
@@ -266,7 +266,7 @@ def _settle_actions(plan: RollbackPlan, action_ids: list[Any]) -> None:
     audit_record_many(actor=system_actor(plan), entries=entries)
 
 
-def _settle_plan(plan: RollbackPlan, *, nothing_claimable: bool = False) -> None:
+def settle_plan(plan: RollbackPlan, *, nothing_claimable: bool = False) -> None:
     """With nothing left to run: waiting for a person, failed, or completed. Steps still
     pending when nothing could be claimed wait behind a step that needs a person."""
     if plan.state not in (P.RUNNING, P.WAITING, P.FAILED):

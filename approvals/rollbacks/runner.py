@@ -49,7 +49,7 @@ from approvals.rollbacks.connectors import (
     connector_call,
     connectors_for,
 )
-from approvals.rollbacks.control import _settle_actions, _settle_plan
+from approvals.rollbacks.control import settle_actions, settle_plan
 from approvals.rollbacks.planning import NEEDS_A_PERSON, system_actor
 
 S = Action.Status
@@ -111,7 +111,7 @@ def _claim(plan_id: UUID | str, worker: str, size: int) -> list[RollbackStep]:
             if len(chosen) == size:
                 break
         if not chosen:
-            _settle_plan(plan, nothing_claimable=True)
+            settle_plan(plan, nothing_claimable=True)
             return []
         steps.filter(pk__in=[s.pk for s in chosen]).update(
             state=T.RUNNING, claimed_by=worker, claimed_at=now, attempts=F("attempts") + 1
@@ -274,7 +274,7 @@ def _record(
             if outcome is not None
         ]
         audit_record_many(actor=system_actor(plan), entries=entries)
-        _settle_actions(plan, list({s.action_id for s, o in results if o is not None}))
+        settle_actions(plan, list({s.action_id for s, o in results if o is not None}))
         plan.progress_at = now
         plan.save(update_fields=["progress_at"])
         live.rollback_changed(plan.pk)
