@@ -9,7 +9,7 @@ from django.http import HttpRequest
 from pydantic import ValidationError
 
 from approvals.agents import agent_save, token_revoke
-from approvals.audit import Actor, audit_record
+from approvals.audit import Actor
 from approvals.core import PERMISSIONS, Refused, whole_number
 from approvals.models import (
     Agent,
@@ -23,51 +23,14 @@ from approvals.models import (
     Webhook,
     WebhookDelivery,
 )
-from approvals.notifications import endpoint_host
+from approvals.notifications import webhook_delete, webhook_save
 from approvals.policy import PolicyDocument, policy_export, policy_publish
-from approvals.rollbacks import connector_check
+from approvals.queue import tier_check, tier_delete, tier_save
+from approvals.rollbacks import connector_check, connector_delete, connector_save
 
-
-def _shown(field: str, value: Any) -> str:
-    # URLs of webhooks work as passwords: the audit trail (which viewers read) keeps the host.
-    if field == "secret":
-        return "(changed)"
-    return endpoint_host(str(value)) if field == "url" else str(value)
-
-
-class AuditedAdmin(admin.ModelAdmin):
-    """Admin edits of configuration, recorded in the audit trail in the same transaction."""
-
-    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        name = obj._meta.verbose_name
-        audit_record(
-            actor=Actor.user(request.user),
-            action=f"admin.{obj._meta.model_name}_{'changed' if change else 'added'}",
-            domain=getattr(getattr(obj, "domain", None), "slug", ""),
-            object_type=obj._meta.model_name,
-            object_id=obj.pk,
-            summary=f"{name} {obj} {'changed' if change else 'added'}"
-            + (f": {', '.join(form.changed_data)}" if change else ""),
-            data={
-                field: _shown(field, form.cleaned_data.get(field)) for field in form.changed_data
-            },
-        )
-
-    def delete_model(self, request: HttpRequest, obj: Any) -> None:
-        audit_record(
-            actor=Actor.user(request.user),
-            action=f"admin.{obj._meta.model_name}_deleted",
-            domain=getattr(getattr(obj, "domain", None), "slug", ""),
-            object_type=obj._meta.model_name,
-            object_id=obj.pk,
-            summary=f"{obj._meta.verbose_name} {obj} deleted",
-        )
-        super().delete_model(request, obj)
-
-    # Bulk deletion would skip delete_model, and so the audit trail.
-    actions = None
-
+# Tiers, webhooks and connectors are saved and deleted by their services, which audit each
+# change. Bulk deletion would skip delete_model, and so the services: their admins have no
+# actions.
 
 DECIDING = [(codename, codename) for codename, _ in PERMISSIONS if codename.startswith("decide_")]
 
@@ -87,21 +50,25 @@ class TierForm(forms.ModelForm):
             "sla_seconds",
         ]
 
-    def clean_approvals_needed(self) -> int:
-        value = self.cleaned_data["approvals_needed"]
-        if not 1 <= value <= 5:
-            raise forms.ValidationError("a tier needs from 1 to 5 approvals")
-        return int(value)
-
-    def clean_sla_seconds(self) -> int:
-        value = self.cleaned_data["sla_seconds"]
-        if value < 60:
-            raise forms.ValidationError("an SLA shorter than a minute leaves no time to decide")
-        return int(value)
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        checked = ("approvals_needed", "sla_seconds", "decide_permission")
+        if any(name not in cleaned for name in checked):
+            return cleaned  # the field's own error says what is wrong
+        try:
+            tier_check(
+                approvals_needed=cleaned["approvals_needed"],
+                sla_seconds=cleaned["sla_seconds"],
+                decide_permission=cleaned["decide_permission"],
+                senior_permission=cleaned.get("senior_permission") or "",
+            )
+        except Refused as exc:
+            self.add_error(exc.field if exc.field in self.fields else None, exc.detail)
+        return cleaned
 
 
 @admin.register(Tier)
-class TierAdmin(AuditedAdmin):
+class TierAdmin(admin.ModelAdmin):
     """Without rows, a domain uses the default tiers (1 approver / 15 min, two with one
     senior / 30 min, an incident commander / 60 min)."""
 
@@ -115,12 +82,26 @@ class TierAdmin(AuditedAdmin):
         "sla_seconds",
     ]
     list_filter = ["domain"]
+    actions = None
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        tier_save(tier=obj, actor=Actor.user(request.user), changed=form.changed_data)
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        tier_delete(tier=obj, actor=Actor.user(request.user))
 
 
 @admin.register(Webhook)
-class WebhookAdmin(AuditedAdmin):
+class WebhookAdmin(admin.ModelAdmin):
     list_display = ["domain", "url", "active", "created_at"]
     list_filter = ["domain", "active"]
+    actions = None
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        webhook_save(webhook=obj, actor=Actor.user(request.user), changed=form.changed_data)
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        webhook_delete(webhook=obj, actor=Actor.user(request.user))
 
 
 class ConnectorForm(forms.ModelForm):
@@ -144,10 +125,27 @@ class ConnectorForm(forms.ModelForm):
 
 
 @admin.register(Connector)
-class ConnectorAdmin(AuditedAdmin):
+class ConnectorAdmin(admin.ModelAdmin):
     form = ConnectorForm
     list_display = ["domain", "tool", "kind", "timeout_seconds", "max_attempts"]
     list_filter = ["domain", "kind"]
+    actions = None
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        connector_save(
+            connector=obj,
+            domain=obj.domain,
+            tool=obj.tool,
+            kind=obj.kind,
+            spec=obj.spec,
+            secret=obj.secret,
+            timeout_seconds=obj.timeout_seconds,
+            max_attempts=obj.max_attempts,
+            actor=Actor.user(request.user),
+        )
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        connector_delete(connector=obj, actor=Actor.user(request.user))
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

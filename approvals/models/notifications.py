@@ -20,7 +20,8 @@ class Webhook(models.Model):
     def __str__(self) -> str:
         from urllib.parse import urlsplit
 
-        return f"{self.domain_id}: {urlsplit(self.url).netloc}"
+        # The host only: a URL may carry a password before it, and secrets in its path.
+        return f"{self.domain_id}: {urlsplit(self.url).hostname or ''}"
 
 
 class WebhookDelivery(models.Model):

@@ -1,5 +1,6 @@
 """Webhooks: which events reach which endpoints, queued after commit and delivered at most
-once per claim, with retries and a sweep for the lost ones."""
+once per claim, with retries and a sweep for the lost ones; the endpoints saved and deleted,
+audited with their host only."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from approvals.notifications.webhooks import (
     notify,
     notify_switch,
     stalled_deliveries,
+    webhook_delete,
     webhook_deliver,
+    webhook_save,
 )
 
 __all__ = [
@@ -22,5 +25,7 @@ __all__ = [
     "notify",
     "notify_switch",
     "stalled_deliveries",
+    "webhook_delete",
     "webhook_deliver",
+    "webhook_save",
 ]

@@ -13,15 +13,18 @@ the periodic sweep hands it to another.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
+from approvals.audit import Actor, audit_record
 from approvals.models import Action, KillSwitchChange, Webhook, WebhookDelivery
 from incidentdesk import outbound
 from incidentdesk.celery import enqueue_on_commit
@@ -190,8 +193,77 @@ def stalled_deliveries(*, older_than: timedelta = timedelta(minutes=10)) -> list
 
 
 def endpoint_host(url: str) -> str:
-    """A webhook URL is a secret (whoever has it may post); people are shown its host only."""
-    return urlsplit(url).netloc or "(invalid URL)"
+    """A webhook URL is a secret (whoever has it may post); people are shown its host only
+    (and port, never a user or password written before it)."""
+    return urlsplit(url).netloc.rpartition("@")[2] or "(invalid URL)"
+
+
+WEBHOOK_FIELDS = ("domain", "url", "active")
+
+
+def _raw(webhook: Webhook) -> dict[str, Any]:
+    return {"domain": webhook.domain_id, "url": webhook.url, "active": webhook.active}
+
+
+def _shown(webhook: Webhook) -> dict[str, Any]:
+    """What the audit trail, which viewers read, may say of a webhook: its URL's host only."""
+    return {
+        "domain": webhook.domain.slug,
+        "url": endpoint_host(webhook.url),
+        "active": webhook.active,
+    }
+
+
+def webhook_save(
+    *, webhook: Webhook, actor: Actor, changed: Iterable[str] | None = None
+) -> Webhook:
+    """Create or change a webhook, audited with its host (never the URL). `changed` names the
+    fields the caller changed (an admin form's changed_data), which are saved and recorded;
+    by default, those that differ from the stored row. A change of nothing is not saved."""
+    created = webhook.pk is None
+    with transaction.atomic():
+        if created:
+            names = list(WEBHOOK_FIELDS)
+        elif changed is not None:
+            wanted = set(changed)
+            names = [name for name in WEBHOOK_FIELDS if name in wanted]
+        else:
+            stored = _raw(Webhook.objects.select_for_update().get(pk=webhook.pk))
+            names = [name for name in WEBHOOK_FIELDS if stored[name] != _raw(webhook)[name]]
+        if not names:
+            return webhook
+        webhook.save(update_fields=None if created else names)
+        shown = _shown(webhook)
+        what = "created" if created else f"changed: {', '.join(names)}"
+        audit_record(
+            actor=actor,
+            action="webhook.created" if created else "webhook.changed",
+            domain=shown["domain"],
+            object_type="webhook",
+            object_id=webhook.pk,
+            summary=f"Webhook to {shown['url']} for {shown['domain']} {what}",
+            data={name: shown[name] for name in names},
+        )
+    return webhook
+
+
+def webhook_delete(*, webhook: Webhook, actor: Actor) -> None:
+    """Delete a webhook and its deliveries, audited with its host. A webhook deleted meanwhile
+    is left alone."""
+    pk, shown = webhook.pk, _shown(webhook)
+    with transaction.atomic():
+        deleted, _ = Webhook.objects.filter(pk=pk).delete()
+        if not deleted:
+            return
+        audit_record(
+            actor=actor,
+            action="webhook.deleted",
+            domain=shown["domain"],
+            object_type="webhook",
+            object_id=pk,
+            summary=f"Webhook to {shown['url']} for {shown['domain']} deleted",
+            data=shown,
+        )
 
 
 def failed_deliveries(limit: int = 10) -> list[WebhookDelivery]:

@@ -1,5 +1,5 @@
-"""The approval queue: escalations by tier with SLA timers, decisions (approve, modify,
-reject) under the four-eyes rules, and the queue and review pages."""
+"""The approval queue: a domain's tiers, escalations by tier with SLA timers, decisions
+(approve, modify, reject) under the four-eyes rules, and the queue and review pages."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from approvals.queue.fragments import (
     queue_push_html,
 )
 from approvals.queue.selectors import JsonPart, QueueFilters, json_parts, queue_count
+from approvals.queue.tiers import tier_check, tier_delete, tier_save
 from approvals.queue.timers import escalation_resume, escalation_timer_fired, escalations_sweep
 
 __all__ = [
@@ -43,4 +44,7 @@ __all__ = [
     "queue_groups_html",
     "queue_push_html",
     "run_deadline",
+    "tier_check",
+    "tier_delete",
+    "tier_save",
 ]

@@ -9,6 +9,7 @@ from approvals.rollbacks.connectors import (
     compensation_connected,
     connector_call,
     connector_check,
+    connector_delete,
     connector_save,
 )
 from approvals.rollbacks.control import (
@@ -46,6 +47,7 @@ __all__ = [
     "compensation_connected",
     "connector_call",
     "connector_check",
+    "connector_delete",
     "connector_save",
     "desk_snapshot_take",
     "plan_cancel",

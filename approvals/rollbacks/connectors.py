@@ -378,6 +378,26 @@ def compensation_expected(connector: Connector, context: Context) -> Any:
     return fill(call.expect, context.values(quote=False))
 
 
+CONNECTOR_FIELDS = ("domain", "tool", "kind", "spec", "secret", "timeout_seconds", "max_attempts")
+
+
+def _connector_values(connector: Connector) -> dict[str, Any]:
+    values = {name: getattr(connector, name) for name in CONNECTOR_FIELDS if name != "domain"}
+    return {"domain": connector.domain_id, **values}
+
+
+def _connector_shown(connector: Connector) -> dict[str, Any]:
+    """What the audit trail may say of a connector: everything but its secret."""
+    return {
+        "domain": connector.domain.slug,
+        "tool": connector.tool,
+        "kind": connector.kind,
+        "spec": connector.spec,
+        "timeout_seconds": connector.timeout_seconds,
+        "max_attempts": connector.max_attempts,
+    }
+
+
 def connector_save(
     *,
     domain: Domain,
@@ -388,29 +408,73 @@ def connector_save(
     secret: str = "",
     timeout_seconds: float = 5.0,
     max_attempts: int = 3,
+    connector: Connector | None = None,
 ) -> Connector:
-    """Create or replace the connector of a domain's tool, checked and audited."""
+    """Create or replace the connector of a domain's tool, checked and audited (never with
+    its secret). Given a `connector`, that row is saved (inserted if new) with these values,
+    whatever tool it had: a renamed tool leaves no row behind. A change of nothing is not
+    saved."""
     connector_check(kind=kind, spec=spec, secret=secret)
+    values: dict[str, Any] = {
+        "domain": domain,
+        "tool": tool,
+        "kind": kind,
+        "spec": spec,
+        "secret": secret,
+        "timeout_seconds": timeout_seconds,
+        "max_attempts": max_attempts,
+    }
     with transaction.atomic():
-        connector, created = Connector.objects.update_or_create(
-            domain=domain,
-            tool=tool,
-            defaults={
-                "kind": kind,
-                "spec": spec,
-                "secret": secret,
-                "timeout_seconds": timeout_seconds,
-                "max_attempts": max_attempts,
-            },
-        )
+        if connector is None:
+            connector = (
+                Connector.objects.select_for_update().filter(domain=domain, tool=tool).first()
+                or Connector()
+            )
+        created = connector.pk is None
+        stored: dict[str, Any] = {}
+        if not created:
+            row = Connector.objects.select_for_update().filter(pk=connector.pk).first()
+            if row is None:
+                detail = f"the connector for {tool} in {domain.slug} was deleted meanwhile"
+                raise Refused(404, "No such connector", detail)
+            stored = _connector_values(row)
+        for name, value in values.items():
+            setattr(connector, name, value)
+        # The parsed spec and imported function belong to the spec it had.
+        connector.__dict__.pop("_http_spec", None)
+        connector.__dict__.pop("_function", None)
+        after = _connector_values(connector)
+        changed = [name for name in CONNECTOR_FIELDS if stored.get(name) != after[name]]
+        if not created and not changed:
+            return connector
+        connector.save(update_fields=None if created else changed)
+        what = "created" if created else f"changed: {', '.join(changed)}"
         audit_record(
             actor=actor,
             action="connector.created" if created else "connector.changed",
             domain=domain.slug,
             object_type="connector",
             object_id=connector.pk,
-            summary=f"Connector for {tool} in {domain.slug} {'created' if created else 'changed'}"
-            f" ({kind})",
-            data={"kind": kind, "spec": spec},
+            summary=f"Connector for {tool} in {domain.slug} {what} ({kind})",
+            data=_connector_shown(connector),
         )
     return connector
+
+
+def connector_delete(*, connector: Connector, actor: Actor) -> None:
+    """Delete a connector, audited with what it was (never its secret). A connector deleted
+    meanwhile is left alone."""
+    pk, shown = connector.pk, _connector_shown(connector)
+    with transaction.atomic():
+        deleted, _ = Connector.objects.filter(pk=pk).delete()
+        if not deleted:
+            return
+        audit_record(
+            actor=actor,
+            action="connector.deleted",
+            domain=shown["domain"],
+            object_type="connector",
+            object_id=pk,
+            summary=f"Connector for {shown['tool']} in {shown['domain']} deleted ({shown['kind']})",
+            data=shown,
+        )
