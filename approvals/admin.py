@@ -25,7 +25,7 @@ from approvals.models import (
 )
 from approvals.notifications import webhook_delete, webhook_save
 from approvals.policy import PolicyDocument, policy_export, policy_publish
-from approvals.queue import tier_check, tier_delete, tier_save
+from approvals.queue import TIER_FIELDS, tier_check, tier_delete, tier_save
 from approvals.rollbacks import connector_check, connector_delete, connector_save
 
 # Tiers, webhooks and connectors are saved and deleted by their services, which audit each
@@ -41,14 +41,7 @@ class TierForm(forms.ModelForm):
 
     class Meta:
         model = Tier
-        fields = [
-            "domain",
-            "level",
-            "approvals_needed",
-            "decide_permission",
-            "senior_permission",
-            "sla_seconds",
-        ]
+        fields = list(TIER_FIELDS)
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -73,14 +66,7 @@ class TierAdmin(admin.ModelAdmin):
     senior / 30 min, an incident commander / 60 min)."""
 
     form = TierForm
-    list_display = [
-        "domain",
-        "level",
-        "approvals_needed",
-        "decide_permission",
-        "senior_permission",
-        "sla_seconds",
-    ]
+    list_display = list(TIER_FIELDS)
     list_filter = ["domain"]
     actions = None
 

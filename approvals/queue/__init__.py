@@ -20,10 +20,11 @@ from approvals.queue.fragments import (
     queue_push_html,
 )
 from approvals.queue.selectors import JsonPart, QueueFilters, json_parts, queue_count
-from approvals.queue.tiers import tier_check, tier_delete, tier_save
+from approvals.queue.tiers import TIER_FIELDS, tier_check, tier_delete, tier_save
 from approvals.queue.timers import escalation_resume, escalation_timer_fired, escalations_sweep
 
 __all__ = [
+    "TIER_FIELDS",
     "AlreadyDecided",
     "JsonPart",
     "QueueChange",

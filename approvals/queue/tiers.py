@@ -15,7 +15,7 @@ from approvals.models import Tier
 DECIDE_PERMISSIONS = tuple(name for name, _ in PERMISSIONS if name.startswith("decide_"))
 
 
-FIELDS = (
+TIER_FIELDS = (
     "domain",
     "level",
     "approvals_needed",
@@ -49,7 +49,7 @@ def tier_check(
 
 
 def _values(tier: Tier) -> dict[str, Any]:
-    values = {name: getattr(tier, name) for name in FIELDS if name != "domain"}
+    values = {name: getattr(tier, name) for name in TIER_FIELDS if name != "domain"}
     return {"domain": tier.domain.slug, **values}
 
 
@@ -71,13 +71,13 @@ def tier_save(*, tier: Tier, actor: Actor, changed: Iterable[str] | None = None)
             raise Refused(409, "Tier exists", detail, field="level")
         values = _values(tier)
         if created:
-            names = list(FIELDS)
+            names = list(TIER_FIELDS)
         elif changed is not None:
             wanted = set(changed)
-            names = [name for name in FIELDS if name in wanted]
+            names = [name for name in TIER_FIELDS if name in wanted]
         else:
             stored = _values(Tier.objects.select_for_update().get(pk=tier.pk))
-            names = [name for name in FIELDS if stored[name] != values[name]]
+            names = [name for name in TIER_FIELDS if stored[name] != values[name]]
         if not names:
             return tier
         tier.save(update_fields=None if created else names)
