@@ -276,8 +276,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
 )
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
-    "audit-seal": {"task": "approvals.audit.tasks.audit_seal_task", "schedule": 30.0},
-    "idempotency-purge": {"task": "approvals.api.tasks.idempotency_purge_task", "schedule": 3600.0},
+    "audit-seal": {"task": "approvals.tasks.audit_seal_task", "schedule": 30.0},
+    "idempotency-purge": {"task": "approvals.tasks.idempotency_purge_task", "schedule": 3600.0},
     # Backstop for escalation timers that were lost (a broker restart, say).
     "escalations-sweep": {
         "task": "approvals.tasks.escalations_sweep_task",

@@ -26,7 +26,9 @@ from approvals.models import Action, Tier
 from approvals.notifications import notify
 from incidentdesk.celery import enqueue_on_commit
 
-TIMER_TASK = "approvals.queue.tasks.escalation_timer_task"
+# Task names stay as they were when every task lived in approvals/tasks.py: messages
+# already queued (timers waiting for their time, retries) carry them.
+TIMER_TASK = "approvals.tasks.escalation_timer_task"
 
 
 S = Action.Status

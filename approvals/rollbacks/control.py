@@ -16,7 +16,9 @@ from approvals.rollbacks.planning import CLOSED_PLAN_STATES, FINISHED_STEPS, sys
 from approvals.rollbacks.reading import needs_confirmation, step_counts
 from incidentdesk.celery import enqueue_on_commit
 
-RUN_TASK = "approvals.rollbacks.tasks.rollback_run_task"
+# Task names stay as they were when every task lived in approvals/tasks.py: messages
+# already queued (timers waiting for their time, retries) carry them.
+RUN_TASK = "approvals.tasks.rollback_run_task"
 
 
 S = Action.Status
