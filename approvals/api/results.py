@@ -148,6 +148,7 @@ def _steps_record(token: AgentToken, session_id: str, steps: list[StepData]) -> 
                     "Step already recorded",
                     f"step {step.index} of session {session_id} was recorded with other content",
                     field=f"steps.{position}",
+                    extra={"next_index": expected},
                 )
             continue
         if step.index != expected:
@@ -157,6 +158,7 @@ def _steps_record(token: AgentToken, session_id: str, steps: list[StepData]) -> 
                 f"step {step.index} cannot follow: the next step of session {session_id} "
                 f"is {expected}",
                 field=f"steps.{position}.index",
+                extra={"next_index": expected},
             )
         new.append(
             ReasoningStep(

@@ -26,9 +26,10 @@ class Refused(Exception):
 
 
 class Problem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """RFC 9457 problem details (responses only). Extension members, such as the kill switch
+    that refused a call or the next step index of a session, may follow the standard ones."""
 
-    """RFC 9457 problem details (responses only)."""
+    model_config = ConfigDict(extra="allow")
 
     type: str
     title: str

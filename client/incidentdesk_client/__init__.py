@@ -18,7 +18,8 @@ Standard library only, Python 3.9+.
 
 from __future__ import annotations
 
-from incidentdesk_client.client import Desk, Session
+from incidentdesk_client.aio import AsyncDesk, AsyncProposal, AsyncSession
+from incidentdesk_client.client import Desk, Proposal, Session
 from incidentdesk_client.errors import (
     ActionCancelled,
     ActionDenied,
@@ -35,6 +36,9 @@ from incidentdesk_client.errors import (
 
 __all__ = [
     "ActionCancelled",
+    "AsyncDesk",
+    "AsyncProposal",
+    "AsyncSession",
     "ActionDenied",
     "ActionExpired",
     "ActionRejected",
@@ -44,6 +48,7 @@ __all__ = [
     "InvalidRequest",
     "KillSwitchEngaged",
     "OutOfScope",
+    "Proposal",
     "ReportFailed",
     "Session",
     "Unauthorized",

@@ -1,8 +1,8 @@
-"""The desk connection, sessions, and the guard that wraps a tool function."""
+"""The desk connection, sessions, proposals, and the guard that wraps a tool function."""
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import inspect
 import json
 import logging
@@ -11,42 +11,31 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from decimal import Decimal
 from typing import Any, Callable, TypeVar
 
 from incidentdesk_client.errors import (
-    ActionCancelled,
-    ActionDenied,
     ActionExpired,
-    ActionRejected,
     DeskError,
     DeskUnavailable,
-    InvalidRequest,
-    KillSwitchEngaged,
-    OutOfScope,
     ReportFailed,
-    Unauthorized,
 )
+from incidentdesk_client.guarding import Hooks, ToolShape
 from incidentdesk_client.killswitch import KillSwitches
+from incidentdesk_client.verdicts import (
+    dumps,
+    json_or_text,
+    jsonable,
+    next_step_index,
+    proposal_body,
+    raise_for,
+    raise_killed,
+    retry_again,
+    runnable,
+    verdict_or_raise,
+)
 
 log = logging.getLogger("incidentdesk_client")
 F = TypeVar("F", bound=Callable[..., Any])
-RETRYABLE_STATUS = {429, 502, 503, 504}
-IN_FLIGHT_PROBLEM = "urn:incidentdesk:problem:request-in-progress"
-FINAL_STOPS = {
-    "denied": ActionDenied,
-    "rejected": ActionRejected,
-    "expired": ActionExpired,
-    "cancelled": ActionCancelled,
-}
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    return str(value)
 
 
 class Desk:
@@ -110,7 +99,7 @@ class Desk:
         retries: int | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """One API call with retries; returns (status, JSON body) for any answer the desk gave."""
-        data = None if body is None else json.dumps(body, default=_json_default).encode()
+        data = None if body is None else dumps(body)
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
         if data is not None:
             headers["Content-Type"] = "application/json"
@@ -126,19 +115,10 @@ class Desk:
                 with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
                     return response.status, json.loads(response.read() or b"{}")
             except urllib.error.HTTPError as error:
-                status, payload = error.code, _json_or_text(error.read())
-                retry_after = error.headers.get("Retry-After")
-                # Our own earlier attempt with this key is still running; ask again. (A key
-                # reused with another body is also 409, but asking again cannot help that.)
-                in_flight = (
-                    status == 409
-                    and idempotency_key is not None
-                    and isinstance(payload, dict)
-                    and payload.get("type") == IN_FLIGHT_PROBLEM
-                )
-                if (status in RETRYABLE_STATUS or in_flight) and attempt < retries:
+                status, payload = error.code, json_or_text(error.read())
+                if retry_again(status, payload, idempotency_key) and attempt < retries:
                     attempt += 1
-                    self._sleep(attempt, retry_after)
+                    self._sleep(attempt, error.headers.get("Retry-After"))
                     continue
                 return status, payload
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
@@ -164,19 +144,19 @@ class Desk:
         status, body = self.request(
             "POST", "/api/v1/actions", action, idempotency_key=idempotency_key
         )
-        return _verdict_or_raise(status, body)
+        return verdict_or_raise(status, body)
 
     def verdict(self, action_id: str, *, wait: int = 0) -> dict[str, Any]:
         status, body = self.request(
             "GET", f"/api/v1/actions/{action_id}?wait={wait}", timeout=self.timeout + wait
         )
-        return _verdict_or_raise(status, body)
+        return verdict_or_raise(status, body)
 
     def kill_switch_state(self) -> dict[str, Any]:
         """The switches over this token's domain, asked of the desk now (one try, no retries)."""
         status, body = self.request("GET", "/api/v1/killswitches", retries=0, timeout=5)
         if status != 200:
-            _raise_for(status, body)
+            raise_for(status, body)
         return body
 
     def wait_for_decision(self, verdict: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +164,7 @@ class Desk:
         started = time.monotonic()
         while verdict["status"] == "pending":
             if verdict.get("kill_switch"):
-                _raise_killed(verdict)
+                raise_killed(verdict)
             if self.max_wait is not None and time.monotonic() - started > self.max_wait:
                 raise ActionExpired(
                     f"no decision on {verdict['id']} within {self.max_wait} s", verdict
@@ -203,21 +183,81 @@ class Desk:
     ) -> dict[str, Any]:
         body = {"ok": ok, "result": result, "post_state": post_state, "error": error}
         status, answer = self.request("POST", f"/api/v1/actions/{action_id}/result", body)
-        return _verdict_or_raise(status, answer)
+        return verdict_or_raise(status, answer)
 
-    def record_steps(self, session_id: str, steps: list[dict[str, Any]]) -> None:
-        status, body = self.request(
-            "POST", f"/api/v1/sessions/{session_id}/steps", {"steps": steps}
-        )
-        if status != 201:
-            _raise_for(status, body)
+    def record_steps(self, session_id: str, steps: list[dict[str, Any]]) -> tuple[int, dict]:
+        """Record reasoning steps; (status, body) of the desk's answer, 201 when recorded."""
+        return self.request("POST", f"/api/v1/sessions/{session_id}/steps", {"steps": steps})
+
+    def proposal(self, action_id: str, *, label: str = "") -> Proposal:
+        """A proposal made earlier, perhaps by another process, back in hand by its id."""
+        return Proposal(self, label or action_id, "", self.verdict(action_id))
 
     def session(self, session_id: str | None = None) -> Session:
         return Session(self, session_id or f"session-{uuid.uuid4().hex[:12]}")
 
 
+class Proposal:
+    """One proposed tool call: the desk's verdict, and what the caller does with it.
+
+    `wait()` blocks until the call may run and returns the params to run it with (an
+    operator's, if they modified them), or raises why it may not. `report()` tells the desk
+    how it went. A proposal made again with the same key is the same action, so a process
+    that resumes a step can pick it up where another left it.
+    """
+
+    def __init__(self, desk: Desk, label: str, key: str, verdict: dict[str, Any]) -> None:
+        self.desk, self.label, self.key, self.verdict = desk, label, key, verdict
+
+    @property
+    def id(self) -> str:
+        return str(self.verdict["id"])
+
+    @property
+    def status(self) -> str:
+        return str(self.verdict["status"])
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.verdict["params"])
+
+    def wait(self) -> dict[str, Any]:
+        self.verdict = runnable(self.desk.wait_for_decision(self.verdict), self.label)
+        # The verdict may be a while old: a switch engaged since then stops the call here,
+        # the last moment before it runs.
+        self.desk.check_kill_switches()
+        return self.params
+
+    def report(
+        self, ok: bool, result: Any = None, post_state: Any = None, error: str = ""
+    ) -> dict[str, Any]:
+        return self.desk.report(
+            self.id, ok=ok, result=jsonable(result), post_state=post_state, error=error
+        )
+
+    def succeeded(self, result: Any, post_state: Any) -> None:
+        """Report a run that worked; ReportFailed (carrying the result) if the desk did not
+        take the report."""
+        try:
+            self.report(True, result, post_state)
+        except DeskError as report_error:
+            raise ReportFailed(
+                f"{self.label} ran, but its result was not reported: {report_error}",
+                verdict=self.verdict,
+                result=result,
+                post_state=post_state,
+            ) from report_error
+
+    def failed(self, error: BaseException, post_state: Any) -> None:
+        """Report a run that raised; the caller re-raises the tool's error either way."""
+        try:
+            self.report(False, post_state=post_state, error=repr(error))
+        except DeskError as report_error:
+            log.error("could not report %s failing: %s", self.label, report_error)
+
+
 class Session:
-    """One reasoning run: its steps, and the guarded tool calls made in it."""
+    """One reasoning run: its steps, and the tool calls proposed in it."""
 
     def __init__(self, desk: Desk, session_id: str) -> None:
         self.desk = desk
@@ -225,12 +265,20 @@ class Session:
         self.next_index = 0
 
     def step(self, kind: str, content: str, **data: Any) -> int:
-        index = self.next_index
-        self.desk.record_steps(
-            self.id, [{"index": index, "kind": kind, "content": content, "data": data}]
-        )
-        self.next_index += 1
-        return index
+        """Record a reasoning step. Where another process (or an earlier run of this one)
+        recorded steps of this session meanwhile, this one goes after them."""
+        for _ in range(2):
+            step = {"index": self.next_index, "kind": kind, "content": content, "data": data}
+            status, body = self.desk.record_steps(self.id, [step])
+            if status == 201:
+                self.next_index += 1
+                return int(step["index"])
+            index = next_step_index(status, body)
+            if index is None or index == self.next_index:
+                raise_for(status, body)
+            self.next_index = index
+        raise_for(status, body)
+        raise AssertionError("unreachable")
 
     def thought(self, content: str, **data: Any) -> int:
         return self.step("thought", content, **data)
@@ -238,175 +286,125 @@ class Session:
     def observation(self, content: str, **data: Any) -> int:
         return self.step("observation", content, **data)
 
+    def propose(
+        self,
+        tool: str,
+        params: dict[str, Any],
+        *,
+        verb: str | None = None,
+        key: str | None = None,
+        target_ids: Any = None,
+        pre_action_state: Any = None,
+        amount: Any = None,
+        blast_radius: Any = None,
+        compensation: Any = None,
+        step: bool = True,
+    ) -> Proposal:
+        """Propose a tool call and return its Proposal (the verdict may still be pending).
+
+        `verb` may be left out for a tool in the domain's registry. `key` is the
+        Idempotency-Key: choose one that is the same each time a durable flow re-runs this
+        step, and a re-proposal returns the same action. `amount` is (value, currency),
+        `blast_radius` (records, population). With `step`, the call is also recorded as a
+        reasoning step of the session.
+        """
+        key = key or uuid.uuid4().hex
+        label = f"{tool}:{verb}" if verb else tool
+        # At no network cost while the pushed state is fresh.
+        self.desk.check_kill_switches()
+        index = self.step("tool_call", label, params=params) if step else None
+        body = proposal_body(
+            session_id=self.id,
+            step_index=index,
+            tool=tool,
+            verb=verb,
+            params=params,
+            target_ids=target_ids,
+            pre_action_state=pre_action_state,
+            amount=amount,
+            blast_radius=blast_radius,
+            compensation=compensation,
+        )
+        return Proposal(self.desk, label, key, self.desk.propose(body, idempotency_key=key))
+
     def guard(
         self,
-        tool: str,
-        verb: str,
+        tool: Any = None,
+        verb: str | None = None,
         *,
         snapshot: Callable[..., Any] | None = None,
-        targets: Callable[..., list[str]] | None = None,
-        amount: Callable[..., tuple[Any, str]] | None = None,
-        blast_radius: Callable[..., tuple[int, int]] | None = None,
-        compensation: Callable[..., dict[str, Any]] | None = None,
+        targets: Callable[..., Any] | None = None,
+        amount: Callable[..., Any] | None = None,
+        blast_radius: Callable[..., Any] | None = None,
+        compensation: Callable[..., Any] | None = None,
         post_state: Callable[[Any], Any] | None = None,
-    ) -> Callable[[F], F]:
+    ) -> Any:
         """Wrap a tool: propose it, wait for the verdict, run it, report what it did.
 
-        Each of snapshot, targets, amount, blast_radius and compensation is a function of
-        the tool's keyword arguments. The state reported after the call is the snapshot taken
-        again, or `post_state(result)` for a tool whose result is what it changed (an order it
-        created). The tool runs with the params the desk returns (an
-        operator's, if they modified them), and with the proposal's idempotency key if it
-        takes an `idempotency_key` argument.
+        Used as `@session.guard`, `@session.guard("create_order", "create")` or with hooks.
+        The tool's name is the function's unless given; the verb may be left to the domain's
+        tool registry. Calls may pass arguments by position or by name; the params the desk
+        sees are the arguments by name. Each of snapshot, targets, amount, blast_radius and
+        compensation is a function of those params. The state reported after the call is the
+        snapshot taken again, or `post_state(result)` for a tool whose result is what it
+        changed. The tool runs with the params the desk returns (an operator's, if they
+        modified them), and with the proposal's idempotency key if it takes an
+        `idempotency_key` argument, which callers then no longer see in its signature.
+        Works on plain and async functions.
         """
+        if callable(tool):
+            return self.guard()(tool)
+        hooks = Hooks(snapshot, targets, amount, blast_radius, compensation, post_state)
 
         def decorate(function: F) -> F:
-            takes_key = "idempotency_key" in inspect.signature(function).parameters
+            shape = ToolShape(function)
+            name = tool or function.__name__
 
-            @functools.wraps(function)
-            def guarded(**params: Any) -> Any:
-                key = uuid.uuid4().hex
+            def open_call(params: dict[str, Any]) -> Proposal | None:
                 try:
-                    # At no network cost while the pushed state is fresh.
-                    self.desk.check_kill_switches()
-                    verdict = self._propose(
-                        tool,
-                        verb,
-                        params,
-                        key,
-                        snapshot,
-                        targets,
-                        amount,
-                        blast_radius,
-                        compensation,
-                    )
+                    proposal = self.propose(name, params, verb=verb, **hooks.proposal(params))
                 except DeskUnavailable:
                     if verb == "read" and self.desk.fail_open_reads:
-                        log.warning("desk unreachable; running read-only %s unchecked", tool)
-                        return function(**params)
+                        log.warning("desk unreachable; running read-only %s unchecked", name)
+                        return None
                     raise
-                verdict = self.desk.wait_for_decision(verdict)
-                stop = FINAL_STOPS.get(verdict["status"])
-                if stop is not None:
-                    why = verdict.get("decision_reason") or verdict["reason"]
-                    by = f" by {verdict['decided_by']}" if verdict.get("decided_by") else ""
-                    raise stop(f"{tool}:{verb} {verdict['status']}{by}: {why}", verdict)
-                if verdict.get("kill_switch"):
-                    _raise_killed(verdict)
-                if not verdict.get("may_execute"):
-                    raise DeskError(f"{tool}:{verb} may not run: {verdict['status']}", verdict)
-                # The verdict may be a while old: a switch engaged since then stops the call
-                # here, the last moment before the tool runs.
-                self.desk.check_kill_switches()
-                run_params = dict(verdict["params"])
-                if takes_key:
-                    run_params["idempotency_key"] = key
-                try:
-                    result = function(**run_params)
-                except Exception as error:
-                    post = snapshot(**verdict["params"]) if snapshot else None
+                proposal.wait()
+                return proposal
+
+            if inspect.iscoroutinefunction(function):
+
+                async def guarded_async(*args: Any, **kwargs: Any) -> Any:
+                    params = shape.params(args, kwargs)
+                    proposal = await asyncio.to_thread(open_call, params)
+                    if proposal is None:
+                        return await function(*args, **kwargs)
+                    run = proposal.params
+                    call_args, call_kwargs = shape.call(run, proposal.key)
                     try:
-                        self.desk.report(
-                            verdict["id"], ok=False, post_state=post, error=repr(error)
-                        )
-                    except DeskError as report_error:
-                        log.error("could not report %s failing: %s", tool, report_error)
-                    raise
-                if post_state is not None:
-                    post = post_state(result)
-                else:
-                    post = snapshot(**verdict["params"]) if snapshot else None
+                        result = await function(*call_args, **call_kwargs)
+                    except Exception as error:
+                        await asyncio.to_thread(proposal.failed, error, hooks.after_failure(run))
+                        raise
+                    await asyncio.to_thread(proposal.succeeded, result, hooks.after(result, run))
+                    return result
+
+                return shape.dress(guarded_async, function)  # type: ignore[no-any-return]
+
+            def guarded(*args: Any, **kwargs: Any) -> Any:
+                params = shape.params(args, kwargs)
+                proposal = open_call(params)
+                if proposal is None:
+                    return function(*args, **kwargs)
+                run = proposal.params
+                call_args, call_kwargs = shape.call(run, proposal.key)
                 try:
-                    self.desk.report(
-                        verdict["id"], ok=True, result=_jsonable(result), post_state=post
-                    )
-                except DeskError as report_error:
-                    raise ReportFailed(
-                        f"{tool}:{verb} ran, but its result was not reported: {report_error}",
-                        verdict=verdict,
-                        result=result,
-                        post_state=post,
-                    ) from report_error
+                    result = function(*call_args, **call_kwargs)
+                except Exception as error:
+                    proposal.failed(error, hooks.after_failure(run))
+                    raise
+                proposal.succeeded(result, hooks.after(result, run))
                 return result
 
-            return guarded  # type: ignore[return-value]
+            return shape.dress(guarded, function)  # type: ignore[no-any-return]
 
         return decorate
-
-    def _propose(
-        self,
-        tool: str,
-        verb: str,
-        params: dict[str, Any],
-        key: str,
-        snapshot: Callable[..., Any] | None,
-        targets: Callable[..., list[str]] | None,
-        amount: Callable[..., tuple[Any, str]] | None,
-        blast_radius: Callable[..., tuple[int, int]] | None,
-        compensation: Callable[..., dict[str, Any]] | None,
-    ) -> dict[str, Any]:
-        index = self.step("tool_call", f"{tool}:{verb}", params=params)
-        proposal: dict[str, Any] = {
-            "session_id": self.id,
-            "step_index": index,
-            "tool": tool,
-            "verb": verb,
-            "params": params,
-            "target_ids": list(targets(**params)) if targets else [],
-            "pre_action_state": snapshot(**params) if snapshot else None,
-        }
-        if amount:
-            value, currency = amount(**params)
-            proposal["amount"] = {"value": str(value), "currency": currency}
-        if blast_radius:
-            records, population = blast_radius(**params)
-            proposal["blast_radius"] = {"records": records, "population": population}
-        if compensation:
-            proposal["compensation"] = compensation(**params)
-        return self.desk.propose(proposal, idempotency_key=key)
-
-
-def _json_or_text(raw: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-        return value if isinstance(value, dict) else {"detail": value}
-    except ValueError:
-        return {"detail": raw.decode(errors="replace")}
-
-
-def _jsonable(value: Any) -> Any:
-    try:
-        return json.loads(json.dumps(value, default=_json_default))
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def _verdict_or_raise(status: int, body: dict[str, Any]) -> dict[str, Any]:
-    if status in (200, 201):
-        return body
-    _raise_for(status, body)
-    raise AssertionError("unreachable")
-
-
-def _raise_killed(verdict: dict[str, Any]) -> None:
-    switch = verdict["kill_switch"]
-    raise KillSwitchEngaged(
-        f"kill switch {switch['scope']} engaged by {switch.get('changed_by')}: "
-        f"{switch.get('reason')}",
-        {**verdict, "reason": switch.get("reason", "")},
-    )
-
-
-def _raise_for(status: int, body: dict[str, Any]) -> None:
-    detail = body.get("detail") or body.get("title") or f"HTTP {status}"
-    if status == 401:
-        raise Unauthorized(detail)
-    if status == 403:
-        raise OutOfScope(detail)
-    if status == 423:
-        raise KillSwitchEngaged(detail, body)
-    if status in (400, 413, 422):
-        raise InvalidRequest(detail, body)
-    if status >= 500 or status in RETRYABLE_STATUS:
-        raise DeskUnavailable(f"IncidentDesk answered {status}: {detail}")
-    raise DeskError(f"IncidentDesk answered {status}: {detail}", body)

@@ -29,29 +29,54 @@ log = logging.getLogger("incidentdesk_client")
 OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
 
 
+def frame(opcode: int, payload: bytes = b"") -> bytes:
+    """One masked frame, as a client sends it."""
+    mask = os.urandom(4)
+    header = bytes([0x80 | opcode])
+    if len(payload) < 126:
+        header += bytes([0x80 | len(payload)])
+    elif len(payload) < 65536:
+        header += bytes([0x80 | 126]) + struct.pack("!H", len(payload))
+    else:
+        header += bytes([0x80 | 127]) + struct.pack("!Q", len(payload))
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def handshake(url: str, headers: dict[str, str]) -> tuple[str, int, bool, bytes]:
+    """Where to connect (host, port, TLS) and the upgrade request to send there."""
+    parts = urllib.parse.urlsplit(url)
+    secure = parts.scheme in ("https", "wss")
+    host = parts.hostname or "localhost"
+    port = parts.port or (443 if secure else 80)
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {parts.path or '/'} HTTP/1.1",
+        f"Host: {parts.netloc}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    return host, port, secure, ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def upgraded(head: bytes) -> None:
+    status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+    if " 101 " not in status + " ":
+        raise ConnectionError(f"websocket refused: {status}")
+
+
 class _WebSocket:
     """Just enough of a websocket client: handshake, text frames in, pings answered."""
 
     def __init__(self, url: str, headers: dict[str, str], timeout: float) -> None:
-        parts = urllib.parse.urlsplit(url)
-        secure = parts.scheme in ("https", "wss")
-        host = parts.hostname or "localhost"
-        port = parts.port or (443 if secure else 80)
+        host, port, secure, request = handshake(url, headers)
         raw = socket.create_connection((host, port), timeout=timeout)
         if secure:
             raw = ssl.create_default_context().wrap_socket(raw, server_hostname=host)
         self.sock = raw
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = [
-            f"GET {parts.path or '/'} HTTP/1.1",
-            f"Host: {parts.netloc}",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {key}",
-            "Sec-WebSocket-Version: 13",
-            *(f"{name}: {value}" for name, value in headers.items()),
-        ]
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.sock.sendall(request)
         response = b""
         while b"\r\n\r\n" not in response:
             chunk = self.sock.recv(4096)
@@ -59,9 +84,7 @@ class _WebSocket:
                 raise ConnectionError("the desk closed the connection during the handshake")
             response += chunk
         head, _, self.buffer = response.partition(b"\r\n\r\n")
-        status = head.split(b"\r\n", 1)[0].decode(errors="replace")
-        if " 101 " not in status + " ":
-            raise ConnectionError(f"websocket refused: {status}")
+        upgraded(head)
 
     def _read(self, n: int) -> bytes:
         while len(self.buffer) < n:
@@ -73,16 +96,7 @@ class _WebSocket:
         return data
 
     def _send(self, opcode: int, payload: bytes = b"") -> None:
-        mask = os.urandom(4)
-        header = bytes([0x80 | opcode])
-        if len(payload) < 126:
-            header += bytes([0x80 | len(payload)])
-        elif len(payload) < 65536:
-            header += bytes([0x80 | 126]) + struct.pack("!H", len(payload))
-        else:
-            header += bytes([0x80 | 127]) + struct.pack("!Q", len(payload))
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
+        self.sock.sendall(frame(opcode, payload))
 
     def receive(self, on_ping: Callable[[], None]) -> str | None:
         """The next text message; None when the desk closes the socket."""
@@ -118,34 +132,19 @@ class _WebSocket:
         self.sock.close()
 
 
-class KillSwitches:
+class SwitchBoard:
     """The switches over this agent's domain, as last pushed or polled."""
 
-    def __init__(
-        self,
-        url: str,
-        token: str,
-        poll: Callable[[], dict[str, Any]],
-        *,
-        max_state_age: float = 60.0,
-        poll_interval: float = 2.0,
-    ) -> None:
+    def __init__(self, url: str, token: str, *, max_state_age: float = 60.0) -> None:
         self.ws_url = url.replace("http", "ws", 1).rstrip("/") + "/ws/agent/"
         self.token = token
-        self._poll = poll
         self.max_state_age = max_state_age
-        self.poll_interval = poll_interval
         self.version = -1
         self.switches: dict[str, dict[str, Any]] = {}
         self.confirmed_at: float | None = None  # monotonic time the state was last known good
         self.source = ""  # "push" or "poll": where the state last came from
         self.connected = False
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._socket: _WebSocket | None = None
-        self._thread: threading.Thread | None = None
-
-    # State
 
     def _apply(self, state: dict[str, Any], source: str) -> None:
         with self._lock:
@@ -163,29 +162,59 @@ class KillSwitches:
     def age(self) -> float | None:
         return None if self.confirmed_at is None else time.monotonic() - self.confirmed_at
 
+    @property
+    def stale(self) -> bool:
+        age = self.age
+        return age is None or age > self.max_state_age
+
     def engaged(self) -> list[dict[str, Any]]:
         with self._lock:
             return [s for s in self.switches.values() if s.get("engaged")]
 
-    def check(self) -> None:
-        """Raise KillSwitchEngaged if a switch over this domain is engaged, and DeskUnavailable
-        (failing closed) if the state is too old and the desk cannot confirm it."""
+    def unconfirmed(self, exc: DeskUnavailable) -> DeskUnavailable:
         age = self.age
-        if age is None or age > self.max_state_age:
-            try:
-                self._apply(self._poll(), "poll")
-            except DeskUnavailable as exc:
-                known = "never known" if age is None else f"{age:.0f} s old"
-                raise DeskUnavailable(
-                    f"kill switch state is {known} and the desk cannot be reached: failing "
-                    f"closed ({exc})"
-                ) from exc
+        known = "never known" if age is None else f"{age:.0f} s old"
+        return DeskUnavailable(
+            f"kill switch state is {known} and the desk cannot be reached: failing closed ({exc})"
+        )
+
+    def raise_if_engaged(self) -> None:
         for switch in self.engaged():
             raise KillSwitchEngaged(
                 f"kill switch {switch['scope']} engaged by {switch.get('changed_by')}: "
                 f"{switch.get('reason')}",
                 {"kill_switch": switch, "reason": switch.get("reason", "")},
             )
+
+
+class KillSwitches(SwitchBoard):
+    """The board kept by a background thread (the blocking client)."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        poll: Callable[[], dict[str, Any]],
+        *,
+        max_state_age: float = 60.0,
+        poll_interval: float = 2.0,
+    ) -> None:
+        super().__init__(url, token, max_state_age=max_state_age)
+        self._poll = poll
+        self.poll_interval = poll_interval
+        self._stop = threading.Event()
+        self._socket: _WebSocket | None = None
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> None:
+        """Raise KillSwitchEngaged if a switch over this domain is engaged, and DeskUnavailable
+        (failing closed) if the state is too old and the desk cannot confirm it."""
+        if self.stale:
+            try:
+                self._apply(self._poll(), "poll")
+            except DeskUnavailable as exc:
+                raise self.unconfirmed(exc) from exc
+        self.raise_if_engaged()
 
     # The watcher thread
 
