@@ -188,3 +188,18 @@ def test_a_session_in_another_process_goes_on_after_the_steps_already_recorded(
         "two",
         "three",
     ]
+
+
+def test_a_keyed_proposal_is_the_same_action_from_a_process_that_kept_nothing(
+    desk: RunningDesk,
+) -> None:
+    token = agent_token("buyer", "procurement", *ORDERS)
+    params = {"sku": "A", "qty": 1, "unit_price": 90}
+    first = Desk(desk.url, token).session("durable-2")
+    first.thought("Order GPUs.")
+    proposal = first.propose("create_order", params, key="n-2")
+    # A new process that does not replay the run's earlier steps.
+    resumed = Desk(desk.url, token).session("durable-2").propose("create_order", params, key="n-2")
+    assert resumed.id == proposal.id and Action.objects.count() == 1
+    calls = ReasoningStep.objects.filter(kind="tool_call").values_list("data", flat=True)
+    assert [call["action_id"] for call in calls] == [proposal.id, proposal.id]

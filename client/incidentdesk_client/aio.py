@@ -434,8 +434,16 @@ class AsyncSession:
         self.desk = desk
         self.id = session_id
         self.next_index = 0
+        self._steps: asyncio.Lock | None = None
 
     async def step(self, kind: str, content: str, **data: Any) -> int:
+        # Steps are numbered in order: calls of one run made at once take turns here.
+        if self._steps is None:
+            self._steps = asyncio.Lock()
+        async with self._steps:
+            return await self._step(kind, content, data)
+
+    async def _step(self, kind: str, content: str, data: dict[str, Any]) -> int:
         for _ in range(2):
             step = {"index": self.next_index, "kind": kind, "content": content, "data": data}
             status, body = await self.desk.record_steps(self.id, [step])
@@ -470,10 +478,13 @@ class AsyncSession:
         step: bool = True,
     ) -> AsyncProposal:
         """As Session.propose."""
-        key = key or uuid.uuid4().hex
         label = f"{tool}:{verb}" if verb else tool
         await self.desk.check_kill_switches()
-        index = await self.step("tool_call", label, params=params) if step else None
+        chosen = key is not None
+        key = key or uuid.uuid4().hex
+        index = None
+        if step and not chosen:
+            index = await self.step("tool_call", label, params=params)
         body = proposal_body(
             session_id=self.id,
             step_index=index,
@@ -487,7 +498,10 @@ class AsyncSession:
             compensation=compensation,
         )
         verdict = await self.desk.propose(body, idempotency_key=key)
-        return AsyncProposal(self.desk, label, key, verdict)
+        proposal = AsyncProposal(self.desk, label, key, verdict)
+        if step and chosen:
+            await self.step("tool_call", label, params=params, action_id=proposal.id)
+        return proposal
 
     def guard(
         self,

@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 import random
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -263,10 +264,15 @@ class Session:
         self.desk = desk
         self.id = session_id
         self.next_index = 0
+        self._steps = threading.Lock()  # steps are numbered in order, one at a time
 
     def step(self, kind: str, content: str, **data: Any) -> int:
         """Record a reasoning step. Where another process (or an earlier run of this one)
         recorded steps of this session meanwhile, this one goes after them."""
+        with self._steps:
+            return self._step(kind, content, data)
+
+    def _step(self, kind: str, content: str, data: dict[str, Any]) -> int:
         for _ in range(2):
             step = {"index": self.next_index, "kind": kind, "content": content, "data": data}
             status, body = self.desk.record_steps(self.id, [step])
@@ -306,13 +312,18 @@ class Session:
         Idempotency-Key: choose one that is the same each time a durable flow re-runs this
         step, and a re-proposal returns the same action. `amount` is (value, currency),
         `blast_radius` (records, population). With `step`, the call is also recorded as a
-        reasoning step of the session.
+        reasoning step of the session: before the proposal, which then names it, or, for a
+        caller-chosen key, after it, naming the action, so that the proposal's body is the
+        same in any process that makes it again.
         """
-        key = key or uuid.uuid4().hex
         label = f"{tool}:{verb}" if verb else tool
         # At no network cost while the pushed state is fresh.
         self.desk.check_kill_switches()
-        index = self.step("tool_call", label, params=params) if step else None
+        chosen = key is not None
+        key = key or uuid.uuid4().hex
+        index = None
+        if step and not chosen:
+            index = self.step("tool_call", label, params=params)
         body = proposal_body(
             session_id=self.id,
             step_index=index,
@@ -325,7 +336,10 @@ class Session:
             blast_radius=blast_radius,
             compensation=compensation,
         )
-        return Proposal(self.desk, label, key, self.desk.propose(body, idempotency_key=key))
+        proposal = Proposal(self.desk, label, key, self.desk.propose(body, idempotency_key=key))
+        if step and chosen:
+            self.step("tool_call", label, params=params, action_id=proposal.id)
+        return proposal
 
     def guard(
         self,
