@@ -203,3 +203,16 @@ def test_a_keyed_proposal_is_the_same_action_from_a_process_that_kept_nothing(
     assert resumed.id == proposal.id and Action.objects.count() == 1
     calls = ReasoningStep.objects.filter(kind="tool_call").values_list("data", flat=True)
     assert [call["action_id"] for call in calls] == [proposal.id, proposal.id]
+
+
+def test_a_failure_with_a_very_long_error_is_still_reported(desk: RunningDesk) -> None:
+    session = Desk(desk.url, agent_token("buyer", "procurement", *ORDERS)).session()
+
+    @session.guard("create_order")
+    def order(sku: str, qty: int, unit_price: float) -> None:
+        raise RuntimeError("vendor said: " + "no " * 10_000)
+
+    with pytest.raises(RuntimeError):
+        order("A100", 1, 90)
+    action = Action.objects.get()
+    assert action.status == "failed" and len(action.error) == 10_000

@@ -40,6 +40,7 @@ from incidentdesk_client.killswitch import (
 )
 from incidentdesk_client.verdicts import (
     dumps,
+    error_text,
     json_or_text,
     jsonable,
     next_step_index,
@@ -130,7 +131,8 @@ class AsyncKillSwitches(SwitchBoard):
         self.raise_if_engaged()
 
     def start(self) -> None:
-        if self._task is None:
+        # Again after a watch that ended (a revoked token): a new token may have come since.
+        if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -422,7 +424,7 @@ class AsyncProposal:
 
     async def failed(self, error: BaseException, post_state: Any) -> None:
         try:
-            await self.report(False, post_state=post_state, error=repr(error))
+            await self.report(False, post_state=post_state, error=error_text(error))
         except DeskError as report_error:
             log.error("could not report %s failing: %s", self.label, report_error)
 

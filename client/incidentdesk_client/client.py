@@ -24,6 +24,7 @@ from incidentdesk_client.guarding import Hooks, ToolShape
 from incidentdesk_client.killswitch import KillSwitches
 from incidentdesk_client.verdicts import (
     dumps,
+    error_text,
     json_or_text,
     jsonable,
     next_step_index,
@@ -252,7 +253,7 @@ class Proposal:
     def failed(self, error: BaseException, post_state: Any) -> None:
         """Report a run that raised; the caller re-raises the tool's error either way."""
         try:
-            self.report(False, post_state=post_state, error=repr(error))
+            self.report(False, post_state=post_state, error=error_text(error))
         except DeskError as report_error:
             log.error("could not report %s failing: %s", self.label, report_error)
 

@@ -50,6 +50,15 @@ def json_or_text(raw: bytes) -> dict[str, Any]:
         return {"detail": raw.decode(errors="replace")}
 
 
+ERROR_MAX = 10_000  # characters of an error the desk keeps with a result
+
+
+def error_text(error: BaseException) -> str:
+    """A failed run's error as the desk takes it: its repr, cut to what the desk keeps."""
+    text = repr(error)
+    return text if len(text) <= ERROR_MAX else text[: ERROR_MAX - 1] + "…"
+
+
 def jsonable(value: Any) -> Any:
     try:
         return json.loads(json.dumps(value, default=json_default))
