@@ -274,6 +274,19 @@ def test_get_and_long_poll_until_an_operator_decides(desk: Desk, approver) -> No
     assert changed["params"]["qty"] == 1 and changed["modified"] is True
 
 
+def test_a_verdict_decided_before_the_long_poll_is_answered_at_once(desk: Desk, approver) -> None:
+    token = agent_token("buyer", "procurement", *ORDERS)
+    verdict = propose(desk, token, order(amount={"value": "900", "currency": "USD"})).json()
+    decide(action_id=verdict["id"], user=approver, verdict="reject", reason="not now")
+    started = time.monotonic()
+    answer = call(desk, token, "GET", f"/actions/{verdict['id']}?wait=10").json()
+    assert answer["status"] == "rejected" and time.monotonic() - started < 2
+    allowed = propose(desk, token, order()).json()
+    started = time.monotonic()
+    assert call(desk, token, "GET", f"/actions/{allowed['id']}?wait=10").json()["may_execute"]
+    assert time.monotonic() - started < 2
+
+
 def test_bad_wait_and_unknown_action(desk: Desk) -> None:
     token = agent_token("buyer", "procurement", *ORDERS)
     assert call(desk, token, "GET", f"/actions/{uuid.uuid4()}").status == 404

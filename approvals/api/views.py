@@ -228,7 +228,8 @@ def actions_explain(request: HttpRequest, token: AgentToken) -> HttpResponse:
 
 @csrf_exempt
 async def action_detail(request: HttpRequest, action_id: str) -> HttpResponse:
-    """The verdict; with ?wait=N, held open (without a thread) until it changes or N s pass.
+    """The verdict; with ?wait=N, a pending verdict is held open (without a thread) until it
+    changes or N s pass.
 
     Asynchronous, so that waiting agents cost no worker thread: the production layout sends
     these requests to the ASGI server.
@@ -246,8 +247,11 @@ async def action_detail(request: HttpRequest, action_id: str) -> HttpResponse:
     except Refused as exc:
         return problem(exc.status, exc.title, exc.detail, extra=exc.extra)
     deadline = time.monotonic() + wait
-    seen = action.updated_at  # a decision, a move, or a kill switch freezing it
-    while action.updated_at == seen and time.monotonic() < deadline:
+    # Only a pending action is worth waiting on: one decided before the request came is
+    # answered at once. Any change ends the wait: a decision, a move, a kill switch freezing it.
+    seen = action.updated_at
+    pending = Action.Status.ESCALATED
+    while action.status == pending and action.updated_at == seen and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
         action = await Action.objects.select_related("domain").aget(pk=action.pk)
     verdict = await sync_to_async(action_verdict)(action, check_kill=True)
