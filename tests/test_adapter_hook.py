@@ -345,7 +345,8 @@ def test_verify_fails_without_a_hook_or_with_one_that_never_asks_the_desk(
 
 
 def test_the_example_settings_run_the_hook_around_every_tool() -> None:
-    from incidentdesk_client.adapters.hook import CLAUDE, configured
+    from incidentdesk_client.adapters.hook_calls import CLAUDE
+    from incidentdesk_client.adapters.hook_verify import configured
 
     example = ROOT / "client" / "examples" / "claude_code_settings.json"
     handlers, env = configured([example])
