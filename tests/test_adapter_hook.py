@@ -274,6 +274,26 @@ def test_an_unreachable_desk_blocks(tmp_path: Path) -> None:
     assert "unreachable" in done.stderr
 
 
+def test_a_desk_that_never_answers_is_blocked_before_the_agents_own_timeout(
+    tmp_path: Path,
+) -> None:
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections are taken, requests never answered
+    try:
+        env = hook_env(f"http://127.0.0.1:{silent.getsockname()[1]}", "idk_never-used", tmp_path)
+        started = time.monotonic()
+        done = run("pre", payload("Read", {"file_path": "/repo/app.py"}), env, "--timeout", "3")
+        took = time.monotonic() - started
+    finally:
+        silent.close()
+    assert done.returncode == 2 and "no answer from the desk within 4 s" in done.stderr
+    assert took < 8
+
+
 def test_malformed_input_blocks(tmp_path: Path) -> None:
     env = hook_env(f"http://127.0.0.1:{free_port()}", "idk_never-used", tmp_path)
     malformed = [

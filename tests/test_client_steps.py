@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import typing
+from decimal import Decimal
 
 import pytest
 from incidentdesk_client import (
@@ -216,3 +217,29 @@ def test_a_failure_with_a_very_long_error_is_still_reported(desk: RunningDesk) -
         order("A100", 1, 90)
     action = Action.objects.get()
     assert action.status == "failed" and len(action.error) == 10_000
+
+
+def test_a_guarded_tool_keeps_its_annotations_resolvable(desk: RunningDesk) -> None:
+    session = Desk(desk.url, agent_token("buyer", "procurement", *ORDERS)).session()
+
+    def priced(sku: str, unit_price: Decimal, idempotency_key: str = "") -> None: ...
+
+    # This module's annotations are strings: they resolve in its own globals.
+    assert typing.get_type_hints(session.guard(priced)) == {
+        "sku": str,
+        "unit_price": Decimal,
+        "return": type(None),
+    }
+
+
+def test_a_failing_read_after_the_run_does_not_stop_its_report(desk: RunningDesk) -> None:
+    session = Desk(desk.url, agent_token("buyer", "procurement", *ORDERS)).session()
+
+    def snapshot(**params: object) -> dict:
+        if Action.objects.exists():
+            raise ConnectionError("the vendor's stock API is down")
+        return {"open_orders": 0}
+
+    session.guard("create_order", snapshot=snapshot)(create_order)("A100", 1)
+    action = Action.objects.get()
+    assert action.status == "succeeded" and action.post_state is None

@@ -301,7 +301,14 @@ class AsyncDesk:
                 status, answer, raw = await asyncio.wait_for(
                     _exchange(method, self.url + path, headers, data), timeout or self.timeout
                 )
-            except (OSError, ConnectionError, asyncio.TimeoutError, ValueError) as error:
+            except (
+                OSError,
+                ConnectionError,
+                asyncio.TimeoutError,
+                asyncio.IncompleteReadError,  # the desk closed the connection mid-answer
+                asyncio.LimitOverrunError,
+                ValueError,
+            ) as error:
                 if attempt >= retries:
                     raise DeskUnavailable(
                         f"IncidentDesk at {self.url} is unreachable: {error!r}"

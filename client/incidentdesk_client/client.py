@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import inspect
 import json
 import logging
@@ -123,7 +124,14 @@ class Desk:
                     self._sleep(attempt, error.headers.get("Retry-After"))
                     continue
                 return status, payload
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
+            except (
+                urllib.error.URLError,
+                ConnectionError,
+                TimeoutError,
+                OSError,
+                http.client.HTTPException,  # a cut-short answer
+                ValueError,  # an answer that is not JSON (a proxy's error page)
+            ) as error:
                 if attempt >= retries:
                     raise DeskUnavailable(
                         f"IncidentDesk at {self.url} is unreachable: {error}"

@@ -67,7 +67,9 @@ class ToolShape:
         """Give the wrapper the tool's name, docs and signature, minus the key: frameworks
         build a model's tool schema from them."""
         functools.update_wrapper(wrapper, function)
-        del wrapper.__wrapped__  # inspect.signature would follow it back to the key
+        # inspect.signature stops at __signature__ rather than following __wrapped__ back to
+        # the key; typing.get_type_hints follows __wrapped__ to the tool's own module, where
+        # its annotations' names are.
         wrapper.__signature__ = self.shown  # type: ignore[attr-defined]
         annotations = dict(getattr(function, "__annotations__", {}))
         annotations.pop(KEY, None)
@@ -97,10 +99,18 @@ class Hooks:
 
     def after(self, result: Any, params: dict[str, Any]) -> Any:
         """The state to report after a successful run: what the tool says it changed, or the
-        snapshot taken again."""
-        if self.post_state is not None:
-            return self.post_state(result)
-        return self.snapshot(**params) if self.snapshot else None
+        snapshot taken again. A read that fails is logged: the run is reported all the same."""
+        try:
+            if self.post_state is not None:
+                return self.post_state(result)
+            return self.snapshot(**params) if self.snapshot else None
+        except Exception:
+            log.exception("reading the state after the run failed; reporting it without")
+            return None
 
     def after_failure(self, params: dict[str, Any]) -> Any:
-        return self.snapshot(**params) if self.snapshot else None
+        try:
+            return self.snapshot(**params) if self.snapshot else None
+        except Exception:
+            log.exception("reading the state after the failed run failed; reporting it without")
+            return None

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -343,6 +344,35 @@ def read_payload() -> Any:
         raise BadInput(f"stdin is not JSON ({error})") from error
 
 
+# Past the wait for a decision, the hook blocks whatever it is doing (a request, a retry's
+# back-off) after this many more seconds: well inside the agent's own hook timeout (330 s
+# against a 300 s wait in the example, 60 against 45 for Gemini CLI), since an agent lets a
+# call through when its hook times out.
+DEADLINE_MARGIN = 10.0
+
+
+def deadline_of(wait: float) -> float:
+    return wait + min(DEADLINE_MARGIN, wait / 3)
+
+
+def block_at_deadline(seconds: float) -> None:
+    """Block the call (exit 2) once `seconds` pass, even in the middle of a request or a
+    retry's back-off."""
+
+    def expire() -> None:
+        print(
+            f"incidentdesk-hook: no answer from the desk within {seconds:.0f} s; the call is "
+            "blocked (fail closed)",
+            file=sys.stderr,
+        )
+        sys.stderr.flush()
+        os._exit(BLOCK)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "verify":
@@ -363,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     settings: Settings | None = None
     try:
         settings = settings_from(args)
+        block_at_deadline(deadline_of(settings.timeout))
         answer = pre(settings, read_payload())
     except BaseException as error:  # whatever stops the hook blocks the call
         print(blocked(error, settings), file=sys.stderr)

@@ -29,7 +29,7 @@ from typing import Any
 import pydantic_core
 from pydantic import ValidationError
 from pydantic_ai.capabilities import AbstractCapability
-from pydantic_ai.exceptions import ToolFailed
+from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ToolFailed
 from pydantic_ai.messages import ToolReturn
 from pydantic_ai.tools import AgentDepsT, RunContext
 from pydantic_ai.toolsets import AbstractToolset, ToolsetTool, WrapperToolset
@@ -107,6 +107,8 @@ class IncidentDeskToolset(WrapperToolset[AgentDepsT]):
         try:
             args = tool_args if granted == params else operators_args(name, granted, ctx, tool)
             result = await super().call_tool(name, args, ctx, tool)
+        except (ApprovalRequired, CallDeferred):
+            raise  # not run: deferred to pydantic-ai's own flow, nothing to report yet
         except Exception as error:
             await proposal.failed(error, None)
             raise
