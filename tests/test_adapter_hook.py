@@ -290,8 +290,8 @@ def test_a_desk_that_never_answers_is_blocked_before_the_agents_own_timeout(
         took = time.monotonic() - started
     finally:
         silent.close()
-    assert done.returncode == 2 and "no answer from the desk within 4 s" in done.stderr
-    assert took < 8
+    assert done.returncode == 2 and "no answer from the desk within 6 s" in done.stderr
+    assert took < 9
 
 
 def test_malformed_input_blocks(tmp_path: Path) -> None:

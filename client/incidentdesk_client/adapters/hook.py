@@ -352,7 +352,8 @@ DEADLINE_MARGIN = 10.0
 
 
 def deadline_of(wait: float) -> float:
-    return wait + min(DEADLINE_MARGIN, wait / 3)
+    # Three seconds at least, for the proposal itself when no wait is wanted (verify's probes).
+    return wait + min(DEADLINE_MARGIN, max(3.0, wait / 3))
 
 
 def block_at_deadline(seconds: float) -> None:
