@@ -78,3 +78,15 @@ class ReportFailed(Exception):
     ) -> None:
         super().__init__(message)
         self.verdict, self.result, self.post_state = verdict, result, post_state
+
+
+REFUSALS = (
+    ActionDenied,
+    ActionRejected,
+    ActionExpired,
+    ActionCancelled,
+    KillSwitchEngaged,
+    OutOfScope,
+)
+"""The desk's answers that say no to a call (a model may be told why), as against the errors
+that mean the desk could not be asked or could not take the request (a run should stop)."""

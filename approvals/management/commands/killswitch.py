@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from django.conf import settings
@@ -10,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from approvals.audit import Actor
 from approvals.core import Refused, perm
 from approvals.killswitches import killswitch_effects, killswitch_set, killswitch_state
+from approvals.management.operators import add_operator_argument
 
 
 class Command(BaseCommand):
@@ -22,12 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("verb", choices=["engage", "release", "status"])
         parser.add_argument("scope", nargs="?", help="a domain's slug, or global")
         parser.add_argument("--reason", default="", help="why (required to engage or release)")
-        parser.add_argument(
-            "--as",
-            dest="operator",
-            default=os.environ.get("INCIDENTDESK_OPERATOR", ""),
-            help="the operator acting (default: $INCIDENTDESK_OPERATOR)",
-        )
+        add_operator_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["verb"] == "status":

@@ -1,14 +1,13 @@
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from approvals.audit import Actor
-from approvals.core import Refused, perm
+from approvals.core import Refused
 from approvals.killswitches import agent_quarantine
+from approvals.management.operators import acting_operator, add_operator_argument
 
 
 class Command(BaseCommand):
@@ -20,19 +19,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("agent")
         parser.add_argument("--reason", default="")
-        parser.add_argument(
-            "--as",
-            dest="operator",
-            default=os.environ.get("INCIDENTDESK_OPERATOR", ""),
-            help="the operator acting (default: $INCIDENTDESK_OPERATOR)",
-        )
+        add_operator_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        user = get_user_model().objects.filter(username=options["operator"], is_active=True).first()
-        if user is None:
-            raise CommandError("say who acts: --as USERNAME (an operator with the oncall role)")
-        if not user.has_perm(perm("operate_killswitch")):
-            raise CommandError(f"{user.get_username()} may not quarantine agents (needs oncall)")
+        user = acting_operator(
+            options["operator"],
+            codename="operate_killswitch",
+            who="an operator with the oncall role",
+            may_not="quarantine agents (needs oncall)",
+        )
         try:
             revoked, cancelled = agent_quarantine(
                 agent_name=options["agent"], actor=Actor.user(user), reason=options["reason"]

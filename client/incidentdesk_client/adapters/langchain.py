@@ -43,13 +43,8 @@ from langgraph.types import Command, interrupt
 from incidentdesk_client.aio import AsyncDesk, AsyncProposal, AsyncSession
 from incidentdesk_client.client import Desk, Proposal, Session
 from incidentdesk_client.errors import (
-    ActionCancelled,
-    ActionDenied,
-    ActionExpired,
-    ActionRejected,
+    REFUSALS,
     DeskError,
-    KillSwitchEngaged,
-    OutOfScope,
 )
 from incidentdesk_client.verdicts import proposal_body
 
@@ -57,16 +52,6 @@ __all__ = ["REFUSALS", "IncidentDeskInterruptMiddleware", "IncidentDeskMiddlewar
 
 log = logging.getLogger("incidentdesk_client")
 
-REFUSALS = (
-    ActionDenied,
-    ActionRejected,
-    ActionExpired,
-    ActionCancelled,
-    KillSwitchEngaged,
-    OutOfScope,
-)
-"""The desk's answers that the model sees as an error ToolMessage. Any other DeskError (an
-unreachable desk, a bad token, a tool the registry does not know) stops the run."""
 
 SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 

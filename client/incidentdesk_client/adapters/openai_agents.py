@@ -41,6 +41,7 @@ from agents.tool_context import ToolContext
 
 from incidentdesk_client.aio import AsyncDesk, AsyncProposal, AsyncSession
 from incidentdesk_client.errors import (
+    REFUSALS,
     ActionCancelled,
     ActionDenied,
     ActionExpired,
@@ -61,7 +62,6 @@ REFUSED = {
     KillSwitchEngaged: "stopped by a kill switch",
     OutOfScope: "outside this agent's scopes",
 }
-REFUSALS = tuple(REFUSED)
 
 # Proposals of one session go out one at a time: the SDK runs a response's tool calls
 # concurrently, and each proposal takes the session's next reasoning step.

@@ -36,28 +36,14 @@ from pydantic_ai.toolsets import AbstractToolset, ToolsetTool, WrapperToolset
 
 from incidentdesk_client.aio import AsyncDesk, AsyncProposal, AsyncSession
 from incidentdesk_client.errors import (
-    ActionCancelled,
-    ActionDenied,
-    ActionExpired,
-    ActionRejected,
+    REFUSALS,
     DeskError,
     DeskUnavailable,
     KillSwitchEngaged,
-    OutOfScope,
 )
 
 __all__ = ["IncidentDeskCapability", "IncidentDeskToolset", "REFUSALS"]
 
-REFUSALS = (
-    ActionDenied,
-    ActionRejected,
-    ActionExpired,
-    ActionCancelled,
-    KillSwitchEngaged,
-    OutOfScope,
-)
-"""The desk's answers that the model sees as a failed tool call. Any other DeskError (an
-unreachable desk, a bad token, a tool the registry does not know) stops the run."""
 
 log = logging.getLogger("incidentdesk_client")
 
