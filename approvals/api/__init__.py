@@ -4,6 +4,7 @@ keys, proposals and their verdicts, results, reasoning steps, and the OpenAPI do
 from __future__ import annotations
 
 from approvals.api.idempotency import Claim, idempotency_claim, idempotency_purge
+from approvals.api.lean import propose_lean
 from approvals.api.proposals import ProposalData, action_propose
 from approvals.api.results import StepData, action_report_result, steps_record
 from approvals.api.schemas import ActionIn
@@ -17,5 +18,6 @@ __all__ = [
     "action_report_result",
     "idempotency_claim",
     "idempotency_purge",
+    "propose_lean",
     "steps_record",
 ]

@@ -43,7 +43,7 @@ def request_fingerprint(method: str, path: str, body: bytes) -> str:
     return hashlib.sha256(b"\0".join([method.encode(), path.encode(), body])).hexdigest()
 
 
-def _key_lock_id(agent_id: int, key: str) -> int:
+def key_lock_id(agent_id: int, key: str) -> int:
     digest = hashlib.blake2b(f"{agent_id}\0{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
@@ -55,7 +55,7 @@ def _take_key(agent_id: int, key: str) -> bool:
         # so the first request's answer is stored before a repeat can look for it.
         return True
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_key_lock_id(agent_id, key)])
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [key_lock_id(agent_id, key)])
         return bool(cursor.fetchone()[0])
 
 

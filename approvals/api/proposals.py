@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from approvals.agents import Quarantined, agent_admission_check, token_allows
 from approvals.api.idempotency import Claim, idempotency_claim, idempotency_complete
-from approvals.audit import Actor, audit_action_event, audit_record
+from approvals.audit import Actor, Entry, action_entry, audit_record
 from approvals.core import Refused
 from approvals.killswitches import (
     Killed,
@@ -276,12 +276,42 @@ def _record_proposal(
             f"{proposal.tool} is now registered as "
             f"{proposal.verb}, outside this token's scopes; propose again",
         )
+    action = proposed_action(token, agent, session.pk, data, proposal, verdict, desk_read)
+    action.session = session
+    status = action.status
+    if status == S.ESCALATED:
+        escalation_open(action)
+    action.save(force_insert=True)
+    if status == S.ESCALATED:
+        escalation_opened(action)
+    audit_record(
+        actor=agent_actor(token), **proposal_entry(action, data, proposal, desk_read).fields()
+    )
+    if verdict.quarantine:
+        agent_quarantine(
+            agent_name=agent.name,
+            actor=Actor.system(FLAPPING_RULE),
+            reason=f"repeated {data.tool} on targets it had rolled back",
+        )
+    return action
+
+
+def proposed_action(
+    token: AgentToken,
+    agent: Agent,
+    session_id: int,
+    data: ProposalData,
+    proposal: Proposal,
+    verdict: Verdict,
+    desk_read: DeskRead | None,
+) -> Action:
+    """The action a proposal records, with its verdict (not saved)."""
     status = STATUS_OF_OUTCOME[verdict.outcome]
-    action = Action(
+    return Action(
         agent=agent,
         token=token,
         domain=token.domain,
-        session=session,
+        session_id=session_id,
         step_index=data.step_index,
         tool=data.tool,
         verb=proposal.verb,
@@ -302,35 +332,28 @@ def _record_proposal(
         tier=verdict.tier,
         run_by=run_deadline() if status == S.ALLOWED else None,
     )
-    if status == S.ESCALATED:
-        escalation_open(action)
-    action.save(force_insert=True)
-    if status == S.ESCALATED:
-        escalation_opened(action)
-    audit_action_event(
-        actor=agent_actor(token),
+
+
+def proposal_entry(
+    action: Action, data: ProposalData, proposal: Proposal, desk_read: DeskRead | None
+) -> Entry:
+    """The audit event that records a proposal and its verdict."""
+    return action_entry(
         action=action,
-        event=f"action.{status}",
-        summary=f"{data.tool}:{proposal.verb} {status} by rule {verdict.rule} "
-        f"(policy v{verdict.version}): {verdict.reason}",
+        event=f"action.{action.status}",
+        summary=f"{data.tool}:{proposal.verb} {action.status} by rule {action.rule} "
+        f"(policy v{action.policy_version}): {action.reason}",
         data={
             "session": data.session_id,
             "tool": data.tool,
             "verb": proposal.verb,
             "registered": proposal.registered,
-            "rule": verdict.rule,
-            "policy_version": verdict.version,
-            "tier": verdict.tier,
+            "rule": action.rule,
+            "policy_version": action.policy_version,
+            "tier": action.tier,
             **(desk_read.audit_data() if desk_read else {}),
         },
     )
-    if verdict.quarantine:
-        agent_quarantine(
-            agent_name=agent.name,
-            actor=Actor.system(FLAPPING_RULE),
-            reason=f"repeated {data.tool} on targets it had rolled back",
-        )
-    return action
 
 
 def session_of(agent: Agent, token: AgentToken, session_id: str) -> AgentSession:

@@ -11,7 +11,6 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -27,6 +26,7 @@ from approvals.agents import (
     token_authenticate,
 )
 from approvals.api.idempotency import Claim, request_fingerprint
+from approvals.api.lean import propose_lean
 from approvals.api.openapi import document
 from approvals.api.proposals import action_explain, action_propose, action_verdict
 from approvals.api.results import StepData, action_for_token, action_report_result, steps_record
@@ -64,19 +64,12 @@ def _rate_limited(token: AgentToken) -> int | None:
 
     Counted in the cache; while that is unreachable, in this process (approvals/ratelimit.py).
     """
-    from approvals.api.ratelimit import requests
+    from approvals.api.ratelimit import count_in_cache, requests
 
     now = time.time()
     window = int(now // 60)
     key = f"api-rate:{token.prefix}:{window}"
-
-    def count_in_cache() -> int:
-        try:
-            return cache.incr(key)
-        except ValueError:  # the first request of this window
-            return 1 if cache.add(key, 1, timeout=90) else cache.incr(key)
-
-    used = requests.count(key, count_in_cache)
+    used = requests.count(key, partial(count_in_cache, key))
     if used > settings.API_RATE_LIMIT:
         return max(1, int((window + 1) * 60 - now) + 1)
     return None
@@ -171,12 +164,11 @@ def actions_create(request: HttpRequest, token: AgentToken) -> HttpResponse:
     if len(key) > 255:
         return problem(400, "Idempotency-Key too long", "keep Idempotency-Key to 255 characters")
     proposal = parse(ActionIn, request)
-    proposed = action_propose(
-        token=token,
-        data=proposal.data(),
-        key=key,
-        fingerprint=request_fingerprint(request.method, request.path, request.body),
-    )
+    data = proposal.data()
+    fingerprint = request_fingerprint(request.method, request.path, request.body)
+    proposed = propose_lean(
+        token=token, data=data, key=key, fingerprint=fingerprint
+    ) or action_propose(token=token, data=data, key=key, fingerprint=fingerprint)
     match proposed.claim:
         case Claim.MISMATCH:
             return problem(

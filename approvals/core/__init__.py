@@ -34,6 +34,13 @@ from approvals.core.roles import (
     role_names,
     roles_sync_after_migrate,
 )
+from approvals.core.rows import (
+    model_from_row,
+    model_width,
+    sql_columns,
+    sql_insert,
+    sql_table,
+)
 
 __all__ = [
     "ADMIN",
@@ -66,4 +73,9 @@ __all__ = [
     "roles_sync_after_migrate",
     "target_id_problem",
     "whole_number",
+    "model_from_row",
+    "model_width",
+    "sql_columns",
+    "sql_insert",
+    "sql_table",
 ]

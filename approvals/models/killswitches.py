@@ -68,6 +68,11 @@ class KillSwitch(models.Model):
     def __str__(self) -> str:
         return f"{self.scope} ({'engaged' if self.engaged else 'released'})"
 
+    @staticmethod
+    def lock_key(scope: str) -> int:
+        """The advisory lock that `KillSwitch.objects.lock` takes for `scope`."""
+        return _lock_key(scope)
+
 
 class KillSwitchChange(models.Model):
     """A switch's history. Its id is the version agents see: it only grows."""

@@ -30,9 +30,15 @@ class Action(models.Model):
         ROLLBACK_FAILED = "rollback_failed"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="actions")
+    # agent and domain lead the composite indexes below, which serve their lookups too: every
+    # index is written on each proposal.
+    agent = models.ForeignKey(
+        Agent, on_delete=models.PROTECT, related_name="actions", db_index=False
+    )
     token = models.ForeignKey(AgentToken, on_delete=models.PROTECT, related_name="actions")
-    domain = models.ForeignKey(Domain, on_delete=models.PROTECT, related_name="actions")
+    domain = models.ForeignKey(
+        Domain, on_delete=models.PROTECT, related_name="actions", db_index=False
+    )
     session = models.ForeignKey(
         AgentSession, on_delete=models.PROTECT, related_name="actions", null=True, blank=True
     )
@@ -83,6 +89,12 @@ class Action(models.Model):
         indexes = [
             models.Index(fields=["agent", "tool", "created_at"]),
             models.Index(fields=["domain", "status"]),
+            # The flapping guard's question on every proposal: this agent's rolled-back calls.
+            models.Index(
+                fields=["agent", "tool", "rolled_back_at"],
+                name="rolled_back_calls",
+                condition=models.Q(rolled_back_at__isnull=False),
+            ),
             # The queue: open escalations, most urgent first.
             models.Index(
                 fields=["tier", "sla_due_at", "created_at"],

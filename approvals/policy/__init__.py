@@ -13,12 +13,20 @@ from approvals.policy.engine import (
     Facts,
     Trace,
     Verdict,
+    decide,
     evaluate,
     policy_decide,
     policy_explain,
+    rate_windows,
+    rolled_back_on,
 )
 from approvals.policy.files import document_from, domain_named, read_json_object, write_json
-from approvals.policy.versions import policy_current, policy_export, policy_publish
+from approvals.policy.versions import (
+    policy_current,
+    policy_document,
+    policy_export,
+    policy_publish,
+)
 
 __all__ = [
     "AMOUNT_MAX",
@@ -36,13 +44,17 @@ __all__ = [
     "document_from",
     "domain_ensure",
     "domain_named",
+    "decide",
     "evaluate",
     "policy_current",
     "policy_decide",
+    "policy_document",
     "policy_explain",
     "policy_export",
     "policy_publish",
     "proposal_from",
+    "rate_windows",
     "read_json_object",
+    "rolled_back_on",
     "write_json",
 ]

@@ -8,9 +8,10 @@ names holds. Conditions that need the database (rate, rolled-back repeats) are a
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
@@ -215,6 +216,25 @@ def _flapping(facts: Facts) -> str | None:
     return "quarantine" if facts.repeated_since(max(recent)) else "escalate"
 
 
+def rolled_back_on(
+    target_ids: tuple[str, ...] | list[str], rows: Iterable[tuple[datetime | None, Any]]
+) -> list[datetime]:
+    """When the calls among `rows` (rolled_back_at, target_ids) that touched any of
+    `target_ids` were rolled back, in the rows' order."""
+    return [at for at, other in rows if at is not None and overlaps(target_ids, other)]
+
+
+def rate_windows(document: PolicyDocument) -> list[tuple[int, int]]:
+    """The (window_seconds, cap) counts the document's rate rules may ask of Facts."""
+    return list(
+        dict.fromkeys(
+            (r.when.rate_over.window_seconds, r.when.rate_over.count)
+            for r in document.rules
+            if r.when.rate_over is not None
+        )
+    )
+
+
 def facts_for(agent: Agent | None, tool: str, target_ids: tuple[str, ...] | list[str]) -> Facts:
     """The database behind the facts rules and the guard ask about one agent's call."""
     if agent is None:
@@ -227,11 +247,7 @@ def facts_for(agent: Agent | None, tool: str, target_ids: tuple[str, ...] | list
 
     def rolled_back() -> list[datetime]:
         rows = same_tool.filter(rolled_back_at__isnull=False).order_by("-rolled_back_at")
-        return [
-            at
-            for at, other in rows.values_list("rolled_back_at", "target_ids")
-            if at is not None and overlaps(target_ids, other)
-        ]
+        return rolled_back_on(target_ids, rows.values_list("rolled_back_at", "target_ids"))
 
     def repeated_since(since: datetime) -> bool:
         later = same_tool.filter(created_at__gt=since).values_list("target_ids", flat=True)

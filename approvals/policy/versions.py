@@ -21,12 +21,17 @@ def policy_current(domain: Domain) -> tuple[PolicyDocument, int]:
     ).first()
     if latest is None:
         return PolicyDocument(rules=[], comment="no policy published"), 0
+    return policy_document(latest["id"], latest["created_at"]), latest["version"]
+
+
+def policy_document(version_id: int, created_at: Any) -> PolicyDocument:
+    """The parsed document of a stored policy version, parsed once per process."""
     # Keyed by creation time too: SQLite may give a new row the id of one rolled back.
-    key = (latest["id"], latest["created_at"])
+    key = (version_id, created_at)
     document = _parsed.get(key)
     if document is None:
-        document = _parsed[key] = document_of(PolicyVersion.objects.get(pk=latest["id"]))
-    return document, latest["version"]
+        document = _parsed[key] = document_of(PolicyVersion.objects.get(pk=version_id))
+    return document
 
 
 def document_of(version: PolicyVersion) -> PolicyDocument:

@@ -31,6 +31,7 @@ from approvals.rollbacks.runner import rollback_run, rollbacks_stalled
 from approvals.rollbacks.snapshots import (
     DeskRead,
     Difference,
+    desk_read_unconnected,
     desk_snapshot_take,
     snapshot_differences,
     state_of,
@@ -49,6 +50,7 @@ __all__ = [
     "connector_check",
     "connector_delete",
     "connector_save",
+    "desk_read_unconnected",
     "desk_snapshot_take",
     "plan_cancel",
     "plan_confirm",

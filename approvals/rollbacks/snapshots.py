@@ -92,6 +92,32 @@ class DeskRead:
         return data
 
 
+def _no_read(verb: str, targets: list[str]) -> DeskRead | None:
+    """Why the desk reads none of these targets, whatever connector the tool has."""
+    cap = settings.DESK_SNAPSHOT_MAX_TARGETS
+    if verb == "read":
+        return DeskRead(reason="a read changes nothing: there is nothing to restore")
+    if not targets:
+        return DeskRead(reason="the proposal names no targets to read")
+    if settings.DESK_SNAPSHOT_SECONDS <= 0:
+        return DeskRead(reason="the desk takes no snapshots (DESK_SNAPSHOT_SECONDS is 0)")
+    if len(targets) > cap:
+        return DeskRead(reason=f"{len(targets)} targets: the desk reads at most {cap}")
+    return None
+
+
+def _no_connector(domain: Domain, tool: str) -> DeskRead:
+    return DeskRead(reason=f"no connector reads the targets of {tool} in {domain.slug}")
+
+
+def desk_read_unconnected(
+    *, domain: Domain, tool: str, verb: str, target_ids: list[str]
+) -> DeskRead:
+    """What desk_snapshot_take gives a proposal when the domain has no connector for its tool
+    (the caller has made sure of that)."""
+    return _no_read(verb, [str(t) for t in target_ids]) or _no_connector(domain, tool)
+
+
 def desk_snapshot_take(
     *,
     domain: Domain,
@@ -109,18 +135,12 @@ def desk_snapshot_take(
     A target that does not exist reads as null."""
     targets = [str(t) for t in target_ids]
     seconds = settings.DESK_SNAPSHOT_SECONDS
-    cap = settings.DESK_SNAPSHOT_MAX_TARGETS
-    if verb == "read":
-        return DeskRead(reason="a read changes nothing: there is nothing to restore")
-    if not targets:
-        return DeskRead(reason="the proposal names no targets to read")
-    if seconds <= 0:
-        return DeskRead(reason="the desk takes no snapshots (DESK_SNAPSHOT_SECONDS is 0)")
-    if len(targets) > cap:
-        return DeskRead(reason=f"{len(targets)} targets: the desk reads at most {cap}")
+    unread = _no_read(verb, targets)
+    if unread is not None:
+        return unread
     connector = Connector.objects.filter(domain=domain, tool=tool).first()
     if connector is None or not connector_supports(connector, "read"):
-        return DeskRead(reason=f"no connector reads the targets of {tool} in {domain.slug}")
+        return _no_connector(domain, tool)
     # One attempt each, cut off a second after the deadline: no read outlives it by much, and
     # a target too slow for it is reported as such, not as a read that failed.
     bounded = copy.copy(connector)
