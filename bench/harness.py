@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,7 @@ def nginx(listen: int, wsgi: int, asgi: int, prefix: Path) -> list[str]:
 def wrk(
     port: int, seconds: int, connections: int, script: Path, path: str = "/bench/insert"
 ) -> dict[str, float]:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         [
             "wrk",
@@ -150,9 +152,50 @@ def wrk(
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    result = {"rps": rps, "non2xx": float(errors.group(1)) if errors else 0.0}
+    done = re.search(r"(\d+) requests in", out)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    result = {
+        "rps": rps,
+        "non2xx": float(errors.group(1)) if errors else 0.0,
+        "requests": float(done.group(1)) if done else 0.0,
+        "wrk_cpu_s": load_cpu,
+    }
     for pct in ("50", "99"):
         match = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
         value, unit = float(match.group(1)), match.group(2)  # type: ignore[union-attr]
         result[f"p{pct}_ms"] = value * {"us": 0.001, "ms": 1, "s": 1000}[unit]
     return result
+
+
+CPU_GROUPS = ("granian", "uvicorn", "postgres", "nginx", "redis", "wrk")
+
+
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far by every process on the machine, with the group it counts in."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[int, tuple[str, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        used = (int(fields[11]) + int(fields[12])) / tick
+        group = next((g for g in CPU_GROUPS if g in command or g in name), "other")
+        found[int(entry)] = (group, used)
+    return found
+
+
+def cpu_per_request(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], requests: float
+) -> dict[str, float]:
+    """Milliseconds of CPU per request in each group of processes between two readings."""
+    spent: dict[str, float] = {}
+    for pid, (group, used) in after.items():
+        spent[group] = spent.get(group, 0.0) + used - before.get(pid, (group, 0.0))[1]
+    return {g: 1000 * s / max(requests, 1) for g, s in sorted(spent.items()) if s > 0.005}

@@ -9,7 +9,7 @@ the last socket got the engaged state.
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/incidentdesk_bench \\
     REDIS_URL=redis://127.0.0.1:6379/3 python bench/killswitch_fanout.py [--clients 1000]
 
-Target: p99 under 100 ms over 20 rounds.
+Target: p99 under 100 ms over 100 rounds.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ async def hold(url: str, tokens: list[str], clients: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--hold", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", default="", help=argparse.SUPPRESS)
     parser.add_argument("--tokens", default="", help=argparse.SUPPRESS)
