@@ -15,6 +15,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from approvals.audit import seal_in_background  # noqa: E402
 from incidentdesk.embedded import lifespan  # noqa: E402
+from incidentdesk.heap import settle_heap  # noqa: E402
 from incidentdesk.routing import websocket_urlpatterns  # noqa: E402
 
 seal_in_background()
@@ -26,3 +27,4 @@ application = ProtocolTypeRouter(
         "lifespan": lifespan,
     }
 )
+settle_heap()
