@@ -75,11 +75,13 @@ class QueueFilters:
     def apply(self, actions: QuerySet[Action], now: datetime) -> QuerySet[Action]:
         if self.domain or self.agent:
             domain_id, agent_id = self._ids
-            if (self.domain and domain_id is None) or (self.agent and agent_id is None):
-                return actions.none()
             if self.domain:
+                if domain_id is None:
+                    return actions.none()
                 actions = actions.filter(domain_id=domain_id)
             if self.agent:
+                if agent_id is None:
+                    return actions.none()
                 actions = actions.filter(agent_id=agent_id)
         if self.tier is not None:
             actions = actions.filter(tier=self.tier)
