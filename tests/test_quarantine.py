@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from approvals.agents import Quarantined, TokenError, token_authenticate
+from approvals.agents import Quarantined, TokenError, access_changed, token_authenticate
 from approvals.api import ActionIn, ProposalData, StepData, action_propose, steps_record
 from approvals.audit import Actor
 from approvals.core import Refused
@@ -70,6 +70,7 @@ def test_an_unrevoked_token_of_a_quarantined_agent_gets_401(desk: Desk) -> None:
     Agent.objects.filter(name="buyer").update(
         quarantined_at=timezone.now(), quarantine_reason="runaway orders"
     )
+    access_changed()  # announced as a quarantine announces it: no process trusts what it kept
     assert AgentToken.objects.get(agent__name="buyer").revoked_at is None
     refused = propose(desk, token, order())
     assert refused.status == 401

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
@@ -22,8 +23,18 @@ from django.utils import timezone
 
 from approvals import live
 from approvals.audit import Actor, audit_record
-from approvals.core import Refused, model_from_row, model_width, sql_columns, sql_table
+from approvals.core import (
+    Refused,
+    counter_bump,
+    counter_read,
+    counters_shared,
+    model_from_row,
+    model_width,
+    sql_columns,
+    sql_table,
+)
 from approvals.models import Agent, AgentToken, Domain
+from incidentdesk.outage import REDIS_DOWN, redis_outage
 
 PREFIX = "idk_"
 
@@ -146,6 +157,7 @@ def token_revoke(*, prefix: str, actor: Actor) -> AgentToken:
             summary=f"Token {prefix} revoked",
         )
         live.agent_access_changed(token.agent_id)
+        transaction.on_commit(access_changed, robust=True)
     return token
 
 
@@ -187,6 +199,64 @@ def _token_by_digest(digest: str) -> AgentToken | None:
     token.agent = model_from_row(Agent, row[a:b])
     token.domain = model_from_row(Domain, row[b:])
     return token
+
+
+# Tokens this process authenticated lately, by digest. A kept token is used only while the
+# access version it was read under is still the current one (a revocation or a quarantine
+# changes it, after commit), and for KEEP_SECONDS at most: if a change of the version was lost
+# to a Redis outage, a kept token is read from the database again within that time.
+ACCESS_VERSION = "agent-access-version"
+KEEP_SECONDS = 10.0
+KEEP_MAX = 10_000
+
+
+@dataclass(frozen=True)
+class Kept:
+    token: AgentToken
+    version: str
+    until: float  # time.monotonic()
+
+
+_kept: dict[str, Kept] = {}
+
+
+def token_kept(raw: str) -> Kept | None:
+    """The token behind `raw` as this process last authenticated it, if it may still be used
+    without the database: the caller must also find its version still current."""
+    digest = token_digest(raw)
+    kept = _kept.get(digest)
+    if kept is None:
+        return None
+    if time.monotonic() > kept.until or kept.token.expires_at <= timezone.now():
+        _kept.pop(digest, None)
+        return None
+    return kept
+
+
+def token_keep(raw: str, token: AgentToken, version: str) -> None:
+    """Keep a token just authenticated, read under access version `version`."""
+    if len(_kept) >= KEEP_MAX:
+        _kept.clear()
+    _kept[token_digest(raw)] = Kept(token, version, time.monotonic() + KEEP_SECONDS)
+
+
+def token_forget(raw: str) -> None:
+    _kept.pop(token_digest(raw), None)
+
+
+def access_version() -> str | None:
+    """The current access version, from the cache every web process shares; None where the
+    cache is each process's own (embedded mode): there no token is kept."""
+    return counter_read(ACCESS_VERSION) if counters_shared() else None
+
+
+def access_changed() -> None:
+    """A token was revoked (or its agent quarantined): no process may use what it kept."""
+    _kept.clear()
+    try:
+        counter_bump(ACCESS_VERSION)
+    except REDIS_DOWN as exc:
+        redis_outage.failed("announcing a revoked token", exc)
 
 
 def token_allows(token: AgentToken, *, tool: str, verb: str) -> bool:

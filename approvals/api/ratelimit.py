@@ -10,42 +10,31 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
-from django.core.cache import caches
-from django.core.cache.backends.redis import RedisCache
-
+from approvals.agents import access_version
+from approvals.core import counter_add
 from incidentdesk.outage import REDIS_DOWN, redis_outage
 
 KEEP_SECONDS = 120.0  # a local count outlives its one-minute window, then is dropped
 SHARED_SECONDS = 90  # a count in the cache outlives its one-minute window, then expires
 
-_clients = threading.local()
+
+def count_in_cache(key: str, *, read: str = "") -> tuple[int, str]:
+    """Count one request under `key` in the cache, shared by every process, and read the
+    counter `read` in the same round trip."""
+    return counter_add(key, expire=SHARED_SECONDS, read=read)
 
 
-def _redis(backend: RedisCache) -> Any:
-    """The Redis client behind this thread's cache, kept: building one costs more than a call."""
-    kept = getattr(_clients, "kept", None)
-    if kept is None or kept[0] is not backend:
-        kept = _clients.kept = (backend, backend._cache.get_client(write=True))
-    return kept[1]
-
-
-def count_in_cache(key: str) -> int:
-    """Count one request under `key` in the cache, shared by every process: with Redis, one
-    round trip (INCR, and the expiry set by the first)."""
-    backend = caches["default"]
-    if isinstance(backend, RedisCache):
-        full = backend.make_and_validate_key(key)
-        pipe = _redis(backend).pipeline(transaction=False)
-        pipe.incr(full)
-        pipe.expire(full, SHARED_SECONDS, nx=True)
-        used, _ = pipe.execute()
-        return int(used)
+def shared_version() -> str | None:
+    """The agents' access version (approvals.agents.access_version), or None while Redis is
+    out or where the cache is not shared: then no kept token may be used."""
+    if not redis_outage.usable():
+        return None
     try:
-        return backend.incr(key)
-    except ValueError:  # the first request of this window
-        return 1 if backend.add(key, 1, timeout=SHARED_SECONDS) else backend.incr(key)
+        return access_version()
+    except REDIS_DOWN as exc:
+        redis_outage.failed("reading the agents' access version", exc)
+        return None
 
 
 class Counter:

@@ -22,8 +22,12 @@ from pydantic import (
 )
 
 from approvals.agents import (
+    ACCESS_VERSION,
     TokenError,
     token_authenticate,
+    token_forget,
+    token_keep,
+    token_kept,
 )
 from approvals.api.idempotency import Claim, request_fingerprint
 from approvals.api.lean import propose_lean
@@ -59,8 +63,9 @@ def parse[M: BaseModel](model: type[M], request: HttpRequest) -> M:
     return model.model_validate(parse_json(request.body))
 
 
-def _rate_limited(token: AgentToken) -> int | None:
-    """Seconds to wait, if this token has used up its requests for the current minute.
+def _rate_limited(token: AgentToken, *, read_version: bool) -> tuple[int | None, str | None]:
+    """Seconds to wait, if this token has used up its requests for the current minute; and,
+    with `read_version`, the access version read in the same round trip (None if unknown).
 
     Counted in the cache; while that is unreachable, in this process (approvals/ratelimit.py).
     """
@@ -69,10 +74,43 @@ def _rate_limited(token: AgentToken) -> int | None:
     now = time.time()
     window = int(now // 60)
     key = f"api-rate:{token.prefix}:{window}"
-    used = requests.count(key, partial(count_in_cache, key))
-    if used > settings.API_RATE_LIMIT:
-        return max(1, int((window + 1) * 60 - now) + 1)
-    return None
+    read: dict[str, str] = {}
+
+    def count_shared() -> int:
+        used, read["version"] = count_in_cache(key, read=ACCESS_VERSION if read_version else "")
+        return used
+
+    used = requests.count(key, count_shared)
+    wait = max(1, int((window + 1) * 60 - now) + 1) if used > settings.API_RATE_LIMIT else None
+    return wait, read.get("version") or None
+
+
+def _token(raw: str, *, rate_limited: bool) -> tuple[AgentToken, int | None]:
+    """The live token behind `raw` and, when counted, the seconds to wait for the rate.
+
+    A token this process authenticated lately is used without the database while the access
+    version (read with the rate count, one Redis round trip) shows no revocation since."""
+    from approvals.api.ratelimit import shared_version
+
+    kept = token_kept(raw)
+    if kept is not None and kept.version:
+        if rate_limited:
+            wait, version = _rate_limited(kept.token, read_version=True)
+        else:
+            wait, version = None, shared_version()
+        if version == kept.version:
+            return kept.token, wait
+        token_forget(raw)
+        token = token_authenticate(raw)  # counted once already
+        if version is not None:  # read before the token: a revocation since is not missed
+            token_keep(raw, token, version)
+        return token, wait
+    version = shared_version()  # before the read, so a revocation meanwhile is not missed
+    token = token_authenticate(raw)
+    if version is not None:
+        token_keep(raw, token, version)
+    wait = _rate_limited(token, read_version=False)[0] if rate_limited else None
+    return token, wait
 
 
 AgentView = Callable[..., HttpResponse]
@@ -88,12 +126,11 @@ def authorize(request: HttpRequest, *, rate_limited: bool = True) -> AgentToken 
         response["WWW-Authenticate"] = 'Bearer realm="incidentdesk"'
         return response
     try:
-        token = token_authenticate(raw.strip())
+        token, retry_after = _token(raw.strip(), rate_limited=rate_limited)
     except TokenError as exc:
         response = problem(401, "Unauthorized", f"the token is not valid: {exc}")
         response["WWW-Authenticate"] = 'Bearer realm="incidentdesk", error="invalid_token"'
         return response
-    retry_after = _rate_limited(token) if rate_limited else None
     if retry_after is not None:
         response = problem(
             429,

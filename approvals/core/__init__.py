@@ -3,6 +3,7 @@ parsers."""
 
 from __future__ import annotations
 
+from approvals.core.counters import counter_add, counter_bump, counter_read, counters_shared
 from approvals.core.errors import Problem, Refused, problem
 from approvals.core.http import HtmxHttpRequest
 from approvals.core.inputs import (
@@ -73,6 +74,10 @@ __all__ = [
     "roles_sync_after_migrate",
     "target_id_problem",
     "whole_number",
+    "counter_add",
+    "counter_bump",
+    "counter_read",
+    "counters_shared",
     "model_from_row",
     "model_width",
     "sql_columns",

@@ -5,7 +5,7 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from approvals.agents import token_revoke
+from approvals.agents import access_changed, token_revoke
 from approvals.audit import Actor, audit_record
 from approvals.core import Refused
 from approvals.killswitches.effects import QUARANTINE_ACTOR, cancel_unrun, duration_text
@@ -56,6 +56,7 @@ def agent_quarantine(*, agent_name: str, actor: Actor, reason: str) -> tuple[int
             f"{cancelled} actions cancelled)",
             data={"tokens_revoked": revoked, "actions_cancelled": cancelled},
         )
+    transaction.on_commit(access_changed, robust=True)  # its kept tokens too
     return revoked, cancelled
 
 
