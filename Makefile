@@ -17,7 +17,8 @@ help:  ## List the targets
 $(INSTALLED): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else "IncidentDesk needs Python 3.12 or newer; $(PYTHON) is " + sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-compile \
+	  -r requirements.lock
 	@touch $@
 
 install: $(INSTALLED)  ## Create .venv with the locked dependencies
