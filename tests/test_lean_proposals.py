@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from datetime import timedelta
 from decimal import Decimal
@@ -337,3 +338,30 @@ def test_amounts_and_times_read_back_exactly() -> None:
     assert proposed is not None
     saved = Action.objects.get(pk=proposed.action.pk)
     assert saved.amount == Decimal("12.3456") and saved.run_by == proposed.action.run_by
+
+
+def test_a_key_in_flight_is_answered_at_once_and_waits_for_no_other_lock() -> None:
+    import psycopg
+
+    from approvals.api.idempotency import key_lock_id
+
+    api, _ = twins()
+    action_propose(token=api, data=data(), key="warm", fingerprint="f")
+    propose_lean(token=api, data=data(), key="teach", fingerprint="f")
+    db = connection.settings_dict
+    # Another request holds the key, and the agent's row, until it ends.
+    with psycopg.connect(
+        host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"]
+    ) as other:
+        other.execute("SELECT pg_advisory_xact_lock(%s)", [key_lock_id(api.agent_id, "busy")])
+        other.execute("SELECT 1 FROM approvals_agent WHERE id = %s FOR UPDATE", [api.agent_id])
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '3s'")  # a wait for the row fails, not hangs
+        started = time.monotonic()
+        assert propose_lean(token=api, data=data(), key="busy", fingerprint="f") is None
+        proposed = action_propose(token=api, data=data(), key="busy", fingerprint="f")
+        assert proposed.claim is Claim.IN_FLIGHT
+        assert time.monotonic() - started < 2
+        other.rollback()
+    with connection.cursor() as cursor:
+        cursor.execute("RESET lock_timeout")

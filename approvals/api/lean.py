@@ -22,7 +22,7 @@ on generated proposals.
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+import logging
 from typing import Any
 
 import psycopg
@@ -65,6 +65,8 @@ from approvals.policy import (
 )
 from approvals.rollbacks import desk_read_unconnected
 
+log = logging.getLogger(__name__)
+
 # The newest policy version this process has seen per domain id: (version id, created_at,
 # version, document). Every proposal checks it is still the newest, in its first round trip.
 _policies: dict[int, tuple[int, Any, int, PolicyDocument]] = {}
@@ -97,7 +99,7 @@ def propose_lean(
     pg: psycopg.Connection[Any] = connection.connection
     with connection.wrap_database_errors:
         try:
-            facts, agent, session_id = _lock_and_read(pg, token, data, key, version_id)
+            facts, agent, session_id = _lock_and_read(pg, token, data, key, held)
             verdict, _ = decide(document, version, proposal, facts)
             if verdict.outcome == "escalate" or verdict.quarantine:
                 raise _ServicePath
@@ -117,7 +119,10 @@ def propose_lean(
             if pg.info.transaction_status != psycopg.pq.TransactionStatus.UNKNOWN:
                 pg.rollback()
             raise
-    seal_after_commit()
+    try:
+        seal_after_commit()
+    except Exception:  # as on_commit(robust=True): the proposal stands; the next seal takes it
+        log.exception("sealing after a proposal failed")
     return Proposed(Claim.NEW, 201, body, action)
 
 
@@ -162,7 +167,7 @@ def _lock_and_read(
     token: AgentToken,
     data: ProposalData,
     key: str,
-    held: int,
+    held: tuple[int, Any, int, PolicyDocument],
 ) -> tuple[Facts, Agent, int]:
     """The first round trip: the transaction, its locks, and what the verdict depends on.
     Raises _ServicePath when the proposal is not the plain case.
@@ -170,8 +175,7 @@ def _lock_and_read(
     The locks are taken in the service path's order (key, switches, agent), and the reads
     follow in a statement of their own: under READ COMMITTED a statement sees what committed
     before it began, so the counts include the proposal that held the agent's lock last."""
-    document = _policies[token.domain_id][3]
-    now = timezone.now()
+    document = held[3]  # as read once by the caller: another thread may replace it meanwhile
     agent_id, tool, domain_id = token.agent_id, data.tool, token.domain_id
     scopes = [token.domain.slug, KillSwitch.GLOBAL]
     params: dict[str, Any] = {
@@ -188,11 +192,14 @@ def _lock_and_read(
     }
     counts = []
     for n, (seconds, cap) in enumerate(rate_windows(document)):
-        params[f"since_{n}"] = now - timedelta(seconds=seconds)
+        params[f"seconds_{n}"] = seconds
         params[f"cap_{n}"] = cap
         counts.append(
             f"(SELECT count(*) FROM (SELECT 1 FROM {sql_table(Action)} WHERE agent_id = "
-            f"%(agent)s AND tool = %(tool)s AND created_at >= %(since_{n})s LIMIT %(cap_{n})s) "
+            f"%(agent)s AND tool = %(tool)s AND created_at >= "
+            # The clock as the statement runs, after the agent's lock was granted, as the
+            # service path reads it after that lock.
+            f"clock_timestamp() - make_interval(secs => %(seconds_{n})s) LIMIT %(cap_{n})s) "
             "AS earlier)"
         )
     rolled = (
@@ -206,10 +213,13 @@ def _lock_and_read(
         [
             "BEGIN",
             "SELECT pg_try_advisory_xact_lock(%(key_lock)s)",
+            # Only with the key held (taking it again holds it twice, until the same end): a
+            # request whose key is in flight waits for no other lock, and is answered 409.
             "SELECT pg_advisory_xact_lock_shared(%(domain_lock)s), "
-            "pg_advisory_xact_lock_shared(%(global_lock)s)",
+            "pg_advisory_xact_lock_shared(%(global_lock)s) "
+            "WHERE pg_try_advisory_xact_lock(%(key_lock)s)",
             f"SELECT {sql_columns(Agent, 'a')} FROM {sql_table(Agent)} a "
-            "WHERE a.id = %(agent)s FOR UPDATE",
+            "WHERE a.id = %(agent)s AND pg_try_advisory_xact_lock(%(key_lock)s) FOR UPDATE",
             "SELECT "
             + ", ".join(
                 [
@@ -248,7 +258,7 @@ def _lock_and_read(
     agent = model_from_row(Agent, agent_row)
     if agent.quarantined_at is not None or not step_found or connected:
         raise _ServicePath
-    if newest != held:
+    if newest != held[0]:
         _policies.pop(token.domain_id, None)
         raise _ServicePath
     counted = dict(zip(rate_windows(document), earlier, strict=True))

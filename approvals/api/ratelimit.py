@@ -31,10 +31,12 @@ def shared_version() -> str | None:
     if not redis_outage.usable():
         return None
     try:
-        return access_version()
+        version = access_version()
     except REDIS_DOWN as exc:
         redis_outage.failed("reading the agents' access version", exc)
         return None
+    requests.redis_answered()
+    return version
 
 
 class Counter:
@@ -51,12 +53,16 @@ class Counter:
             except REDIS_DOWN as exc:
                 redis_outage.failed("the rate limit", exc)
             else:
-                if redis_outage.down:
-                    redis_outage.worked()
-                    with self.lock:
-                        self.local.clear()
+                self.redis_answered()
                 return used
         return self._count_here(key)
+
+    def redis_answered(self) -> None:
+        """Redis answered a call: an outage is over, and the counts go back to it."""
+        if redis_outage.down:
+            redis_outage.worked()
+            with self.lock:
+                self.local.clear()
 
     def _count_here(self, key: str) -> int:
         now = time.monotonic()
