@@ -36,6 +36,7 @@ from approvals.api.proposals import (
     Proposed,
     action_verdict,
     agent_actor,
+    call_claim,
     proposal_entry,
     proposed_action,
 )
@@ -53,12 +54,11 @@ from approvals.models import (
     ReasoningStep,
 )
 from approvals.policy import (
-    CallClaim,
     ClaimRefused,
     Facts,
-    PolicyDocument,
+    NewestPolicy,
     decide,
-    policy_document,
+    policy_newest,
     proposal_from,
     rate_windows,
     rolled_back_on,
@@ -67,9 +67,9 @@ from approvals.rollbacks import desk_read_unconnected
 
 log = logging.getLogger(__name__)
 
-# The newest policy version this process has seen per domain id: (version id, created_at,
-# version, document). Every proposal checks it is still the newest, in its first round trip.
-_policies: dict[int, tuple[int, Any, int, PolicyDocument]] = {}
+# The newest policy version this process has seen, per domain id. Every proposal checks it is
+# still the newest, in its first round trip.
+_policies: dict[int, NewestPolicy] = {}
 
 
 class _ServicePath(Exception):
@@ -85,10 +85,13 @@ def propose_lean(
         return None
     held = _policies.get(token.domain_id)
     if held is None:
-        _learn_policy(token)  # for the next proposal; this one takes the service path
+        # Learned for the next proposal; this one takes the service path.
+        newest = policy_newest(token.domain_id)
+        if newest is not None:
+            _policies[token.domain_id] = newest
         return None
-    version_id, _, version, document = held
-    claim = _claim(token, data)
+    document, version = held.document, held.version
+    claim = call_claim(token, data, connector=False)  # checked in the transaction
     try:
         proposal = proposal_from(document, claim)
     except ClaimRefused:
@@ -126,48 +129,12 @@ def propose_lean(
     return Proposed(Claim.NEW, 201, body, action)
 
 
-def _claim(token: AgentToken, data: ProposalData) -> CallClaim:
-    # As the service path's claim when the tool has no connector (checked in the transaction).
-    return CallClaim(
-        agent=token.agent.name,
-        tool=data.tool,
-        verb=data.verb,
-        params=data.params,
-        target_ids=tuple(data.target_ids),
-        amount=data.amount,
-        currency=data.currency,
-        blast_records=data.blast_records,
-        blast_population=data.blast_population,
-        has_snapshot=data.pre_action_state is not None,
-        compensation_tool=(data.compensation or {}).get("tool"),
-        compensation_connected=False,
-    )
-
-
-def _learn_policy(token: AgentToken) -> None:
-    """Hold the domain's newest policy version in this process."""
-    latest = (
-        PolicyVersion.objects.filter(domain_id=token.domain_id)
-        .order_by("-version")
-        .values_list("id", "created_at", "version")
-        .first()
-    )
-    if latest is not None:
-        version_id, created_at, version = latest
-        _policies[token.domain_id] = (
-            version_id,
-            created_at,
-            version,
-            policy_document(version_id, created_at),
-        )
-
-
 def _lock_and_read(
     pg: psycopg.Connection[Any],
     token: AgentToken,
     data: ProposalData,
     key: str,
-    held: tuple[int, Any, int, PolicyDocument],
+    held: NewestPolicy,
 ) -> tuple[Facts, Agent, int]:
     """The first round trip: the transaction, its locks, and what the verdict depends on.
     Raises _ServicePath when the proposal is not the plain case.
@@ -175,7 +142,7 @@ def _lock_and_read(
     The locks are taken in the service path's order (key, switches, agent), and the reads
     follow in a statement of their own: under READ COMMITTED a statement sees what committed
     before it began, so the counts include the proposal that held the agent's lock last."""
-    document = held[3]  # as read once by the caller: another thread may replace it meanwhile
+    document = held.document  # as read once by the caller: another may replace it meanwhile
     agent_id, tool, domain_id = token.agent_id, data.tool, token.domain_id
     scopes = [token.domain.slug, KillSwitch.GLOBAL]
     params: dict[str, Any] = {
@@ -258,7 +225,7 @@ def _lock_and_read(
     agent = model_from_row(Agent, agent_row)
     if agent.quarantined_at is not None or not step_found or connected:
         raise _ServicePath
-    if newest != held[0]:
+    if newest != held.version_id:
         _policies.pop(token.domain_id, None)
         raise _ServicePath
     counted = dict(zip(rate_windows(document), earlier, strict=True))

@@ -67,11 +67,14 @@ class ProposalData:
     compensation: dict[str, Any] | None
 
 
-def _claim(token: AgentToken, data: ProposalData) -> CallClaim:
+def call_claim(token: AgentToken, data: ProposalData, *, connector: bool = True) -> CallClaim:
+    """What the agent claims about its call. Without `connector` the caller knows the domain
+    has no connector for the tool (the lean path checks it in its transaction)."""
     compensation_tool = (data.compensation or {}).get("tool")
     # For a tool the registry does not know: the domain's connector may still compensate it.
     connected = (
-        compensation_tool is None
+        connector
+        and compensation_tool is None
         and data.pre_action_state is None
         and compensation_connected(token.domain, data.tool)
     )
@@ -99,7 +102,7 @@ def _decide(
     token: AgentToken, agent: Agent | None, data: ProposalData
 ) -> tuple[Proposal, Verdict, list[Trace]]:
     try:
-        return policy_decide(token.domain, agent, _claim(token, data))
+        return policy_decide(token.domain, agent, call_claim(token, data))
     except ClaimRefused as exc:
         raise _registry_refusal(exc) from None
 
@@ -193,7 +196,7 @@ def action_propose(
     """
     document, _ = policy_current(token.domain)
     try:
-        registered = proposal_from(document, _claim(token, data))
+        registered = proposal_from(document, call_claim(token, data))
     except ClaimRefused as exc:
         raise _registry_refusal(exc) from None
     verb = registered.verb

@@ -22,9 +22,10 @@ from approvals.policy.engine import (
 )
 from approvals.policy.files import document_from, domain_named, read_json_object, write_json
 from approvals.policy.versions import (
+    NewestPolicy,
     policy_current,
-    policy_document,
     policy_export,
+    policy_newest,
     policy_publish,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_POLICIES",
     "DEFAULT_RULE",
     "FLAPPING_RULE",
+    "NewestPolicy",
     "Facts",
     "PolicyDocument",
     "Proposal",
@@ -48,7 +50,7 @@ __all__ = [
     "evaluate",
     "policy_current",
     "policy_decide",
-    "policy_document",
+    "policy_newest",
     "policy_explain",
     "policy_export",
     "policy_publish",

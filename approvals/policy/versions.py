@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import transaction
 
@@ -12,16 +12,33 @@ from approvals.policy.documents import PolicyDocument
 _parsed: dict[tuple[int, Any], PolicyDocument] = {}
 
 
+class NewestPolicy(NamedTuple):
+    version_id: int
+    created_at: Any
+    version: int
+    document: PolicyDocument
+
+
+def policy_newest(domain_id: int) -> NewestPolicy | None:
+    """The domain's newest policy version, parsed; None if it has none."""
+    latest = (
+        PolicyVersion.objects.filter(domain_id=domain_id)
+        .order_by("-version")
+        .values_list("id", "created_at", "version")
+        .first()
+    )
+    if latest is None:
+        return None
+    version_id, created_at, version = latest
+    return NewestPolicy(version_id, created_at, version, policy_document(version_id, created_at))
+
+
 def policy_current(domain: Domain) -> tuple[PolicyDocument, int]:
     """The domain's newest policy version; a domain without one escalates everything to tier 1."""
-    latest = (
-        PolicyVersion.objects.filter(domain=domain)
-        .order_by("-version")
-        .values("id", "version", "created_at")
-    ).first()
-    if latest is None:
+    newest = policy_newest(domain.pk)
+    if newest is None:
         return PolicyDocument(rules=[], comment="no policy published"), 0
-    return policy_document(latest["id"], latest["created_at"]), latest["version"]
+    return newest.document, newest.version
 
 
 def policy_document(version_id: int, created_at: Any) -> PolicyDocument:
