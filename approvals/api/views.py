@@ -93,23 +93,22 @@ def _token(raw: str, *, rate_limited: bool) -> tuple[AgentToken, int | None]:
     from approvals.api.ratelimit import shared_version
 
     kept = token_kept(raw)
-    if kept is not None and kept.version:
+    wait: int | None = None
+    if kept is None:
+        version = shared_version()  # before the read, so a revocation meanwhile is not missed
+    else:
         if rate_limited:
             wait, version = _rate_limited(kept.token, read_version=True)
         else:
-            wait, version = None, shared_version()
+            version = shared_version()
         if version == kept.version:
             return kept.token, wait
         token_forget(raw)
-        token = token_authenticate(raw)  # counted once already
-        if version is not None:  # read before the token: a revocation since is not missed
-            token_keep(raw, token, version)
-        return token, wait
-    version = shared_version()  # before the read, so a revocation meanwhile is not missed
     token = token_authenticate(raw)
-    if version is not None:
+    if version is not None:  # read before the token: a revocation since is not missed
         token_keep(raw, token, version)
-    wait = _rate_limited(token, read_version=False)[0] if rate_limited else None
+    if rate_limited and kept is None:  # a kept token was counted above
+        wait = _rate_limited(token, read_version=False)[0]
     return token, wait
 
 
