@@ -75,15 +75,22 @@ def idempotency_claim(*, agent_id: int, key: str, fingerprint: str) -> Claimed:
     return replace(new, claim=Claim.REPLAY, record=record)
 
 
-def idempotency_complete(*, claimed: Claimed, status: int, body: Any) -> IdempotencyRecord:
-    """Store the answer to a NEW claim, in the transaction that did the work."""
-    return IdempotencyRecord.objects.create(
+def stored_answer(claimed: Claimed, *, status: int, body: Any) -> IdempotencyRecord:
+    """The record of the answer to a NEW claim (not saved)."""
+    return IdempotencyRecord(
         agent_id=claimed.agent_id,
         key=claimed.key,
         request_hash=claimed.fingerprint,
         response_status=status,
         response_body=body,
     )
+
+
+def idempotency_complete(*, claimed: Claimed, status: int, body: Any) -> IdempotencyRecord:
+    """Store the answer to a NEW claim, in the transaction that did the work."""
+    record = stored_answer(claimed, status=status, body=body)
+    record.save(force_insert=True)
+    return record
 
 
 def idempotency_purge() -> int:

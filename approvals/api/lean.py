@@ -30,7 +30,7 @@ from django.db import connection
 from django.utils import timezone
 
 from approvals.agents import token_allows
-from approvals.api.idempotency import Claim, key_lock_id
+from approvals.api.idempotency import Claim, Claimed, key_lock_id, stored_answer
 from approvals.api.proposals import (
     ProposalData,
     Proposed,
@@ -266,12 +266,8 @@ def _write_and_commit(
     event = proposal_entry(action, data, proposal, desk_read).event(
         agent_actor(token), timezone.now()
     )
-    answer = IdempotencyRecord(
-        agent_id=token.agent_id,
-        key=key,
-        request_hash=fingerprint,
-        response_status=201,
-        response_body=body,
+    answer = stored_answer(
+        Claimed(Claim.NEW, token.agent_id, key, fingerprint), status=201, body=body
     )
     statements, params = [], []
     for obj in (action, event, answer):
