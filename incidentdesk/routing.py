@@ -3,8 +3,8 @@ from __future__ import annotations
 from channels.auth import AuthMiddlewareStack
 from django.urls import path
 
+from approvals.api.consumers import AgentConsumer
 from approvals.desk.consumers import DeskConsumer
-from approvals.killswitches.consumers import AgentConsumer
 from incidentdesk.origins import DeskOriginValidator
 
 websocket_urlpatterns = [

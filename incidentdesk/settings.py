@@ -415,6 +415,9 @@ DESK_SNAPSHOT_MAX_TARGETS = env_int("DESK_SNAPSHOT_MAX_TARGETS", 500)
 # How often an open desk page checks that its session still grants access (signing out and
 # role changes close pages at once; this catches expiry and edits made in the admin).
 LIVE_RECHECK_SECONDS = env_int("LIVE_RECHECK_SECONDS", 60)
+# An agent's socket counts as open while its serving process confirmed it this recently (each
+# process confirms its sockets every LIVE_RECHECK_SECONDS; a process that died stops).
+AGENT_LINK_STALE_SECONDS = env_int("AGENT_LINK_STALE_SECONDS", 3 * LIVE_RECHECK_SECONDS)
 
 # The desk's own address, for links in outgoing notifications.
 DESK_URL = env_str("DESK_URL", "http://127.0.0.1:8000")

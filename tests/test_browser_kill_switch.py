@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from incidentdesk_client import Desk as AgentDesk
 
 from approvals.models import KillSwitchChange
-from tests.agents import demo_domain
-from tests.browser import SCREENSHOTS, engage_by_keyboard, operator_with_real_password, sign_in
-from tests.servers import Desk
+from tests.agents import agent_token, demo_domain
+from tests.browser import (
+    SCREENSHOTS,
+    engage_by_keyboard,
+    in_sync,
+    operator_with_real_password,
+    sign_in,
+)
+from tests.servers import Desk, agent_socket
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -43,3 +51,44 @@ def test_engage_with_confirmation_and_the_banner_reaches_other_pages_live(
     assert vera.locator("form.switch-form").count() == 0
     for page in pages:
         page.context.close()
+
+
+def test_the_page_shows_live_which_agents_acknowledged_an_engage(
+    desk: Desk, chromium: Any, make_operator: Any
+) -> None:
+    demo_domain("procurement")
+    operator_with_real_password(make_operator, "otto", "oncall")
+    operator_with_real_password(make_operator, "vera", "viewer")
+    otto, vera = (chromium.new_context(viewport={"width": 1366, "height": 900}) for _ in "ov")
+    otto_page, vera_page = otto.new_page(), vera.new_page()
+    sign_in(otto_page, desk, "otto")
+    sign_in(vera_page, desk, "vera")
+    vera_page.goto(desk.url + "/killswitches/")
+    in_sync(vera_page)
+    client = AgentDesk(desk.url, agent_token("buyer", "procurement", "*:read"))
+    try:
+        with agent_socket(desk, agent_token("mute-bot", "procurement", "*:read")) as silent:
+            json.loads(silent.recv(timeout=10))  # the state on connect, not acknowledged
+            # Both sockets appear on the open page without a reload.
+            vera_page.locator("#told-buyer[data-state='acknowledged']").wait_for(timeout=10_000)
+            vera_page.locator("#told-mute-bot[data-state='silent']").wait_for(timeout=10_000)
+            engage_by_keyboard(otto_page, desk, "procurement", "runaway orders")
+            waiting = vera_page.locator(".containment[data-contained='no']")
+            waiting.wait_for(timeout=10_000)
+            assert "Waiting for 1 of 2 agents: mute-bot" in waiting.inner_text()
+            vera_page.locator("#told-buyer[data-state='acknowledged']").wait_for(timeout=10_000)
+            assert vera_page.locator("#told-mute-bot").get_attribute("data-state") == "silent"
+            version = KillSwitchChange.objects.get().pk
+            silent.send(json.dumps({"type": "killswitch.ack", "version": version}))
+            contained = vera_page.locator(".containment[data-contained='yes']")
+            contained.wait_for(timeout=10_000)
+    finally:
+        client.close()
+    change = KillSwitchChange.objects.get()
+    assert f"Contained in {change.time_to_contain:.3f} s" in contained.inner_text()
+    assert vera_page.locator("#told-mute-bot").get_attribute("data-state") == "acknowledged"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    vera_page.locator("#presence").scroll_into_view_if_needed()
+    vera_page.screenshot(path=str(SCREENSHOTS / "kill-switch-acknowledgements.png"), full_page=True)
+    otto.close()
+    vera.close()

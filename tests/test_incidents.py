@@ -30,7 +30,7 @@ from tests.browser import (
     operator_with_real_password,
     sign_in,
 )
-from tests.servers import ROOT, _stop, free_port
+from tests.servers import ROOT, _stop, free_port, wait_until
 from tests.servers import Desk as RunningDesk
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -119,16 +119,6 @@ def token_for(story: str, *extra_scopes: str) -> str:
         ttl=3600,
         actor=Actor.system("tests"),
     ).token
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def browser_as(chromium: Any, make_operator: Any, desk: RunningDesk, name: str, role: str) -> Any:

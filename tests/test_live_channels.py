@@ -20,7 +20,8 @@ from approvals import live
 from approvals.agents import token_authenticate, token_revoke
 from approvals.audit import Actor
 from approvals.core import VIEWER
-from approvals.killswitches import agent_quarantine, consumers, killswitch_set
+from approvals.killswitches import agent_quarantine, fanout, killswitch_set
+from approvals.live.consumers import CLOSE_ACCESS_ENDED
 from tests.agents import agent_token
 from tests.conftest import session_cookie
 from tests.servers import Browser, Desk, agent_socket, running_desk
@@ -94,8 +95,8 @@ def test_fan_out_joins_at_once_on_a_machine_just_booted(monkeypatch) -> None:
     """The per-process fan-out must hold its group membership from the first agent on, even
     when the monotonic clock is younger than the renewal period (a fresh machine)."""
     layer = InMemoryChannelLayer()
-    monkeypatch.setattr(consumers, "get_channel_layer", lambda: layer)
-    fan_out = consumers.AgentFanOut()
+    monkeypatch.setattr(fanout, "get_channel_layer", lambda: layer)
+    fan_out = fanout.AgentFanOut()
     fan_out.REJOIN_SECONDS = time.monotonic() + 3600  # the clock has run less than that
     received: list[Any] = []
 
@@ -135,7 +136,7 @@ def test_revoking_a_token_closes_its_socket(live_desk: Desk) -> None:
         revoked.recv(timeout=10)
         kept.recv(timeout=10)
         token_revoke(prefix=token_authenticate(token).prefix, actor=Actor.system("tests"))
-        assert closed_with(revoked) == consumers.CLOSE_ACCESS_ENDED
+        assert closed_with(revoked) == CLOSE_ACCESS_ENDED
         # The agent's other, live token keeps its socket.
         killswitch_set(
             scope="procurement", engaged=True, actor=Actor("user", "otto"), reason="still heard"
@@ -151,7 +152,7 @@ def test_quarantine_closes_every_socket_of_the_agent(live_desk: Desk) -> None:
         for ws in sockets:
             ws.recv(timeout=10)
         agent_quarantine(agent_name="loose-bot", actor=Actor("user", "otto"), reason="loops")
-        assert [closed_with(ws) for ws in sockets] == [consumers.CLOSE_ACCESS_ENDED] * 2
+        assert [closed_with(ws) for ws in sockets] == [CLOSE_ACCESS_ENDED] * 2
 
 
 def test_a_socket_closes_when_its_token_expires(desk: Desk) -> None:
@@ -166,7 +167,7 @@ def test_a_socket_closes_when_its_token_expires(desk: Desk) -> None:
     AgentToken.objects.filter(prefix=token_authenticate(token).prefix).update(expires_at=expires)
     with agent_socket(desk, token) as ws:
         ws.recv(timeout=10)
-        assert closed_with(ws, timeout=10) == consumers.CLOSE_ACCESS_ENDED
+        assert closed_with(ws, timeout=10) == CLOSE_ACCESS_ENDED
     assert timezone.now() >= expires
 
 
@@ -180,7 +181,7 @@ def test_signing_out_closes_the_operators_pages(desk: Desk, viewer) -> None:
             "POST", "/logout/", data=b"", headers={"X-CSRFToken": browser.cookies["csrftoken"]}
         )
         assert status == 200
-        assert closed_with(page) == consumers.CLOSE_ACCESS_ENDED
+        assert closed_with(page) == CLOSE_ACCESS_ENDED
 
 
 def test_a_role_taken_away_outside_the_desk_closes_pages_on_the_next_check(
@@ -193,4 +194,4 @@ def test_a_role_taken_away_outside_the_desk_closes_pages_on_the_next_check(
     ):
         receive_until(page, 'id="queue-count"', timeout=10)
         user.groups.clear()  # as the admin's user form does: no service, no message
-        assert closed_with(page, timeout=10) == consumers.CLOSE_ACCESS_ENDED
+        assert closed_with(page, timeout=10) == CLOSE_ACCESS_ENDED

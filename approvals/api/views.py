@@ -43,7 +43,7 @@ from approvals.core import (
     problem,
     whole_number,
 )
-from approvals.killswitches import killswitch_state
+from approvals.killswitches import killswitch_polled, killswitch_state
 from approvals.models import (
     Action,
     AgentToken,
@@ -340,7 +340,9 @@ def killswitches(request: HttpRequest, token: AgentToken) -> HttpResponse:
     what /ws/agent/ pushes, for clients whose socket is down."""
     if request.method != "GET":
         return _method_not_allowed("GET")
-    return JsonResponse(killswitch_state([token.domain.slug]))
+    state = killswitch_state([token.domain.slug])
+    killswitch_polled(token=token, version=state["version"])
+    return JsonResponse(state)
 
 
 @require_GET

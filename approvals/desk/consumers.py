@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import functools
+import time
 import uuid
 from collections import deque
 from typing import Any
@@ -14,7 +16,7 @@ from approvals import live
 from approvals.audit import chain_status_html
 from approvals.core import Permissions, perm
 from approvals.desk.operators import operator_live_permissions
-from approvals.killswitches import banner_html
+from approvals.killswitches import banner_html, presence_html
 from approvals.live.consumers import CLOSE_ACCESS_ENDED, LiveConsumer, render_once
 from approvals.queue import (
     QueueChange,
@@ -26,6 +28,8 @@ from approvals.queue import (
     queue_push_html,
 )
 from approvals.rollbacks import plan_progress_html
+
+PRESENCE_SECONDS = 0.25
 
 
 @functools.cache
@@ -76,12 +80,17 @@ class DeskConsumer(LiveConsumer):
         self.filters, _ = QueueFilters.from_query({k: v[0] for k, v in query.items()})
         self.action_id = next((t[7:] for t in topics if t.startswith("action-")), "")
         self.plan_id = next((t[9:] for t in topics if t.startswith("rollback-")), "")
+        self.presence = "presence" in topics
+        self.all_agents = query.get("agents") == ["all"]
+        self.presence_due: asyncio.Task[None] | None = None
         if self.plan_id and not _is_uuid(self.plan_id):
             self.plan_id = ""
         self.seen: deque[str] = deque(maxlen=64)
         if self.rows or self.count:
             await self.join(live.QUEUE_GROUP)
         await self.join(live.KILLSWITCH_GROUP)  # the banner, on every page
+        if self.presence:
+            await self.join(live.PRESENCE_GROUP)
         if self.action_id:
             await self.join(live.action_group(self.action_id))
         if self.plan_id:
@@ -103,6 +112,9 @@ class DeskConsumer(LiveConsumer):
             await self.send(text_data=html)
         if self.plan_id:
             html = await database_sync_to_async(plan_progress_html)(self.plan_id, self.can_run)
+            await self.send(text_data=html)
+        if self.presence:
+            html = await database_sync_to_async(presence_html)(show_all=self.all_agents)
             await self.send(text_data=html)
         # Last: the page is up to date now, and its status says so.
         await self.send(text_data=live_in_sync_html())
@@ -133,6 +145,9 @@ class DeskConsumer(LiveConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.stop_rechecks()
+        due = getattr(self, "presence_due", None)
+        if due is not None:
+            due.cancel()
         for group in self.joined:
             await self.channel_layer.group_discard(group, self.channel_name)
 
@@ -177,6 +192,21 @@ class DeskConsumer(LiveConsumer):
 
     async def killswitch_changed(self, event: dict[str, Any]) -> None:
         html = await render_once((event["message_id"], "banner"), banner_html)
+        await self.send(text_data=html)
+
+    async def presence_changed(self, event: dict[str, Any]) -> None:
+        """Agents connect and acknowledge in bursts (a thousand after an engage): the panel is
+        drawn at most once per PRESENCE_SECONDS, with whatever has arrived by then."""
+        if self.presence_due is None or self.presence_due.done():
+            self.presence_due = asyncio.get_running_loop().create_task(self._send_presence())
+
+    async def _send_presence(self) -> None:
+        await asyncio.sleep(PRESENCE_SECONDS)
+        show_all = self.all_agents
+        bucket = int(time.monotonic() / PRESENCE_SECONDS)  # pages in this process share it
+        html = await render_once(
+            ("presence", show_all, bucket), lambda: presence_html(show_all=show_all)
+        )
         await self.send(text_data=html)
 
     async def rollback_updated(self, event: dict[str, Any]) -> None:

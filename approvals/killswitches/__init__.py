@@ -3,13 +3,25 @@ work in flight, quarantining an agent, and the agent socket that hears about it 
 
 from __future__ import annotations
 
+from approvals.killswitches.acks import (
+    agents_awaited,
+    contained_agents,
+    killswitch_acknowledge,
+    killswitch_polled,
+    link_close,
+    link_open,
+    link_seen,
+    links_open,
+)
 from approvals.killswitches.effects import (
     flag_ran_during_kill,
     killswitch_effects,
     killswitch_effects_pending,
     ran_during_kill,
 )
+from approvals.killswitches.fanout import agent_state_json, fan_out
 from approvals.killswitches.fragments import banner_html
+from approvals.killswitches.presence import agents_heard, containment, presence_html
 from approvals.killswitches.quarantine import agent_quarantine, agent_release
 from approvals.killswitches.switches import (
     Killed,
@@ -25,13 +37,26 @@ __all__ = [
     "admission_check",
     "agent_quarantine",
     "agent_release",
+    "agent_state_json",
+    "agents_awaited",
+    "agents_heard",
+    "contained_agents",
+    "containment",
+    "fan_out",
     "banner_html",
     "engaged_switches",
     "flag_ran_during_kill",
+    "killswitch_acknowledge",
     "killswitch_effects",
     "killswitch_effects_pending",
+    "killswitch_polled",
     "killswitch_set",
     "killswitch_state",
+    "link_close",
+    "link_open",
+    "link_seen",
+    "links_open",
+    "presence_html",
     "ran_during_kill",
     "switch_info",
 ]

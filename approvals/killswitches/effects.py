@@ -131,7 +131,7 @@ def cancel_unrun(
         summary=f"{action.tool}:{action.verb} cancelled before it ran: {reason}",
         data=data,
     )
-    live.escalation_changed(action.pk)
+    live.escalation_changed(action.pk, agent_id=action.agent_id)
 
 
 def ran_during_kill(action: Action) -> bool:

@@ -13,12 +13,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Max
 from django.utils import timezone
 
 from approvals import live
 from approvals.audit import Actor, audit_record
 from approvals.core import Refused
+from approvals.killswitches.acks import agents_awaited, current_version
 from approvals.models import Domain, KillSwitch, KillSwitchChange
 from incidentdesk.celery import enqueue_on_commit
 
@@ -102,8 +102,15 @@ def killswitch_set(*, scope: str, engaged: bool, actor: Actor, reason: str) -> K
         switch.changed_by, switch.changed_at = actor.name, timezone.now()
         switch.save()
         change = KillSwitchChange.objects.create(
-            switch=switch, engaged=engaged, actor=actor.name, reason=reason
+            switch=switch,
+            engaged=engaged,
+            actor=actor.name,
+            reason=reason,
+            awaited=agents_awaited(scope) if engaged else [],
         )
+        if engaged and not change.awaited:  # no agent connected: nothing to wait for
+            change.contained_at = change.created_at
+            change.save(update_fields=["contained_at"])
         # Registered first, so after commit the agents are told before anything else runs
         # (sealing the audit event, queueing the effects).
         live.killswitch_changed(change.pk, killswitch_state()["switches"])
@@ -126,7 +133,7 @@ def killswitch_state(domain_slugs: Iterable[str] | None = None) -> dict[str, Any
     switches = KillSwitch.objects.all()
     if domain_slugs is not None:
         switches = switches.filter(scope__in=[*domain_slugs, GLOBAL])
-    version = KillSwitchChange.objects.aggregate(v=Max("id"))["v"] or 0
+    version = current_version()
     state = {s.scope: switch_info(s) for s in switches}
     return state_for(version, state, domain_slugs)
 

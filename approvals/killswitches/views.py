@@ -16,6 +16,7 @@ from approvals.core import (
     require,
     whole_number,
 )
+from approvals.killswitches.presence import agents_heard, containment
 from approvals.killswitches.quarantine import agent_quarantine, agent_release
 from approvals.killswitches.switches import GLOBAL, killswitch_set
 from approvals.models import (
@@ -34,13 +35,17 @@ def killswitches(request: HtmxHttpRequest) -> HttpResponse:
     rows = [(GLOBAL, "Every domain", switches.get(GLOBAL))] + [
         (d.slug, d.name, switches.get(d.slug)) for d in domains
     ]
-    history = KillSwitchChange.objects.select_related("switch")[:50]
+    changes = KillSwitchChange.objects.select_related("switch")[:50]
+    history = [(c, containment(c) if c.engaged else None) for c in changes]
+    show_all = request.GET.get("agents") == "all"
     return render(
         request,
         "approvals/killswitches/killswitches.html",
         {
             "rows": rows,
             "history": history,
+            "presence": agents_heard(limit=None if show_all else 50),
+            "show_all": show_all,
             "can_operate": request.user.has_perm(perm("operate_killswitch")),
             "agents": Agent.objects.filter(quarantined_at=None).values_list("name", flat=True),
             "quarantined": Agent.objects.exclude(quarantined_at=None).order_by("-quarantined_at"),

@@ -30,18 +30,22 @@ _renders: OrderedDict[tuple[Any, ...], asyncio.Future[Any]] = OrderedDict()
 
 
 async def render_once(key: tuple[Any, ...], render: Callable[[], Any]) -> Any:
-    future = _renders.get(key)
-    if future is None:
-        future = asyncio.get_running_loop().create_future()
-        _renders[key] = future
+    rendering = _renders.get(key)
+    if rendering is None:
+        # Its own task: a socket that closes while it waits (the first or any other) cancels
+        # only its own wait, never the rendering the other sockets wait for.
+        rendering = asyncio.get_running_loop().create_task(database_sync_to_async(render)())
+        rendering.add_done_callback(lambda done: _forget_failed(key, done))
+        _renders[key] = rendering
         while len(_renders) > _RENDERS_KEPT:
             _renders.popitem(last=False)
-        try:
-            future.set_result(await database_sync_to_async(render)())
-        except Exception as exc:
-            _renders.pop(key, None)
-            future.set_exception(exc)
-    return await future
+    return await asyncio.shield(rendering)
+
+
+def _forget_failed(key: tuple[Any, ...], done: asyncio.Future[Any]) -> None:
+    """A rendering that failed is tried again by the next socket that asks for it."""
+    if (done.cancelled() or done.exception() is not None) and _renders.get(key) is done:
+        del _renders[key]
 
 
 class LiveConsumer(AsyncWebsocketConsumer):

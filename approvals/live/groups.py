@@ -45,6 +45,12 @@ ROLLBACK_UPDATED = "rollback.updated"
 ACCESS_CHANGED = "access.changed"  # a token revoked, a sign-out, a role changed: check again
 
 
+PRESENCE_GROUP = "agents.presence"  # pages that show which agents heard the switches
+
+
+PRESENCE_CHANGED = "presence.changed"  # an agent connected, left, acknowledged or polled
+
+
 def action_group(action_id: object) -> str:
     return f"action.{action_id}"
 
@@ -136,10 +142,11 @@ def audit_verification_changed(verification_id: int) -> None:
     send_on_commit(AUDIT_GROUP, AUDIT_VERIFICATION, verification_id=verification_id)
 
 
-def escalation_changed(action_id: object) -> None:
-    """An escalation was opened, approved in part, decided, raised a tier or expired."""
-    # One message to both groups: a page in both handles it once.
-    groups = (QUEUE_GROUP, action_group(action_id))
+def escalation_changed(action_id: object, *, agent_id: object) -> None:
+    """An escalation was opened, approved in part, decided, raised a tier or expired. The
+    agent's sockets get its verdict."""
+    # One message to every group: a page in two of them handles it once.
+    groups = (QUEUE_GROUP, action_group(action_id), agent_group(agent_id))
     send_on_commit(groups, ESCALATION_UPDATED, action_id=str(action_id))
 
 
@@ -161,3 +168,8 @@ def agent_access_changed(agent_id: object) -> None:
 def operator_access_changed(user_id: object) -> None:
     """This operator signed out or their role changed: their pages check their access."""
     send_on_commit(operator_group(user_id), ACCESS_CHANGED)
+
+
+def presence_changed() -> None:
+    """What the desk knows of the agents' sockets and acknowledgements changed."""
+    send_on_commit(PRESENCE_GROUP, PRESENCE_CHANGED)

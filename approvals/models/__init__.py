@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from approvals.models.agents import (
     Agent,
+    AgentLink,
     AgentSession,
     AgentToken,
     IdempotencyRecord,
@@ -21,6 +22,7 @@ from approvals.models.rollbacks import Connector, RollbackPlan, RollbackStep
 __all__ = [
     "Action",
     "Agent",
+    "AgentLink",
     "AgentSession",
     "AgentToken",
     "Approval",

@@ -19,6 +19,9 @@ class Agent(models.Model):
     # Quarantined: its tokens are revoked and its open work stopped, as a kill switch would.
     quarantined_at = models.DateTimeField(null=True, blank=True)
     quarantine_reason = models.TextField(blank=True)
+    # Its last poll of the kill switch state (GET /api/v1/killswitches) and the version it got.
+    polled_at = models.DateTimeField(null=True, blank=True)
+    polled_version = models.PositiveBigIntegerField(default=0)
 
     class Meta:
         ordering = ["name"]
@@ -109,3 +112,33 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent_id}:{self.key}"
+
+
+class AgentLink(models.Model):
+    """One socket an agent holds open on /ws/agent/: the kill switch state version it last
+    acknowledged, and when the desk last knew the socket to be open."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="links")
+    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="agent_links")
+    channel = models.CharField(max_length=200, unique=True)
+    connected_at = models.DateTimeField()
+    # The serving process confirms its open sockets every LIVE_RECHECK_SECONDS; a link not
+    # confirmed for longer than AGENT_LINK_STALE_SECONDS belonged to a process that died.
+    seen_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+    acked_version = models.PositiveBigIntegerField(default=0)
+    acked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-connected_at"]
+        indexes = [
+            models.Index(
+                fields=["domain", "seen_at"],
+                name="open_agent_links",
+                condition=models.Q(closed_at__isnull=True),
+            ),
+            models.Index(fields=["agent", "acked_version"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id} on {self.channel}"

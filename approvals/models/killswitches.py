@@ -84,9 +84,20 @@ class KillSwitchChange(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     effects_done_at = models.DateTimeField(null=True, blank=True)
     effects_summary = models.TextField(blank=True)
+    # An engage waits for every agent connected under it then to acknowledge this version:
+    # their ids, and when the last one did (the time to contain is the difference).
+    awaited = models.JSONField(default=list, blank=True)
+    contained_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
 
     def __str__(self) -> str:
         return f"{self.switch.scope} {'engaged' if self.engaged else 'released'} by {self.actor}"
+
+    @property
+    def time_to_contain(self) -> float | None:
+        """Seconds from the engage to the last awaited acknowledgement."""
+        if self.contained_at is None:
+            return None
+        return max(0.0, (self.contained_at - self.created_at).total_seconds())

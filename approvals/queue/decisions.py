@@ -164,7 +164,7 @@ def escalation_decide(
                 f"{action.tier}; waiting for {missing}",
                 data={"tier": action.tier, "senior": senior, "reason": reason},
             )
-            live.escalation_changed(action.pk)
+            live.escalation_changed(action.pk, agent_id=action.agent_id)
             return Decision(action, final=False, waiting_for=missing)
         status = S.MODIFIED if action.modified_params is not None else S.APPROVED
         return Decision(escalation_finish(action, status, actor, reason), final=True)
@@ -239,7 +239,7 @@ def _modify(action: Action, params: dict[str, Any], actor: Actor, reason: str) -
             "targets": len(proposal.target_ids),
         },
     )
-    live.escalation_changed(action.pk)
+    live.escalation_changed(action.pk, agent_id=action.agent_id)
     tier = tier_at(tiers_of(action.domain_id), action.tier or 1)
     return Decision(action, final=False, waiting_for=f"{tier.describe()}, other than {actor.name}")
 

@@ -96,7 +96,7 @@ def escalation_opened(action: Action) -> None:
     """After the action row is written: schedule its timer, tell the open queues, and notify
     the domain's webhooks of anything above tier 1."""
     schedule_timer(action)
-    live.escalation_changed(action.pk)
+    live.escalation_changed(action.pk, agent_id=action.agent_id)
     if (action.tier or 1) >= 2:
         notify(action=action, event="escalation.opened")
 
@@ -146,7 +146,7 @@ def escalation_finish(action: Action, status: str, actor: Actor, reason: str) ->
         + (f": {reason}" if reason else ""),
         data={"tier": action.tier, "reason": reason, "params": action.modified_params},
     )
-    live.escalation_changed(action.pk)
+    live.escalation_changed(action.pk, agent_id=action.agent_id)
     return action
 
 

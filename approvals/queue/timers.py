@@ -26,7 +26,7 @@ def escalation_resume(action: Action, *, extra: timedelta) -> None:
     action.timer_id = uuid.uuid4().hex
     action.save(update_fields=["sla_due_at", "expires_at", "timer_id", "updated_at"])
     schedule_timer(action)
-    live.escalation_changed(action.pk)
+    live.escalation_changed(action.pk, agent_id=action.agent_id)
 
 
 def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | None = None) -> str:
@@ -68,7 +68,7 @@ def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | Non
                 "the agent is told it is denied",
                 data={"tier": action.tier},
             )
-            live.escalation_changed(action.pk)
+            live.escalation_changed(action.pk, agent_id=action.agent_id)
             notify(action=action, event="escalation.expired")
             return "expired"
         before, nxt = action.tier, higher[0]
@@ -86,7 +86,7 @@ def escalation_timer_fired(*, action_id: Any, timer_id: str, now: datetime | Non
             data={"from": before, "to": nxt.level},
         )
         schedule_timer(action)
-        live.escalation_changed(action.pk)
+        live.escalation_changed(action.pk, agent_id=action.agent_id)
         notify(action=action, event="escalation.sla_breached")
         return "escalated"
 

@@ -191,6 +191,7 @@ class AsyncKillSwitches(SwitchBoard):
                         message = b""
                         if state.get("type") == "killswitch.state":
                             self._apply(state, "push")
+                            writer.write(frame(OP_TEXT, self.acknowledgement(state).encode()))
         finally:
             self.connected = False
             self._writer = None

@@ -179,7 +179,14 @@ class Desk:
                 raise ActionExpired(
                     f"no decision on {verdict['id']} within {self.max_wait} s", verdict
                 )
-            verdict = self.verdict(verdict["id"], wait=self.poll_wait)
+            # Pushed over the kill switch socket when it is up; asked for (long poll) when
+            # it is down or nothing came.
+            switches = self.kill_switches
+            if switches is not None and switches.connected:
+                pushed = switches.pushed_verdict(verdict["id"], self.poll_wait)
+                verdict = pushed or self.verdict(verdict["id"])
+            else:
+                verdict = self.verdict(verdict["id"], wait=self.poll_wait)
         return verdict
 
     def report(

@@ -98,6 +98,9 @@ class _WebSocket:
     def _send(self, opcode: int, payload: bytes = b"") -> None:
         self.sock.sendall(frame(opcode, payload))
 
+    def send_text(self, text: str) -> None:
+        self._send(OP_TEXT, text.encode())
+
     def receive(self, on_ping: Callable[[], None]) -> str | None:
         """The next text message; None when the desk closes the socket."""
         message = b""
@@ -145,6 +148,9 @@ class SwitchBoard:
         self.source = ""  # "push" or "poll": where the state last came from
         self.connected = False
         self._lock = threading.Lock()
+        # Verdicts the desk pushed for this agent's actions, by action id, newest last.
+        self._verdicts: dict[str, dict[str, Any]] = {}
+        self._verdict_pushed = threading.Condition(self._lock)
 
     def _apply(self, state: dict[str, Any], source: str) -> None:
         with self._lock:
@@ -153,6 +159,32 @@ class SwitchBoard:
                 self.switches = state.get("switches", {})
                 self.source = source
             self.confirmed_at = time.monotonic()
+
+    @staticmethod
+    def acknowledgement(state: dict[str, Any]) -> str:
+        """What the agent answers to a pushed state: it holds that version now."""
+        return json.dumps({"type": "killswitch.ack", "version": state.get("version", 0)})
+
+    def _take_verdict(self, verdict: dict[str, Any]) -> None:
+        with self._verdict_pushed:
+            self._verdicts[str(verdict.get("id"))] = verdict
+            while len(self._verdicts) > 1000:
+                self._verdicts.pop(next(iter(self._verdicts)))
+            self._verdict_pushed.notify_all()
+
+    def pushed_verdict(self, action_id: str, timeout: float) -> dict[str, Any] | None:
+        """A decided verdict for `action_id` pushed over the socket, waiting up to `timeout`
+        seconds for one; None if none came (the caller then asks the desk)."""
+        deadline = time.monotonic() + timeout
+        with self._verdict_pushed:
+            while True:
+                verdict = self._verdicts.get(action_id)
+                if verdict is not None and verdict.get("status") != "pending":
+                    return self._verdicts.pop(action_id)
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.connected:
+                    return None
+                self._verdict_pushed.wait(min(left, 1.0))
 
     def _confirm(self) -> None:
         with self._lock:
@@ -255,6 +287,9 @@ class KillSwitches(SwitchBoard):
                     message = json.loads(text)
                     if message.get("type") == "killswitch.state":
                         self._apply(message, "push")
+                        self._socket.send_text(self.acknowledgement(message))
+                    elif message.get("type") == "action.verdict":
+                        self._take_verdict(message)
             except (OSError, ConnectionError, ValueError) as exc:
                 if not self._stop.is_set():
                     log.warning("kill switch socket down (%s); polling until it is back", exc)

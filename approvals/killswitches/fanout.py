@@ -1,23 +1,27 @@
+"""Kill switch pushes to the agents' sockets in this process."""
+
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from django.utils import timezone
 
 from approvals import live
-from approvals.agents import TokenError, token_authenticate
 from approvals.killswitches.switches import killswitch_state, state_for
-from approvals.live.consumers import CLOSE_ACCESS_ENDED, LiveConsumer
-from approvals.models import AgentToken
 from incidentdesk.outage import REDIS_DOWN, redis_outage
 
 logger = logging.getLogger(__name__)
+
+
+class AgentSocket(Protocol):
+    domain: str
+
+    async def send(self, text_data: str) -> None: ...
 
 
 class AgentFanOut:
@@ -32,16 +36,16 @@ class AgentFanOut:
     REJOIN_SECONDS = 600  # group memberships expire in the channel layer; renew them
 
     def __init__(self) -> None:
-        self.agents: set[AgentConsumer] = set()
+        self.agents: set[AgentSocket] = set()
         self.task: asyncio.Task[None] | None = None
         self.lost = False  # the channel layer failed: changes may have been missed
 
-    def add(self, agent: AgentConsumer) -> None:
+    def add(self, agent: AgentSocket) -> None:
         self.agents.add(agent)
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self.listen())
 
-    def discard(self, agent: AgentConsumer) -> None:
+    def discard(self, agent: AgentSocket) -> None:
         self.agents.discard(agent)
 
     async def listen(self) -> None:
@@ -105,58 +109,6 @@ class AgentFanOut:
 
 
 fan_out = AgentFanOut()
-
-
-class AgentConsumer(LiveConsumer):
-    """Agents' live channel (/ws/agent/, bearer token): the kill switches over the token's
-    domain, as a full state with its version, on connect and after every change."""
-
-    domain: str
-
-    async def connect(self) -> None:
-        headers = dict(self.scope.get("headers", []))
-        scheme, _, raw = headers.get(b"authorization", b"").decode().partition(" ")
-        token = None
-        if scheme.lower() == "bearer" and raw:
-            token = await database_sync_to_async(_live_token)(raw.strip())
-        if token is None:
-            await self.close()  # before accept: the handshake is refused (403)
-            return
-        self.domain = token.domain.slug
-        self.raw_token = raw.strip()
-        self.agent_group = live.agent_group(token.agent_id)
-        # Revoking a token (or quarantining its agent) closes its sockets through this group;
-        # expiry closes them on time.
-        await self.channel_layer.group_add(self.agent_group, self.channel_name)
-        lifetime = (token.expires_at - timezone.now()).total_seconds()
-        self.expiry = asyncio.get_running_loop().call_later(
-            max(0.0, lifetime), lambda: asyncio.ensure_future(self.close(code=CLOSE_ACCESS_ENDED))
-        )
-        await self.accept()
-        fan_out.add(self)
-        await self.send(text_data=await database_sync_to_async(agent_state_json)(self.domain))
-        self.start_rechecks()
-
-    async def access_changed(self, event: dict[str, Any]) -> None:
-        if await database_sync_to_async(_live_token)(self.raw_token) is None:
-            await self.close(code=CLOSE_ACCESS_ENDED)
-
-    async def disconnect(self, code: int) -> None:
-        fan_out.discard(self)
-        self.stop_rechecks()
-        if hasattr(self, "agent_group"):
-            self.expiry.cancel()
-            await self.channel_layer.group_discard(self.agent_group, self.channel_name)
-
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        return  # one-way: agents act through the HTTP API
-
-
-def _live_token(raw: str) -> AgentToken | None:
-    try:
-        return token_authenticate(raw)
-    except TokenError:
-        return None
 
 
 def agent_state_json(domain: str) -> str:

@@ -1,0 +1,169 @@
+"""Agents acknowledge every kill switch state they hold; an engage is contained once every
+agent connected under it has, and the desk records how long that took."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from incidentdesk_client import Desk as AgentDesk
+from websockets.sync.client import ClientConnection
+
+from approvals.audit import Actor
+from approvals.killswitches import containment, killswitch_set
+from approvals.models import Action, AgentLink, AuditEvent, KillSwitchChange
+from approvals.queue import effective_params, params_fingerprint
+from tests.agents import agent_token, call, escalated_action
+from tests.conftest import session_cookie
+from tests.servers import Browser, Desk, agent_socket, http, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def state_of(ws: ClientConnection) -> dict[str, Any]:
+    while True:
+        message = json.loads(ws.recv(timeout=10))
+        if message["type"] == "killswitch.state":
+            return message
+
+
+def page_of(desk: Desk, user: Any) -> str:
+    cookies = "; ".join(f"{k}={v}" for k, v in session_cookie(user).items())
+    reply = http("GET", f"{desk.url}/killswitches/", None, {"Cookie": cookies})
+    assert reply.status == 200
+    return reply.body.decode()
+
+
+def decide_on_the_desk(desk: Desk, user: Any, action_id: Any, verdict: str) -> None:
+    """Decide as an operator does, through the running desk: its own process sends the push
+    (in embedded mode the channel layer lives there)."""
+    browser = Browser(desk.url, session_cookie(user))
+    status, _ = browser.request("GET", f"/actions/{action_id}/")
+    assert status == 200
+    seen = params_fingerprint(effective_params(Action.objects.get(pk=action_id)))
+    status, body = browser.htmx_post(
+        f"/actions/{action_id}/decide", {"verdict": verdict, "params_seen": seen, "reason": "no"}
+    )
+    assert status == 200, body
+
+
+def links_of(agent: str) -> list[AgentLink]:
+    return list(AgentLink.objects.filter(agent__name=agent, closed_at=None))
+
+
+def engage(scope: str = "procurement") -> KillSwitchChange:
+    return killswitch_set(
+        scope=scope, engaged=True, actor=Actor("user", "otto"), reason="runaway orders"
+    )
+
+
+def test_an_engage_is_contained_when_the_last_connected_agent_acknowledges(
+    desk: Desk, oncall: Any
+) -> None:
+    client = AgentDesk(desk.url, agent_token("buyer", "procurement", "*:read"))
+    silent_token = agent_token("mute-bot", "procurement", "*:read")
+    try:
+        assert client.kill_switches is not None and client.kill_switches.wait_until_known()
+        with agent_socket(desk, silent_token) as silent:
+            connected = state_of(silent)
+            wait_until(lambda: links_of("buyer") and links_of("mute-bot"), 10, "both sockets")
+            change = engage()
+            assert sorted(change.awaited) == sorted(
+                link.agent_id for link in links_of("buyer") + links_of("mute-bot")
+            )
+            # The client acknowledges on its own; the raw socket has not yet.
+            wait_until(
+                lambda: links_of("buyer")[0].acked_version == change.pk, 10, "the client's ack"
+            )
+            assert state_of(silent)["version"] == change.pk > connected["version"]
+            change.refresh_from_db()
+            assert change.contained_at is None
+            assert containment(change).missing == ["mute-bot"]
+            page = page_of(desk, oncall)
+            assert "Waiting</strong> for 1 of 2 agents: mute-bot" in page
+            assert 'id="told-mute-bot" data-state="silent"' in page
+            assert 'id="told-buyer" data-state="acknowledged"' in page
+
+            silent.send(json.dumps({"type": "killswitch.ack", "version": change.pk}))
+            contained = KillSwitchChange.objects.filter(pk=change.pk, contained_at__isnull=False)
+            wait_until(contained.exists, 10, "the engage contained")
+    finally:
+        client.close()
+    change.refresh_from_db()
+    last_ack = max(link.acked_at for link in AgentLink.objects.filter(acked_version=change.pk))
+    assert change.contained_at == last_ack
+    assert 0 < change.time_to_contain < 10
+    event = AuditEvent.objects.get(action="killswitch.contained")
+    assert event.data == {"version": change.pk, "agents": 2, "seconds": change.time_to_contain}
+    page = page_of(desk, oncall)
+    assert f'Contained in <span class="time-to-contain">{change.time_to_contain:.3f}' in page
+
+
+def test_an_acknowledgement_of_a_version_never_sent_counts_for_nothing(desk: Desk) -> None:
+    with agent_socket(desk, agent_token("liar-bot", "procurement", "*:read")) as ws:
+        version = state_of(ws)["version"]
+        wait_until(lambda: links_of("liar-bot"), 10, "the socket")
+        change = engage()
+        assert state_of(ws)["version"] == change.pk
+        ws.send(json.dumps({"type": "killswitch.ack", "version": change.pk + 1000}))
+        ws.send("not json at all")
+        ws.send(json.dumps({"type": "killswitch.ack", "version": "7"}))
+        time.sleep(1)
+        assert links_of("liar-bot")[0].acked_version == 0
+        assert version < change.pk
+        ws.send(json.dumps({"type": "killswitch.ack", "version": change.pk}))
+        wait_until(lambda: links_of("liar-bot")[0].acked_version == change.pk, 10, "the ack")
+
+
+def test_a_poll_contains_an_agent_whose_socket_went_away(desk: Desk) -> None:
+    token = agent_token("flaky-bot", "procurement", "*:read")
+    with agent_socket(desk, token) as ws:
+        state_of(ws)
+        wait_until(lambda: links_of("flaky-bot"), 10, "the socket")
+        change = engage()
+    wait_until(lambda: not links_of("flaky-bot"), 10, "the socket closed, never acknowledged")
+    change.refresh_from_db()
+    assert change.contained_at is None
+    polled = call(desk, token, "GET", "/killswitches")
+    assert polled.status == 200 and polled.json()["version"] == change.pk
+    change.refresh_from_db()
+    assert change.contained_at is not None
+    assert AuditEvent.objects.filter(action="killswitch.contained").count() == 1
+
+
+def test_an_engage_with_no_agent_connected_has_nothing_to_wait_for(desk: Desk) -> None:
+    agent_token("idle-bot", "procurement", "*:read")  # a token, but no socket
+    change = engage()
+    assert change.awaited == [] and change.time_to_contain == 0.0
+
+
+def test_a_decision_is_pushed_to_the_agent_socket(desk: Desk, approver: Any) -> None:
+    with agent_socket(desk, agent_token("buyer", "procurement", "*:read")) as ws:
+        state_of(ws)
+        action = escalated_action(agent="buyer")
+        decide_on_the_desk(desk, approver, action.pk, "approve")
+        while True:
+            message = json.loads(ws.recv(timeout=10))
+            if message["type"] == "action.verdict" and message["status"] != "pending":
+                break
+    assert message["id"] == str(action.pk)
+    assert message["status"] == "approved" and message["may_execute"] is True
+    assert message["decided_by"] == approver.username
+
+
+def test_the_client_takes_a_pushed_verdict_instead_of_polling(desk: Desk, approver: Any) -> None:
+    client = AgentDesk(desk.url, agent_token("buyer", "procurement", "*:read"), poll_wait=30)
+    try:
+        assert client.kill_switches is not None and client.kill_switches.wait_until_known()
+        wait_until(lambda: client.kill_switches.connected, 10, "the client's socket")
+        action = escalated_action(agent="buyer")
+        decide_on_the_desk(desk, approver, action.pk, "reject")
+        asked: list[str] = []
+        client.verdict = lambda action_id, **_: asked.append(action_id)  # type: ignore[method-assign]
+        verdict = client.wait_for_decision({"id": str(action.pk), "status": "pending"})
+    finally:
+        client.close()
+    assert verdict["status"] == "rejected" and verdict["decision_reason"] == "no"
+    assert asked == []  # the push answered: no request for the verdict
