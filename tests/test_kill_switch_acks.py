@@ -29,9 +29,9 @@ def state_of(ws: ClientConnection) -> dict[str, Any]:
             return message
 
 
-def page_of(desk: Desk, user: Any) -> str:
+def page_of(desk: Desk, user: Any, path: str = "/killswitches/") -> str:
     cookies = "; ".join(f"{k}={v}" for k, v in session_cookie(user).items())
-    reply = http("GET", f"{desk.url}/killswitches/", None, {"Cookie": cookies})
+    reply = http("GET", desk.url + path, None, {"Cookie": cookies})
     assert reply.status == 200
     return reply.body.decode()
 
@@ -167,3 +167,28 @@ def test_the_client_takes_a_pushed_verdict_instead_of_polling(desk: Desk, approv
         client.close()
     assert verdict["status"] == "rejected" and verdict["decision_reason"] == "no"
     assert asked == []  # the push answered: no request for the verdict
+
+
+def test_the_agents_page_shows_tokens_sockets_and_the_state_each_acknowledged(
+    desk: Desk, viewer: Any
+) -> None:
+    token = agent_token("buyer", "procurement", "*:read", ttl=3600)
+    agent_token("idle-bot", "devops", "*:read")
+    with agent_socket(desk, token) as ws:
+        version = state_of(ws)["version"]
+        wait_until(lambda: links_of("buyer"), 10, "the socket")
+        change = engage()
+        assert state_of(ws)["version"] == change.pk > version
+        ws.send(json.dumps({"type": "killswitch.ack", "version": change.pk}))
+        wait_until(lambda: links_of("buyer")[0].acked_version == change.pk, 10, "the ack")
+        page = page_of(desk, viewer, "/agents/")
+    buyer = page[
+        page.index('id="agent-buyer"') : page.index("</tr>", page.index('id="agent-buyer"'))
+    ]
+    idle = page[page.index('id="agent-idle-bot"') :]
+    idle = idle[: idle.index("</tr>")]
+    prefix = AgentLink.objects.get(agent__name="buyer").agent.tokens.get().prefix
+    assert f"<code>{prefix}</code> <code>procurement</code> *:read" in buyer
+    assert "(in 59\xa0minutes)" in buyer or "(in 1\xa0hour)" in buyer
+    assert 'data-sockets="1">connected (1 socket); acknowledged version ' + str(change.pk) in buyer
+    assert 'data-sockets="0">not connected' in idle and "never" in idle

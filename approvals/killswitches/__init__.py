@@ -11,7 +11,6 @@ from approvals.killswitches.acks import (
     link_close,
     link_open,
     link_seen,
-    links_open,
 )
 from approvals.killswitches.effects import (
     flag_ran_during_kill,
@@ -55,7 +54,6 @@ __all__ = [
     "link_close",
     "link_open",
     "link_seen",
-    "links_open",
     "presence_html",
     "ran_during_kill",
     "switch_info",

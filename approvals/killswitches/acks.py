@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
@@ -23,12 +22,6 @@ from approvals.models import Agent, AgentLink, AgentToken, KillSwitch, KillSwitc
 # How long an engage waits for acknowledgements before the desk stops checking; past this
 # the engage shows which agents never acknowledged, and stays uncontained.
 CONTAIN_WINDOW = timedelta(hours=1)
-
-
-def links_open() -> Q:
-    """Sockets still open: not closed, and confirmed by their process lately."""
-    fresh = timezone.now() - timedelta(seconds=settings.AGENT_LINK_STALE_SECONDS)
-    return Q(closed_at=None, seen_at__gte=fresh)
 
 
 def link_open(*, token: AgentToken, channel: str) -> None:
@@ -55,7 +48,7 @@ def link_close(*, channel: str) -> None:
 
 def agents_awaited(scope: str) -> list[int]:
     """The agents an engage of `scope` waits for: those with a socket open under it now."""
-    links = AgentLink.objects.filter(links_open())
+    links = AgentLink.objects.open()
     if scope != KillSwitch.GLOBAL:
         links = links.filter(domain__slug=scope)
     return sorted(set(links.values_list("agent_id", flat=True)))

@@ -15,7 +15,6 @@ from approvals.killswitches.acks import (
     CONTAIN_WINDOW,
     contained_agents,
     current_version,
-    links_open,
 )
 from approvals.models import Agent, AgentLink, AgentToken, KillSwitchChange
 
@@ -78,7 +77,7 @@ def agents_heard(*, limit: int | None = 50) -> Presence:
     """Every agent with an open socket or a live token, in need-a-look order."""
     version = current_version()
     links = (
-        AgentLink.objects.filter(links_open())
+        AgentLink.objects.open()
         .values("agent_id")
         .annotate(
             sockets=Count("id"),

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from approvals.models.domains import Domain
 
@@ -114,6 +117,13 @@ class IdempotencyRecord(models.Model):
         return f"{self.agent_id}:{self.key}"
 
 
+class AgentLinkQuerySet(models.QuerySet["AgentLink"]):
+    def open(self) -> AgentLinkQuerySet:
+        """Sockets still open: not closed, and confirmed by their process lately."""
+        fresh = timezone.now() - timedelta(seconds=settings.AGENT_LINK_STALE_SECONDS)
+        return self.filter(closed_at=None, seen_at__gte=fresh)
+
+
 class AgentLink(models.Model):
     """One socket an agent holds open on /ws/agent/: the kill switch state version it last
     acknowledged, and when the desk last knew the socket to be open."""
@@ -128,6 +138,8 @@ class AgentLink(models.Model):
     closed_at = models.DateTimeField(null=True, blank=True)
     acked_version = models.PositiveBigIntegerField(default=0)
     acked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = AgentLinkQuerySet.as_manager()
 
     class Meta:
         ordering = ["-connected_at"]
