@@ -11,7 +11,7 @@ from approvals.killswitches import killswitch_effects, killswitch_effects_pendin
 from approvals.killswitches import tasks as killswitch_tasks
 from approvals.notifications import stalled_deliveries
 from approvals.notifications.tasks import webhook_deliver_task
-from approvals.queue import escalations_sweep
+from approvals.queue import escalations_sweep, executions_overdue_sweep
 from approvals.queue import tasks as queue_tasks
 from approvals.rollbacks import rollbacks_stalled
 from approvals.rollbacks.tasks import rollback_run_task
@@ -31,3 +31,8 @@ def escalations_sweep_task() -> None:
     # And for rollbacks whose worker died mid-plan.
     for plan_id in rollbacks_stalled():
         rollback_run_task.delay(plan_id)
+
+
+@shared_task
+def executions_sweep_task() -> None:
+    executions_overdue_sweep()

@@ -18,6 +18,17 @@ urlpatterns = [
     path("queue/", queue_views.queue, name="queue"),
     path("actions/<uuid:action_id>/", queue_views.review, name="review"),
     path("actions/<uuid:action_id>/decide", queue_views.decide, name="decide"),
+    path("reconcile/", queue_views.reconcile, name="reconcile"),
+    path(
+        "actions/<uuid:action_id>/reconcile/",
+        queue_views.reconcile_action,
+        name="reconcile-action",
+    ),
+    path(
+        "actions/<uuid:action_id>/reconcile/settle",
+        queue_views.reconcile_settle,
+        name="reconcile-settle",
+    ),
     path("killswitches/", killswitch_views.killswitches, name="killswitches"),
     path("killswitches/quarantine/", killswitch_views.quarantine, name="quarantine"),
     path(
@@ -49,6 +60,7 @@ urlpatterns = [
     ),
     path("audit/", audit_views.audit_list, name="audit"),
     path("policies/", policy_views.policies, name="policies"),
+    path("policies/backtest", policy_views.policy_backtest_view, name="policy-backtest"),
     path("audit/verify/", audit_views.audit_verify, name="audit-verify"),
     path("audit/export.jsonl", audit_views.audit_export, name="audit-export"),
     path("healthz", desk_views.healthz, name="healthz"),

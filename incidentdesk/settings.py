@@ -283,6 +283,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "approvals.tasks.escalations_sweep_task",
         "schedule": float(env_int("ESCALATION_SWEEP_SECONDS", 15)),
     },
+    # Started actions whose result is overdue go to the reconcile queue.
+    "executions-sweep": {
+        "task": "approvals.tasks.executions_sweep_task",
+        "schedule": float(env_int("ESCALATION_SWEEP_SECONDS", 15)),
+    },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = env_str("BEAT_SCHEDULE_FILE", str(VAR_DIR / "beat-schedule"))
 
@@ -440,3 +445,6 @@ ROLLBACK_MAX_ATTEMPTS = env_int("ROLLBACK_MAX_ATTEMPTS", 5)  # claims of one ste
 ROLLBACK_COOLDOWN_SECONDS = env_int("ROLLBACK_COOLDOWN_SECONDS", 3600)  # the flapping guard
 # Approvals: an allowed or approved action may start within this long of the yes, never after.
 APPROVAL_TTL = env_int("APPROVAL_TTL", 15 * 60)
+# An action the agent started (executing) whose result has not come within this long lands in
+# the reconcile queue: its outcome is unknown until a person settles it.
+EXECUTION_DEADLINE_SECONDS = env_int("EXECUTION_DEADLINE_SECONDS", 300)

@@ -10,14 +10,19 @@ from approvals.api import ProposalData, action_propose
 from approvals.audit import Actor
 from approvals.models import Action, AgentToken, Domain
 from approvals.policy import DEFAULT_POLICIES, PolicyDocument, domain_ensure, policy_publish
-from tests.servers import Desk, Reply, http
+from tests.servers import Browser, Desk, Reply, http
 
 
 def demo_domain(slug: str) -> Domain:
+    """A demo domain with its default policy and no connectors. Its escalations wait at the
+    tier the policy says: without connectors the desk knows no undo for anything, and the
+    tests that use it are about the queue, not that rule (tests/test_undo_preview.py is)."""
     domain, created = domain_ensure(
         slug=slug, name=slug.title(), description="", actor=Actor.system("tests")
     )
     if created:
+        Domain.objects.filter(pk=domain.pk).update(raise_tier_without_undo=False)
+        domain.raise_tier_without_undo = False
         document = PolicyDocument.model_validate(DEFAULT_POLICIES[slug])
         policy_publish(domain=domain, document=document, actor=Actor.system("tests"))
     return domain
@@ -127,3 +132,21 @@ def decide(*, action_id: Any, user: Any, verdict: str, **kwargs: Any) -> Any:
             effective_params(Action.objects.get(pk=action_id))
         )
     return escalation_decide(action_id=action_id, user=user, verdict=verdict, **kwargs)
+
+
+def decide_on_the_desk(
+    desk: Desk, user: Any, action_id: Any, verdict: str, reason: str = "no"
+) -> None:
+    """Decide as an operator does, through the running desk: its own process sends the push
+    (in embedded mode the channel layer lives there)."""
+    from approvals.queue import effective_params, params_fingerprint
+    from tests.conftest import session_cookie
+
+    browser = Browser(desk.url, session_cookie(user))
+    status, _ = browser.request("GET", f"/actions/{action_id}/")
+    assert status == 200
+    seen = params_fingerprint(effective_params(Action.objects.get(pk=action_id)))
+    status, body = browser.htmx_post(
+        f"/actions/{action_id}/decide", {"verdict": verdict, "params_seen": seen, "reason": reason}
+    )
+    assert status == 200, body

@@ -16,7 +16,7 @@ import pytest
 from approvals.audit import Actor
 from approvals.killswitches import killswitch_set
 from approvals.models import Action
-from approvals.policy import PolicyDocument, domain_ensure, policy_publish
+from approvals.policy import PolicyDocument, domain_ensure, domain_undo_rule_set, policy_publish
 from tests.agents import agent_token, decide
 from tests.servers import ROOT, free_port
 from tests.servers import Desk as RunningDesk
@@ -75,6 +75,8 @@ def coder_token() -> str:
     if created:
         document = PolicyDocument.model_validate(POLICY)
         policy_publish(domain=domain, document=document, actor=actor)
+        # No connector undoes a file edit here: the escalations stay at the policy's tier.
+        domain_undo_rule_set(domain=domain, raise_tier=False, actor=actor)
     return agent_token("coder", DOMAIN, *SCOPES)
 
 

@@ -150,7 +150,8 @@ def test_a_call_that_ran_but_could_not_be_reported_says_so(desk: RunningDesk) ->
     assert failed.value.result == {"order_id": "PO-1"}
     assert failed.value.post_state == {"open_orders": 1}
     assert len(vendor.orders) == 1
-    assert Action.objects.get().status == "allowed"  # the desk never heard
+    # Started and never reported: once its result is overdue, it waits to be reconciled.
+    assert Action.objects.get().status == "executing"
 
 
 def test_denied_call_does_not_run(desk: RunningDesk) -> None:

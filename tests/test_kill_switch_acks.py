@@ -13,11 +13,10 @@ from websockets.sync.client import ClientConnection
 
 from approvals.audit import Actor
 from approvals.killswitches import containment, killswitch_set
-from approvals.models import Action, AgentLink, AuditEvent, KillSwitchChange
-from approvals.queue import effective_params, params_fingerprint
-from tests.agents import agent_token, call, escalated_action
+from approvals.models import AgentLink, AuditEvent, KillSwitchChange
+from tests.agents import agent_token, call, decide_on_the_desk, escalated_action
 from tests.conftest import session_cookie
-from tests.servers import Browser, Desk, agent_socket, http, wait_until
+from tests.servers import Desk, agent_socket, http, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,19 +33,6 @@ def page_of(desk: Desk, user: Any, path: str = "/killswitches/") -> str:
     reply = http("GET", desk.url + path, None, {"Cookie": cookies})
     assert reply.status == 200
     return reply.body.decode()
-
-
-def decide_on_the_desk(desk: Desk, user: Any, action_id: Any, verdict: str) -> None:
-    """Decide as an operator does, through the running desk: its own process sends the push
-    (in embedded mode the channel layer lives there)."""
-    browser = Browser(desk.url, session_cookie(user))
-    status, _ = browser.request("GET", f"/actions/{action_id}/")
-    assert status == 200
-    seen = params_fingerprint(effective_params(Action.objects.get(pk=action_id)))
-    status, body = browser.htmx_post(
-        f"/actions/{action_id}/decide", {"verdict": verdict, "params_seen": seen, "reason": "no"}
-    )
-    assert status == 200, body
 
 
 def links_of(agent: str) -> list[AgentLink]:

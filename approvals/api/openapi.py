@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from pydantic.json_schema import models_json_schema
 
-from approvals.api.schemas import IDENTIFIER, ActionIn, ResultIn, StepsIn, Verdict
+from approvals.api.schemas import IDENTIFIER, ActionIn, ResultIn, StartIn, StepsIn, Verdict
 from approvals.core import JSON_LIMITS, ActionId, Problem
 
 PROBLEM = {
@@ -30,7 +30,10 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 def document() -> dict[str, Any]:
     _, schemas = models_json_schema(
-        [(model, "validation") for model in (ActionIn, ResultIn, StepsIn, Verdict, Problem)],
+        [
+            (model, "validation")
+            for model in (ActionIn, ResultIn, StartIn, StepsIn, Verdict, Problem)
+        ],
         ref_template="#/components/schemas/{model}",
     )
     action_id = {
@@ -121,6 +124,25 @@ def document() -> dict[str, Any]:
                         "200": _json("Verdict", "the verdict"),
                         **_errors(401, 404, 413, 422, 429),
                     },  # noqa: E501
+                }
+            },
+            "/actions/{action_id}/executing": {
+                "post": {
+                    "summary": "Say the tool is about to run, with which params: an approved "
+                    "action whose targets changed since it was approved goes back to the queue "
+                    "(409, with the pending verdict); a result is then due within "
+                    "EXECUTION_DEADLINE_SECONDS",
+                    "parameters": [action_id],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/StartIn"}}
+                        },  # noqa: E501
+                    },
+                    "responses": {
+                        "200": _json("Verdict", "started: status executing"),
+                        **_errors(400, 401, 404, 409, 413, 422, 423, 503),
+                    },
                 }
             },
             "/actions/{action_id}/result": {

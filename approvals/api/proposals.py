@@ -33,7 +33,13 @@ from approvals.policy import (
     policy_decide,
     proposal_from,
 )
-from approvals.queue import effective_params, escalation_open, escalation_opened, run_deadline
+from approvals.queue import (
+    effective_params,
+    escalation_open,
+    escalation_opened,
+    escalation_raise_without_undo,
+    run_deadline,
+)
 from approvals.rollbacks import DeskRead, compensation_connected, desk_snapshot_take
 
 S = Action.Status
@@ -283,6 +289,7 @@ def _record_proposal(
     action.session = session
     status = action.status
     if status == S.ESCALATED:
+        escalation_raise_without_undo(action)
         escalation_open(action)
     action.save(force_insert=True)
     if status == S.ESCALATED:

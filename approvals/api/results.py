@@ -5,12 +5,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
 from approvals.agents import Quarantined, agent_admission_check
 from approvals.api.proposals import FINISHED, agent_actor, past_run_by, record_refusal, session_of
 from approvals.audit import audit_action_event, audit_record
 from approvals.core import Refused
 from approvals.killswitches import (
+    Killed,
     flag_ran_during_kill,
     ran_during_kill,
 )
@@ -20,8 +22,18 @@ from approvals.models import (
     Agent,
     AgentSession,
     AgentToken,
+    KillSwitch,
     ReasoningStep,
 )
+from approvals.queue import (
+    approval_binds_state,
+    effective_params,
+    escalation_reopen,
+    execute_by,
+    params_diff_text,
+    targets_now,
+)
+from approvals.rollbacks import Difference
 
 S = Action.Status
 
@@ -43,6 +55,96 @@ def action_for_token(token: AgentToken, action_id: str, *, lock: bool = False) -
     return action
 
 
+@dataclass(frozen=True)
+class Started:
+    """The answer to an agent that says it starts an action: started, or (`reopened`) sent
+    back to the queue because its targets changed since it was approved."""
+
+    action: Action
+    reopened: bool = False
+    changed: tuple[Difference, ...] = ()
+
+
+def action_start(*, token: AgentToken, action_id: str, params: dict[str, Any] | None) -> Started:
+    """The agent is about to run an allowed or approved action, with `params`.
+
+    An approval covers the state of the targets the approver was shown: the desk reads them
+    again first (outside the transaction) and, if they changed, sends the action back to the
+    queue instead of letting it start. Params other than those allowed are recorded and
+    flagged. Once started, a result is due within EXECUTION_DEADLINE_SECONDS; without one the
+    action joins the reconcile queue. Saying so again with the same params is a no-op.
+    """
+    action = action_for_token(token, action_id)
+    if _started_already(action, params):
+        return Started(action)
+    read = targets_now(action, claim=action.desk_snapshot) if approval_binds_state(action) else None
+    if read is not None and not read.taken:
+        raise Refused(
+            503,
+            "State not confirmed",
+            "the approval covers the state of the targets the approver was shown, and the "
+            f"desk could not read them again: {read.reason}. Try again shortly.",
+            extra={"retry_after": 5},
+        )
+    with transaction.atomic():
+        switch = KillSwitch.objects.held_over(action.domain.slug)
+        agent = Agent.objects.select_for_update().get(pk=token.agent_id)
+        agent_admission_check(agent)
+        action = action_for_token(token, action_id, lock=True)
+        if _started_already(action, params):
+            return Started(action)
+        if action.status not in EXECUTABLE:
+            raise Refused(
+                409,
+                "Not allowed to run",
+                f"action {action.pk} is {action.status}; only an allowed or approved action starts",
+            )
+        if switch is not None:
+            raise Killed(switch)
+        if past_run_by(action):
+            raise Refused(
+                409,
+                "Approval lapsed",
+                f"action {action.pk} had to start by {action.run_by}; propose it again",
+            )
+        if read is not None and read.differences and approval_binds_state(action):
+            escalation_reopen(action, read=read)
+            return Started(action, reopened=True, changed=read.differences)
+        allowed = effective_params(action)
+        now = timezone.now()
+        action.status = S.EXECUTING
+        action.executing_at, action.execute_by = now, execute_by(now)
+        action.ran_params = params
+        action.params_mismatch = params is not None and params != allowed
+        action.save(
+            update_fields=[
+                "status",
+                "executing_at",
+                "execute_by",
+                "ran_params",
+                "params_mismatch",
+                "updated_at",
+            ]
+        )
+        audit_action_event(
+            actor=agent_actor(token),
+            action=action,
+            event="action.params_mismatch" if action.params_mismatch else "action.executing",
+            summary=f"{action.tool}:{action.verb} started"
+            + (
+                f" with params other than those allowed: {params_diff_text(allowed, params)}"
+                if action.params_mismatch and params is not None
+                else ""
+            ),
+            data={"params": params, "params_mismatch": action.params_mismatch},
+        )
+    return Started(action)
+
+
+def _started_already(action: Action, params: dict[str, Any] | None) -> bool:
+    return action.status == S.EXECUTING and action.ran_params == params
+
+
 def action_report_result(
     *,
     token: AgentToken,
@@ -54,18 +156,21 @@ def action_report_result(
 ) -> Action:
     with transaction.atomic():
         action = action_for_token(token, action_id, lock=True)
-        if action.status in FINISHED:
+        if action.status in FINISHED and not action.reconciled_by:
             reported = (S.SUCCEEDED if ok else S.FAILED, result, post_state)
             if (action.status, action.result, action.post_state) == reported:
                 return action  # a retried report
             raise Refused(409, "Result already reported", f"action {action.pk} is {action.status}")
         killed = ran_during_kill(action)
         late = action.status in EXECUTABLE and past_run_by(action)
+        overdue = action.status == S.EXECUTING and action.reconcile_since is not None
         # A call cancelled by a kill switch, or started after its yes lapsed, may still have
         # run: what it did must be recorded, and is flagged.
-        if action.status in EXECUTABLE or killed and action.status == S.CANCELLED:
+        runs = (*EXECUTABLE, S.EXECUTING)
+        if action.status in runs or killed and action.status == S.CANCELLED:
             action.status = S.SUCCEEDED if ok else S.FAILED
             action.result, action.post_state, action.error = result, post_state, error
+            action.reconcile_since = None
             if killed:
                 flag_ran_during_kill(action)
             action.save(
@@ -75,6 +180,7 @@ def action_report_result(
                     "post_state",
                     "error",
                     "ran_during_kill",
+                    "reconcile_since",
                     "updated_at",
                 ]
             )
@@ -85,12 +191,18 @@ def action_report_result(
                 summary=f"{action.tool}:{action.verb} {action.status}"
                 + (" while a kill switch was engaged: RAN DURING KILL" if killed else "")
                 + (" after its approval lapsed (APPROVAL_TTL)" if late else "")
+                + (
+                    " after its result was overdue (it was waiting to be reconciled)"
+                    if overdue
+                    else ""
+                )
                 + (f": {error}" if error else ""),
                 data={
                     "ok": ok,
                     "has_post_state": post_state is not None,
                     "ran_during_kill": killed,
                     "ran_after_run_by": late,
+                    "reported_overdue": overdue,
                 },
             )
             return action

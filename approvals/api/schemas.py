@@ -161,6 +161,12 @@ class ResultIn(Strict):
     error: str = Field(default="", max_length=10_000)
 
 
+class StartIn(Strict):
+    params: dict[str, Any] | None = Field(
+        default=None, description="the params the agent is about to run the tool with"
+    )
+
+
 class StepIn(Strict):
     index: StepIndex
     kind: Literal["thought", "observation", "tool_call", "tool_result"]

@@ -33,8 +33,14 @@ from approvals.api.idempotency import Claim, request_fingerprint
 from approvals.api.lean import propose_lean
 from approvals.api.openapi import document
 from approvals.api.proposals import action_explain, action_propose, action_verdict
-from approvals.api.results import StepData, action_for_token, action_report_result, steps_record
-from approvals.api.schemas import IDENTIFIER, ActionIn, ResultIn, StepsIn
+from approvals.api.results import (
+    StepData,
+    action_for_token,
+    action_report_result,
+    action_start,
+    steps_record,
+)
+from approvals.api.schemas import IDENTIFIER, ActionIn, ResultIn, StartIn, StepsIn
 from approvals.core import (
     BadJSON,
     OutOfLimits,
@@ -297,6 +303,25 @@ def _wait_seconds(raw: str) -> int | HttpResponse:
         f"wait must be a whole number of seconds from 0 to {settings.API_MAX_WAIT}",
         [{"field": "wait", "message": f"{shown!r} is not 0-{settings.API_MAX_WAIT}"}],
     )
+
+
+# Never rate-limited: an agent that was allowed to run a call must be able to start it.
+@partial(agent_api, rate_limited=False)
+def action_executing(request: HttpRequest, token: AgentToken, action_id: str) -> HttpResponse:
+    if request.method != "POST":
+        return _method_not_allowed("POST")
+    started = action_start(token=token, action_id=action_id, params=parse(StartIn, request).params)
+    verdict = action_verdict(started.action)
+    if started.reopened:
+        changed = [{"target": d.target, "fields": list(d.fields)} for d in started.changed]
+        return problem(
+            409,
+            "State changed since approval",
+            "the targets changed since this action was approved: it is back in the queue "
+            "and waits for a person again",
+            extra={"verdict": verdict, "changed": changed[:50]},
+        )
+    return JsonResponse(verdict)
 
 
 # Never rate-limited: an action that ran must always be reportable.

@@ -12,6 +12,7 @@ from approvals.queue import queue_count
 NAVIGATION = [
     ("Dashboard", "dashboard", "view_desk"),
     ("Queue", "queue", "view_desk"),
+    ("Reconcile", "reconcile", "view_desk"),
     ("Kill switches", "killswitches", "view_desk"),
     ("Agents", "agents", "view_desk"),
     ("Sessions", "sessions", "view_desk"),

@@ -49,10 +49,15 @@ def killswitch_effects(*, change_id: int) -> KillSwitchChange | None:
         if change.engaged:
             scope = _scope(change.switch)
             cancelled = 0
+            # Only what was allowed or approved before the engage: an escalation it froze may
+            # be approved after a release, before this task runs, and that yes stands.
+            before = Q(created_at__lte=change.created_at) & (
+                Q(decided_at=None) | Q(decided_at__lte=change.created_at)
+            )
             for action in (
                 Action.objects.select_for_update(of=("self",))
                 .select_related("domain")
-                .filter(scope, status__in=EXECUTABLE)
+                .filter(scope, before, status__in=EXECUTABLE)
                 .order_by("pk")
             ):
                 cancel_unrun(
@@ -67,8 +72,16 @@ def killswitch_effects(*, change_id: int) -> KillSwitchChange | None:
             frozen = Action.objects.filter(scope, status=S.ESCALATED).update(
                 updated_at=timezone.now()
             )
+            # Started and not reported: they cannot be called back, and may have run.
+            running = Action.objects.filter(scope, status=S.EXECUTING).count()
             summary = (
                 f"cancelled {cancelled} approved but unexecuted actions; froze {frozen} escalations"
+                + (
+                    f"; {running} actions were already running, their outcome unknown until "
+                    "reported or reconciled"
+                    if running
+                    else ""
+                )
             )
         else:
             summary = _thaw(change)

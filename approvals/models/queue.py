@@ -78,6 +78,21 @@ class Action(models.Model):
     # Its result was reported while a kill switch over it was engaged.
     ran_during_kill = models.BooleanField(default=False)
     rolled_back_at = models.DateTimeField(null=True, blank=True)
+    # The agent said it was starting the call (executing): when, the params it said it would
+    # run, whether those differ from the params it was allowed, and when a result is overdue.
+    executing_at = models.DateTimeField(null=True, blank=True)
+    execute_by = models.DateTimeField(null=True, blank=True)
+    ran_params = models.JSONField(null=True, blank=True)
+    params_mismatch = models.BooleanField(default=False)
+    # No result by execute_by: the outcome is unknown, and a person settles it (reconcile).
+    reconcile_since = models.DateTimeField(null=True, blank=True)
+    reconciled_by = models.CharField(max_length=150, blank=True)
+    reconciled_at = models.DateTimeField(null=True, blank=True)
+    # An approval covers the targets' state the approver was shown (desk_snapshot then). When
+    # a read before the run finds them changed, the action goes back to the queue: the state
+    # that was approved is kept here, and desk_snapshot becomes the new read.
+    approved_state = models.JSONField(null=True, blank=True)
+    state_changed_at = models.DateTimeField(null=True, blank=True)
     result = models.JSONField(null=True, blank=True)
     post_state = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
@@ -105,6 +120,12 @@ class Action(models.Model):
                 fields=["domain", "tier", "sla_due_at", "created_at"],
                 name="open_escalations_by_domain",
                 condition=models.Q(status="escalated"),
+            ),
+            # Runs in progress, by when their result is due; the reconcile queue.
+            models.Index(
+                fields=["execute_by"],
+                name="executing_actions",
+                condition=models.Q(status="executing"),
             ),
         ]
 

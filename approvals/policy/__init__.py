@@ -3,10 +3,11 @@ denies or escalates a call, the explain trace, the demo defaults and the policie
 
 from __future__ import annotations
 
+from approvals.policy.backtest import Backtest, policy_backtest
 from approvals.policy.claims import CallClaim, ClaimRefused, Proposal, proposal_from
 from approvals.policy.defaults import DEFAULT_POLICIES
-from approvals.policy.documents import AMOUNT_MAX, PolicyDocument, Rule
-from approvals.policy.domains import domain_ensure
+from approvals.policy.documents import AMOUNT_MAX, Match, PolicyDocument, Rule
+from approvals.policy.domains import domain_ensure, domain_undo_rule_set
 from approvals.policy.engine import (
     DEFAULT_RULE,
     FLAPPING_RULE,
@@ -30,6 +31,7 @@ from approvals.policy.versions import (
 )
 
 __all__ = [
+    "Backtest",
     "AMOUNT_MAX",
     "CallClaim",
     "ClaimRefused",
@@ -40,14 +42,17 @@ __all__ = [
     "Facts",
     "PolicyDocument",
     "Proposal",
+    "Match",
     "Rule",
     "Trace",
     "Verdict",
     "document_from",
     "domain_ensure",
+    "domain_undo_rule_set",
     "domain_named",
     "decide",
     "evaluate",
+    "policy_backtest",
     "policy_current",
     "policy_decide",
     "policy_newest",

@@ -22,3 +22,25 @@ def domain_ensure(*, slug: str, name: str, description: str, actor: Actor) -> tu
             summary=f"Domain {slug} created",
         )
     return domain, created
+
+
+@transaction.atomic
+def domain_undo_rule_set(*, domain: Domain, raise_tier: bool, actor: Actor) -> Domain:
+    """Turn on or off, for one domain, that an escalated action the desk knows no undo for
+    waits one tier higher than its policy says."""
+    domain = Domain.objects.select_for_update().get(pk=domain.pk)
+    if domain.raise_tier_without_undo == raise_tier:
+        return domain
+    domain.raise_tier_without_undo = raise_tier
+    domain.save(update_fields=["raise_tier_without_undo"])
+    state = "on" if raise_tier else "off"
+    audit_record(
+        actor=actor,
+        action="domain.undo_rule_changed",
+        domain=domain.slug,
+        object_type="domain",
+        object_id=domain.pk,
+        summary=f"Domain {domain.slug}: escalations without a known undo one tier higher: {state}",
+        data={"raise_tier_without_undo": raise_tier},
+    )
+    return domain

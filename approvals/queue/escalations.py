@@ -24,6 +24,7 @@ from approvals.audit import Actor, audit_action_event
 from approvals.core import perm
 from approvals.models import Action, Tier
 from approvals.notifications import notify
+from approvals.rollbacks import undo_known
 from incidentdesk.celery import enqueue_on_commit
 
 # Task names stay as they were when every task lived in approvals/tasks.py: messages
@@ -77,6 +78,22 @@ def tier_at(tiers: tuple[TierSpec, ...], level: int) -> TierSpec:
 
 def tiers_from(tiers: tuple[TierSpec, ...], level: int) -> tuple[TierSpec, ...]:
     return tuple(t for t in tiers if t.level >= level)
+
+
+def escalation_raise_without_undo(action: Action) -> None:
+    """An escalated action the desk knows no undo for waits one tier higher than the policy
+    says, where its domain asks for that (Domain.raise_tier_without_undo) and a higher tier
+    exists; its reason says so."""
+    if not action.domain.raise_tier_without_undo or undo_known(action):
+        return
+    tiers = tiers_of(action.domain_id)
+    level = tier_at(tiers, action.tier or 1).level
+    higher = [t.level for t in tiers if t.level > level]
+    if not higher:
+        action.reason = f"{action.reason}; no known undo (already at the top tier)"[:500]
+        return
+    action.tier = higher[0]
+    action.reason = f"{action.reason}; raised from tier {level}: no known undo"[:500]
 
 
 def escalation_open(action: Action, *, now: datetime | None = None) -> None:

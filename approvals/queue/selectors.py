@@ -234,11 +234,13 @@ def json_parts(value: Any, fields: set[str], whole: bool) -> list[JsonPart]:
 
 @dataclass(frozen=True)
 class SnapshotRow:
+    """One target's state in two (or three) versions, side by side as indented JSON, the
+    fields that differ marked."""
+
     target: str
     differs: bool
     fields: tuple[str, ...]  # the top-level fields that differ; none named: the whole state
-    claim: list[JsonPart]
-    desk: list[JsonPart]
+    columns: list[list[JsonPart]]
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,40 @@ class SnapshotComparison:
     rows: list[SnapshotRow]
     differing: int
     more: int
+
+
+def compare_states(
+    reference: Any, versions: list[Any], targets: list[str]
+) -> tuple[list[SnapshotRow], int, int]:
+    """Per target, `reference` and each of `versions` (all in the shape agents send snapshots:
+    see `state_of`), marking the fields where any version differs from the reference; targets
+    that differ first. Returns (rows shown, targets differing, targets not shown)."""
+    names = targets or [""]
+    differences: dict[str, set[str] | None] = {}  # None: the whole state differs
+    for version in versions:
+        for d in snapshot_differences(reference, version, targets):
+            if not d.fields:
+                differences[d.target] = None
+            elif differences.get(d.target, set()) is not None:
+                differences[d.target] = {*(differences.get(d.target) or set()), *d.fields}
+    ordered = sorted(names, key=lambda t: t not in differences)
+    rows = []
+    for target in ordered[:SNAPSHOT_TARGETS_SHOWN]:
+        differs = target in differences
+        fields = differences.get(target) or set()
+        whole = differs and differences[target] is None
+        rows.append(
+            SnapshotRow(
+                target=target,
+                differs=differs,
+                fields=tuple(sorted(fields)),
+                columns=[
+                    json_parts(state_of(value, target, targets), fields, whole)
+                    for value in (reference, *versions)
+                ],
+            )
+        )
+    return rows, len(differences), len(ordered) - len(rows)
 
 
 def snapshot_comparison(action: Action) -> SnapshotComparison:
@@ -265,24 +301,25 @@ def snapshot_comparison(action: Action) -> SnapshotComparison:
         if "snapshot_differs" not in audited:  # a read of absent targets is still a read
             return SnapshotComparison(False, audited.get("desk_snapshot_missing", ""), [], 0, 0)
     targets = [str(t) for t in action.target_ids]
-    claim, desk = action.pre_action_state, action.desk_snapshot
-    differences = {d.target: d for d in snapshot_differences(desk, claim, targets)}
-    names = sorted(targets or [""], key=lambda t: t not in differences)
-    rows = []
-    for target in names[:SNAPSHOT_TARGETS_SHOWN]:
-        difference = differences.get(target)
-        fields = difference.fields if difference else ()
-        whole = difference is not None and not fields
-        rows.append(
-            SnapshotRow(
-                target=target,
-                differs=difference is not None,
-                fields=fields,
-                claim=json_parts(state_of(claim, target, targets), set(fields), whole),
-                desk=json_parts(state_of(desk, target, targets), set(fields), whole),
-            )
-        )
-    return SnapshotComparison(True, "", rows, len(differences), len(names) - len(rows))
+    rows, differing, more = compare_states(action.pre_action_state, [action.desk_snapshot], targets)
+    return SnapshotComparison(True, "", rows, differing, more)
+
+
+def state_changes(action: Action) -> SnapshotComparison | None:
+    """For an action sent back to the queue because its targets changed after it was
+    approved: the state that was approved next to the state read before it would have run."""
+    if action.state_changed_at is None:
+        return None
+    targets = [str(t) for t in action.target_ids]
+    rows, differing, more = compare_states(action.approved_state, [action.desk_snapshot], targets)
+    return SnapshotComparison(True, "", rows, differing, more)
+
+
+def ran_params_diff(action: Action) -> list[tuple[str, Any, Any]]:
+    """Where the params the agent said it ran differ from those it was allowed."""
+    if not action.params_mismatch or action.ran_params is None:
+        return []
+    return params_diff(effective_params(action), action.ran_params)
 
 
 def modification(action: Action) -> list[tuple[str, Any, Any]]:

@@ -9,12 +9,14 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from approvals.audit import Actor
 from approvals.core import (
     BadJSON,
     HtmxHttpRequest,
     OutOfLimits,
     Refused,
     parse_json,
+    perm,
     require,
 )
 from approvals.models import (
@@ -24,17 +26,27 @@ from approvals.models import (
 from approvals.notifications import failed_deliveries
 from approvals.queue.decisions import escalation_decide
 from approvals.queue.escalations import may_decide
+from approvals.queue.runs import (
+    RECONCILE_OUTCOMES,
+    action_reconcile,
+    reconcile_queue,
+    run_outcomes,
+)
 from approvals.queue.selectors import (
     SNAPSHOT_LINES_SHOWN,
     QueueFilters,
+    compare_states,
     decision_context,
     flatten,
     frozen_context,
     modification,
     queue_groups,
+    ran_params_diff,
     snapshot_comparison,
+    state_changes,
     would_change,
 )
+from approvals.rollbacks import undo_preview
 
 
 @require_GET
@@ -72,6 +84,9 @@ def review(request: HtmxHttpRequest, action_id: uuid.UUID) -> HttpResponse:
         "snapshot_lines": snapshot_lines[:SNAPSHOT_LINES_SHOWN],
         "snapshot_more": max(0, len(snapshot_lines) - SNAPSHOT_LINES_SHOWN),
         "comparison": snapshot_comparison(action),
+        "state_changes": state_changes(action),
+        "ran_params_diff": ran_params_diff(action),
+        "undo": undo_preview(action),
         "compensation_params": json.dumps((action.compensation or {}).get("params", {})),
         "targets_shown": action.target_ids[:50],
         "targets_more": max(0, len(action.target_ids) - 50),
@@ -135,3 +150,62 @@ def _decision_error(
         )
     messages.error(request, error)
     return redirect("review", action_id=action.pk)
+
+
+@require_GET
+@require("view_desk")
+def reconcile(request: HtmxHttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "approvals/queue/reconcile.html",
+        {"actions": reconcile_queue(), "can_settle": request.user.has_perm(perm("run_rollback"))},
+    )
+
+
+@require_GET
+@require("view_desk")
+def reconcile_action(request: HtmxHttpRequest, action_id: uuid.UUID) -> HttpResponse:
+    """One action whose outcome nobody reported: its targets before, as the call would have
+    left them, and as the connector reads them now."""
+    action = get_object_or_404(Action.objects.select_related("agent", "domain"), pk=action_id)
+    outcomes = run_outcomes(action)
+    targets = [str(t) for t in action.target_ids]
+    rows, differing, more = compare_states(
+        outcomes.before,
+        [outcomes.expected, outcomes.now.snapshot if outcomes.now.taken else None],
+        targets,
+    )
+    return render(
+        request,
+        "approvals/queue/reconcile_action.html",
+        {
+            "action": action,
+            "outcomes": outcomes,
+            "rows": rows,
+            "more": more,
+            "waiting": action.status == Action.Status.EXECUTING
+            and action.reconcile_since is not None,
+            "choices": list(RECONCILE_OUTCOMES),
+            "can_settle": request.user.has_perm(perm("run_rollback")),
+        },
+    )
+
+
+@require_POST
+@require("run_rollback")
+def reconcile_settle(request: HtmxHttpRequest, action_id: uuid.UUID) -> HttpResponse:
+    action = get_object_or_404(Action, pk=action_id)
+    try:
+        settled = action_reconcile(
+            action_id=action.pk,
+            actor=Actor.user(request.user),
+            outcome=request.POST.get("outcome", ""),
+            reason=request.POST.get("reason", ""),
+        )
+    except Refused as exc:
+        messages.error(request, exc.detail)
+        return redirect("reconcile-action", action_id=action.pk)
+    messages.success(
+        request, f"{settled.tool}:{settled.verb} settled as {settled.get_status_display()}."
+    )
+    return redirect("reconcile")

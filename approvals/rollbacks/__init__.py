@@ -25,7 +25,11 @@ from approvals.rollbacks.planning import (
     RESTORES_AGENT_CLAIM,
     RESTORES_DESK_READ,
     Selection,
+    UndoPreview,
+    UndoStep,
     plan_create,
+    undo_known,
+    undo_preview,
 )
 from approvals.rollbacks.runner import rollback_run, rollbacks_stalled
 from approvals.rollbacks.snapshots import (
@@ -45,6 +49,8 @@ __all__ = [
     "RESTORES_AGENT_CLAIM",
     "RESTORES_DESK_READ",
     "Selection",
+    "UndoPreview",
+    "UndoStep",
     "compensation_connected",
     "connector_call",
     "connector_check",
@@ -64,4 +70,6 @@ __all__ = [
     "snapshot_differences",
     "state_of",
     "step_resolve",
+    "undo_known",
+    "undo_preview",
 ]

@@ -354,6 +354,32 @@ def connector_call(
     return _http(connector, call, context, state, key)
 
 
+def connector_request(
+    connector: Connector, operation: Operation, context: Context, state: Any = None
+) -> dict[str, Any]:
+    """The request `connector_call` would send, without sending it: for an HTTP connector
+    its method, URL, headers (the signature's value left out) and JSON body; for a Python
+    connector the function and its arguments. Raises ConnectorError if it cannot be built."""
+    if connector.kind == Connector.Kind.PYTHON:
+        return {
+            "function": connector.spec.get("function"),
+            "arguments": {"operation": operation, "target": context.target, "state": state},
+        }
+    call = getattr(_http_spec(connector), operation)
+    if call is None:
+        raise ConnectorError(f"the {connector.tool} connector has no {operation} operation")
+    return {
+        "method": call.method,
+        "url": fill(call.url, context.values(quote=True)),
+        "headers": [
+            f"Idempotency-Key: {context.key}",
+            "X-IncidentDesk-Timestamp: (when sent)",
+            "X-IncidentDesk-Signature: (HMAC-SHA256 with the connector's secret)",
+        ],
+        "body": fill(call.body, context.values(quote=False), state),
+    }
+
+
 def compensation_target(connector: Connector, action: Action) -> str:
     """The target a compensation undoes when the action named none (an order it created)."""
     if connector.kind != Connector.Kind.HTTP:

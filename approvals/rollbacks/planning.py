@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -11,7 +12,11 @@ from approvals.audit import Actor, audit_record
 from approvals.core import Refused
 from approvals.models import Action, AgentSession, Connector, Domain, RollbackPlan, RollbackStep
 from approvals.rollbacks.connectors import (
+    ConnectorError,
+    Context,
+    Operation,
     compensation_target,
+    connector_request,
     connector_supports,
     connectors_for,
 )
@@ -181,10 +186,80 @@ def _steps_for(action: Action, connector: Connector | None) -> list[RollbackStep
     return steps
 
 
+@dataclass(frozen=True)
+class UndoStep:
+    """How one target of an action would be undone: the request a rollback would send, or
+    why none is known."""
+
+    target: str
+    method: str  # restore, compensate or manual
+    request: dict[str, Any] | None = None
+    problem: str = ""  # the request could not be built from the connector's templates
+    note: str = ""
+
+    @property
+    def text(self) -> str:
+        """The request as it would go out: the HTTP request line, headers and JSON body; or
+        the Python function and its arguments."""
+        request = self.request
+        if request is None:
+            return ""
+        if "method" not in request:
+            return json.dumps(request, indent=2)
+        head = "\n".join([f"{request['method']} {request['url']}", *request["headers"]])
+        body = request["body"]
+        return head if body is None else f"{head}\n\n{json.dumps(body, indent=2)}"
+
+
+@dataclass(frozen=True)
+class UndoPreview:
+    steps: list[UndoStep]
+    more: int  # targets not shown
+
+    @property
+    def known(self) -> bool:
+        return bool(self.steps) and all(s.method != M.MANUAL for s in self.steps)
+
+
+UNDO_TARGETS_SHOWN = 5
+
+
+def undo_known(action: Action) -> bool:
+    """Whether the desk could undo every target of `action` through the domain's connector
+    (restore a snapshot it has, or compensate). A read changes nothing: nothing to undo."""
+    if action.verb == "read":
+        return True
+    connector = Connector.objects.filter(domain_id=action.domain_id, tool=action.tool).first()
+    return all(step.method != M.MANUAL for step in _steps_for(action, connector))
+
+
+def undo_preview(action: Action) -> UndoPreview:
+    """The requests a rollback of `action` would send, target by target (the first few)."""
+    connector = Connector.objects.filter(domain_id=action.domain_id, tool=action.tool).first()
+    steps = _steps_for(action, connector)
+    shown = []
+    for step in steps[:UNDO_TARGETS_SHOWN]:
+        if step.method == M.MANUAL or connector is None:
+            shown.append(UndoStep(step.target, M.MANUAL))
+            continue
+        operation: Operation = "restore" if step.method == M.RESTORE else "compensate"
+        context = Context(action=action, target=step.target, key="rollback:<plan>:<step>")
+        try:
+            request = connector_request(connector, operation, context, step.restore_state)
+        except ConnectorError as exc:
+            shown.append(UndoStep(step.target, step.method, problem=str(exc), note=step.note))
+            continue
+        shown.append(UndoStep(step.target, step.method, request=request, note=step.note))
+    return UndoPreview(shown, max(0, len(steps) - len(shown)))
+
+
 def plan_create(*, actor: Actor, selection: Selection, reason: str = "") -> RollbackPlan:
     """A draft plan over the executed actions `selection` covers, newest first."""
-    # Reads changed nothing: there is nothing of theirs to undo.
-    q = _selected(selection) & Q(status__in=[S.SUCCEEDED, S.ROLLBACK_FAILED]) & ~Q(verb="read")
+    # Reads changed nothing: there is nothing of theirs to undo. Actions started with no
+    # result reported may have run: they are planned too, and as nothing says what they left,
+    # each of their steps finds the target drifted and waits for a person.
+    ran = [S.SUCCEEDED, S.ROLLBACK_FAILED, S.EXECUTING]
+    q = _selected(selection) & Q(status__in=ran) & ~Q(verb="read")
     with transaction.atomic():
         actions = list(
             Action.objects.select_for_update(of=("self",)).filter(q).order_by("-created_at", "-pk")

@@ -49,6 +49,7 @@ from incidentdesk_client.verdicts import (
     raise_killed,
     retry_again,
     runnable,
+    started_or_pending,
     verdict_or_raise,
 )
 
@@ -364,6 +365,12 @@ class AsyncDesk:
             verdict = await self.verdict(verdict["id"], wait=self.poll_wait)
         return verdict
 
+    async def mark_executing(self, action_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        status, body = await self.request(
+            "POST", f"/api/v1/actions/{action_id}/executing", {"params": params}
+        )
+        return started_or_pending(status, body)
+
     async def report(
         self,
         action_id: str,
@@ -408,8 +415,14 @@ class AsyncProposal:
         return dict(self.verdict["params"])
 
     async def wait(self) -> dict[str, Any]:
-        self.verdict = runnable(await self.desk.wait_for_decision(self.verdict), self.label)
-        await self.desk.check_kill_switches()
+        while self.verdict["status"] != "executing":  # started already: by an earlier wait
+            self.verdict = runnable(await self.desk.wait_for_decision(self.verdict), self.label)
+            await self.desk.check_kill_switches()
+            self.verdict = await self.desk.mark_executing(self.id, self.params)
+            if self.verdict["status"] == "pending":
+                log.warning(
+                    "%s: its targets changed since it was approved; waits again", self.label
+                )
         return self.params
 
     async def report(

@@ -34,6 +34,7 @@ from incidentdesk_client.verdicts import (
     raise_killed,
     retry_again,
     runnable,
+    started_or_pending,
     verdict_or_raise,
 )
 
@@ -189,6 +190,14 @@ class Desk:
                 verdict = self.verdict(verdict["id"], wait=self.poll_wait)
         return verdict
 
+    def mark_executing(self, action_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Tell the desk the call runs now, with `params`; its verdict, status "executing", or
+        "pending" again if its targets changed since it was approved."""
+        status, body = self.request(
+            "POST", f"/api/v1/actions/{action_id}/executing", {"params": params}
+        )
+        return started_or_pending(status, body)
+
     def report(
         self,
         action_id: str,
@@ -239,10 +248,16 @@ class Proposal:
         return dict(self.verdict["params"])
 
     def wait(self) -> dict[str, Any]:
-        self.verdict = runnable(self.desk.wait_for_decision(self.verdict), self.label)
-        # The verdict may be a while old: a switch engaged since then stops the call here,
-        # the last moment before it runs.
-        self.desk.check_kill_switches()
+        while self.verdict["status"] != "executing":  # started already: by an earlier wait
+            self.verdict = runnable(self.desk.wait_for_decision(self.verdict), self.label)
+            # The verdict may be a while old: a switch engaged since then stops the call
+            # here, the last moment before it runs.
+            self.desk.check_kill_switches()
+            self.verdict = self.desk.mark_executing(self.id, self.params)
+            if self.verdict["status"] == "pending":
+                log.warning(
+                    "%s: its targets changed since it was approved; waits again", self.label
+                )
         return self.params
 
     def report(

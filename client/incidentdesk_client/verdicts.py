@@ -21,6 +21,7 @@ from incidentdesk_client.errors import (
 
 RETRYABLE_STATUS = {429, 502, 503, 504}
 IN_FLIGHT_PROBLEM = "urn:incidentdesk:problem:request-in-progress"
+STATE_CHANGED_PROBLEM = "urn:incidentdesk:problem:state-changed-since-approval"
 STEPS_PROBLEMS = {"Steps out of order", "Step already recorded"}
 FINAL_STOPS = {
     "denied": ActionDenied,
@@ -81,6 +82,16 @@ def verdict_or_raise(status: int, body: dict[str, Any]) -> dict[str, Any]:
         return body
     raise_for(status, body)
     raise AssertionError("unreachable")
+
+
+def started_or_pending(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """The answer to "executing": the started verdict or, when the targets changed since the
+    call was approved, the pending verdict to wait on again (the approval no longer holds)."""
+    if status == 409 and body.get("type") == STATE_CHANGED_PROBLEM:
+        verdict = body.get("verdict")
+        if isinstance(verdict, dict) and verdict.get("status") == "pending":
+            return verdict
+    return verdict_or_raise(status, body)
 
 
 def raise_killed(verdict: dict[str, Any]) -> None:
