@@ -278,6 +278,7 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "audit-seal": {"task": "approvals.tasks.audit_seal_task", "schedule": 30.0},
     "idempotency-purge": {"task": "approvals.tasks.idempotency_purge_task", "schedule": 3600.0},
+    "agent-links-purge": {"task": "approvals.tasks.agent_links_purge_task", "schedule": 3600.0},
     # Backstop for escalation timers that were lost (a broker restart, say).
     "escalations-sweep": {
         "task": "approvals.tasks.escalations_sweep_task",

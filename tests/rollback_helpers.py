@@ -30,7 +30,13 @@ def records_domain(base_url: str, slug: str = "records") -> Domain:
             actor=Actor.system("tests"),
             document=PolicyDocument(rules=[], default_outcome="allow", unregistered="allow"),
         )
-    for tool in ("set_record", "create_order"):
+    connect(domain, base_url, "set_record", "create_order")
+    return domain
+
+
+def connect(domain: Domain, base_url: str, *tools: str) -> None:
+    """Connectors from the domain's tools to the test target system."""
+    for tool in tools:
         connector_save(
             domain=domain,
             tool=tool,
@@ -39,7 +45,6 @@ def records_domain(base_url: str, slug: str = "records") -> Domain:
             secret=SECRET,
             actor=Actor.system("tests"),
         )
-    return domain
 
 
 def records_token(agent: str = "clerk", domain: str = "records") -> AgentToken:

@@ -82,13 +82,18 @@ def test_the_page_shows_live_which_agents_acknowledged_an_engage(
             silent.send(json.dumps({"type": "killswitch.ack", "version": version}))
             contained = vera_page.locator(".containment[data-contained='yes']")
             contained.wait_for(timeout=10_000)
+            change = KillSwitchChange.objects.get()
+            assert f"Contained in {change.time_to_contain:.3f} s" in contained.inner_text()
+            assert vera_page.locator("#told-mute-bot").get_attribute("data-state") == "acknowledged"
+            # Loaded again, the page shows the switch engaged and the engage's time to contain.
+            vera_page.reload()
+            history = vera_page.locator("table.events").last.inner_text()
+            assert f"{change.time_to_contain:.3f} s (2 agents)" in history
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            vera_page.screenshot(
+                path=str(SCREENSHOTS / "kill-switch-acknowledgements.png"), full_page=True
+            )
     finally:
         client.close()
-    change = KillSwitchChange.objects.get()
-    assert f"Contained in {change.time_to_contain:.3f} s" in contained.inner_text()
-    assert vera_page.locator("#told-mute-bot").get_attribute("data-state") == "acknowledged"
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    vera_page.locator("#presence").scroll_into_view_if_needed()
-    vera_page.screenshot(path=str(SCREENSHOTS / "kill-switch-acknowledgements.png"), full_page=True)
     otto.close()
     vera.close()

@@ -178,3 +178,31 @@ def test_the_agents_page_shows_tokens_sockets_and_the_state_each_acknowledged(
     assert "(in 59\xa0minutes)" in buyer or "(in 1\xa0hour)" in buyer
     assert 'data-sockets="1">connected (1 socket); acknowledged version ' + str(change.pk) in buyer
     assert 'data-sockets="0">not connected' in idle and "never" in idle
+
+
+def test_sockets_closed_or_abandoned_a_week_ago_are_forgotten() -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from approvals.agents import token_authenticate
+    from approvals.killswitches import links_purge
+
+    token = token_authenticate(agent_token("buyer", "procurement", "*:read"))
+    now, old = timezone.now(), timezone.now() - timedelta(days=8)
+    rows = {
+        "closed-long-ago": {"closed_at": old, "seen_at": old},
+        "abandoned": {"closed_at": None, "seen_at": old},
+        "closed-today": {"closed_at": now, "seen_at": old},
+        "open": {"closed_at": None, "seen_at": now},
+    }
+    for channel, times in rows.items():
+        AgentLink.objects.create(
+            agent_id=token.agent_id,
+            domain_id=token.domain_id,
+            channel=channel,
+            connected_at=old,
+            **times,
+        )
+    assert links_purge() == 2
+    assert set(AgentLink.objects.values_list("channel", flat=True)) == {"closed-today", "open"}

@@ -14,15 +14,15 @@ from django.contrib.auth.models import AbstractUser
 from django.urls import reverse
 from django.utils import timezone
 from incidentdesk_client import Desk as AgentDesk
-from incidents.target import Target, connector_spec
+from incidents.target import Target
 
 from approvals.audit import Actor
 from approvals.models import Action, Approval, AuditEvent, Domain
 from approvals.policy import Match, PolicyDocument, Rule, domain_ensure, policy_publish
 from approvals.queue import executions_overdue_sweep
-from approvals.rollbacks import Selection, connector_save, plan_create
+from approvals.rollbacks import Selection, plan_create
 from tests.agents import agent_token, call, decide_on_the_desk, propose
-from tests.rollback_helpers import SECRET
+from tests.rollback_helpers import connect
 from tests.servers import Desk, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,10 +33,11 @@ MOVED = {**BEFORE, "credit_limit": 5000}  # someone else changed it after the ap
 PARAMS = {"credit_limit": 2000}
 
 
-def reviewed_domain(url: str) -> Domain:
-    """Every set_record is escalated at tier 1; its connector reads the test target."""
+def reviewed_domain(url: str | None, slug: str = "accounts") -> Domain:
+    """Every update is escalated at tier 1; with `url`, set_record's connector reads the test
+    target."""
     domain, _ = domain_ensure(
-        slug="accounts", name="Accounts", description="", actor=Actor.system("tests")
+        slug=slug, name=slug.title(), description="", actor=Actor.system("tests")
     )
     rule = Rule(
         id="review-every-change",
@@ -47,14 +48,8 @@ def reviewed_domain(url: str) -> Domain:
     )
     document = PolicyDocument(rules=[rule], default_outcome="allow", unregistered="allow")
     policy_publish(domain=domain, document=document, actor=Actor.system("tests"))
-    connector_save(
-        domain=domain,
-        tool="set_record",
-        kind="http",
-        spec=connector_spec(url),
-        secret=SECRET,
-        actor=Actor.system("tests"),
-    )
+    if url:
+        connect(domain, url, "set_record")
     return domain
 
 
@@ -224,14 +219,7 @@ def started(desk: Desk, served: Target, url: str) -> tuple[str, str]:
     )
     document = PolicyDocument(rules=[], default_outcome="allow", unregistered="allow")
     policy_publish(domain=domain, document=document, actor=Actor.system("tests"))
-    connector_save(
-        domain=domain,
-        tool="set_record",
-        kind="http",
-        spec=connector_spec(url),
-        secret=SECRET,
-        actor=Actor.system("tests"),
-    )
+    connect(domain, url, "set_record")
     served.seed({"acct-1": BEFORE})
     token = agent_token("clerk", "ledger", "set_record:update")
     reply = propose(desk, token, proposal())

@@ -10,39 +10,18 @@ import pytest
 from django.contrib.auth.models import AbstractUser
 from django.core.management import call_command
 from django.urls import reverse
-from incidents.target import Target, connector_spec
+from incidents.target import Target
 
 from approvals.audit import Actor
 from approvals.models import Action, AuditEvent, Domain
-from approvals.policy import Match, PolicyDocument, Rule, domain_ensure, policy_publish
-from approvals.rollbacks import connector_save
+from approvals.policy import Match, PolicyDocument, Rule, policy_publish
 from tests.agents import agent_token, propose
-from tests.rollback_helpers import SECRET
 from tests.servers import Desk
+from tests.test_runs import reviewed_domain
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 STATE = {"id": "acct-1", "plan": "pro", "credit_limit": 1000}
-
-
-def reviewed(slug: str, url: str | None) -> Domain:
-    """Every update is escalated at tier 1; with `url`, a connector to the test target."""
-    domain, _ = domain_ensure(slug=slug, name=slug, description="", actor=Actor.system("tests"))
-    rule = Rule(
-        id="review-updates", match=Match(verbs=["update"]), outcome="escalate", tier=1, reason="r"
-    )
-    document = PolicyDocument(rules=[rule], default_outcome="allow", unregistered="allow")
-    policy_publish(domain=domain, document=document, actor=Actor.system("tests"))
-    if url:
-        connector_save(
-            domain=domain,
-            tool="set_record",
-            kind="http",
-            spec=connector_spec(url),
-            secret=SECRET,
-            actor=Actor.system("tests"),
-        )
-    return domain
 
 
 def proposed(desk: Desk, slug: str, **body: Any) -> Action:
@@ -67,7 +46,7 @@ def test_the_card_shows_the_exact_restore_request(
     desk: Desk, target: tuple[Target, str], login: Any, viewer: AbstractUser
 ) -> None:
     served, url = target
-    reviewed("accounts", url)
+    reviewed_domain(url)
     served.seed({"acct-1": STATE})
     action = proposed(desk, "accounts", pre_action_state=STATE)
     assert action.tier == 1, action.reason  # a known undo: the tier the policy says
@@ -88,10 +67,10 @@ def test_the_card_shows_the_exact_restore_request(
 def test_an_escalation_with_no_known_undo_waits_one_tier_higher(
     desk: Desk, login: Any, viewer: AbstractUser
 ) -> None:
-    reviewed("ledger", None)  # no connector: nothing the desk can undo
+    reviewed_domain(None, "ledger")  # no connector: nothing the desk can undo
     action = proposed(desk, "ledger", pre_action_state=STATE)
     assert action.tier == 2
-    assert action.reason == "r; raised from tier 1: no known undo"
+    assert action.reason == "every change; raised from tier 1: no known undo"
     event = AuditEvent.objects.get(action="action.escalated", object_id=str(action.pk))
     assert event.data["tier"] == 2 and "no known undo" in event.summary
     page = login(viewer).get(reverse("review", args=[action.pk])).content.decode()
@@ -103,7 +82,7 @@ def test_an_escalation_with_no_known_undo_waits_one_tier_higher(
 def test_the_rule_is_a_domain_setting_changed_on_the_command_line_and_audited(
     desk: Desk,
 ) -> None:
-    reviewed("ledger", None)
+    reviewed_domain(None, "ledger")
     call_command("policy", "undo-rule", "ledger", "off")
     assert Domain.objects.get(slug="ledger").raise_tier_without_undo is False
     event = AuditEvent.objects.get(action="domain.undo_rule_changed")
@@ -114,7 +93,7 @@ def test_the_rule_is_a_domain_setting_changed_on_the_command_line_and_audited(
 
 
 def test_at_the_top_tier_it_stays_and_says_so(desk: Desk) -> None:
-    domain = reviewed("ledger", None)
+    domain = reviewed_domain(None, "ledger")
     rule = Rule(id="top", match=Match(verbs=["update"]), outcome="escalate", tier=3, reason="top")
     document = PolicyDocument(rules=[rule], default_outcome="allow", unregistered="allow")
     policy_publish(domain=domain, document=document, actor=Actor.system("tests"))

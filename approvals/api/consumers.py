@@ -55,7 +55,7 @@ class AgentConsumer(LiveConsumer):
         self.agent_group = live.agent_group(token.agent_id)
         # Revoking a token (or quarantining its agent) closes its sockets through this group;
         # expiry closes them on time. Verdicts come through it too.
-        await self.channel_layer.group_add(self.agent_group, self.channel_name)
+        await self.add_to_group(self.agent_group)
         lifetime = (token.expires_at - timezone.now()).total_seconds()
         self.expiry = asyncio.get_running_loop().call_later(
             max(0.0, lifetime), lambda: asyncio.ensure_future(self.close(code=CLOSE_ACCESS_ENDED))

@@ -140,7 +140,7 @@ class DeskConsumer(LiveConsumer):
         return perm("verify_audit") in self.permissions
 
     async def join(self, group: str) -> None:
-        await self.channel_layer.group_add(group, self.channel_name)
+        await self.add_to_group(group)
         self.joined.append(group)
 
     async def disconnect(self, code: int) -> None:

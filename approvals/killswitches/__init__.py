@@ -11,6 +11,7 @@ from approvals.killswitches.acks import (
     link_close,
     link_open,
     link_seen,
+    links_purge,
 )
 from approvals.killswitches.effects import (
     flag_ran_during_kill,
@@ -54,6 +55,7 @@ __all__ = [
     "link_close",
     "link_open",
     "link_seen",
+    "links_purge",
     "presence_html",
     "ran_during_kill",
     "switch_info",

@@ -19,6 +19,9 @@ from approvals import live
 from approvals.audit import Actor, audit_record
 from approvals.models import Agent, AgentLink, AgentToken, KillSwitch, KillSwitchChange
 
+# Sockets closed (or left by a process that died) longer ago than this are forgotten.
+LINKS_KEPT = timedelta(days=7)
+
 # How long an engage waits for acknowledgements before the desk stops checking; past this
 # the engage shows which agents never acknowledged, and stays uncontained.
 CONTAIN_WINDOW = timedelta(hours=1)
@@ -125,3 +128,11 @@ def contained_agents(change: KillSwitchChange) -> set[int]:
     acked = AgentLink.objects.filter(agent_id__in=awaited, acked_version__gte=change.pk)
     polled = Agent.objects.filter(pk__in=awaited, polled_version__gte=change.pk)
     return set(acked.values_list("agent_id", flat=True)) | set(polled.values_list("pk", flat=True))
+
+
+def links_purge() -> int:
+    """Forget sockets closed (or abandoned) more than LINKS_KEPT ago."""
+    cutoff = timezone.now() - LINKS_KEPT
+    old = Q(closed_at__lt=cutoff) | Q(closed_at=None, seen_at__lt=cutoff)
+    deleted, _ = AgentLink.objects.filter(old).delete()
+    return deleted

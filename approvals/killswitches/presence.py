@@ -22,7 +22,7 @@ from approvals.models import Agent, AgentLink, AgentToken, KillSwitchChange
 STATES = ("silent", "behind", "away", "acknowledged")
 
 STATE_LABELS = {
-    "silent": "connected, silent",
+    "silent": "connected but silent",
     "behind": "polled an older version",
     "away": "not connected",
     "acknowledged": "acknowledged",

@@ -9,6 +9,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from incidentdesk.outage import REDIS_DOWN, redis_outage
 
@@ -62,6 +63,14 @@ class LiveConsumer(AsyncWebsocketConsumer):
                 await self.disconnect(CLOSE_SERVICE_RESTART)  # cleanup first, then groups
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": CLOSE_SERVICE_RESTART})
+
+    async def add_to_group(self, group: str) -> None:
+        """Join a group; once more if the first try met a connection pooled before Redis
+        restarted (the server closed it: the retry takes a new one)."""
+        try:
+            await self.channel_layer.group_add(group, self.channel_name)
+        except RedisConnectionError:
+            await self.channel_layer.group_add(group, self.channel_name)
 
     # Every LIVE_RECHECK_SECONDS the socket checks that what opened it still holds: a backstop
     # for changes no message announced (an expiry, an admin's edit, a revocation by another

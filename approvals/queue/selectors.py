@@ -198,9 +198,11 @@ class FieldChange:
 
 
 def would_change(action: Action) -> list[FieldChange]:
-    """Per field of the snapshot the params name: its value now, and what the action sets."""
+    """Per field of the snapshot the params name: its value now (the desk's own read where it
+    has one, else the agent's claim), and what the action sets."""
     params = effective_params(action)
-    snapshot = action.pre_action_state if isinstance(action.pre_action_state, dict) else {}
+    known = action.desk_snapshot if action.desk_snapshot is not None else action.pre_action_state
+    snapshot = known if isinstance(known, dict) else {}
     missing = object()
     rows = []
     for key, after in params.items():
