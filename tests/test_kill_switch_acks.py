@@ -57,7 +57,7 @@ def test_an_engage_is_contained_when_the_last_connected_agent_acknowledges(
             wait_until(lambda: links_of("buyer") and links_of("mute-bot"), 10, "both sockets")
             change = engage()
             assert sorted(change.awaited) == sorted(
-                link.agent_id for link in links_of("buyer") + links_of("mute-bot")
+                link.pk for link in links_of("buyer") + links_of("mute-bot")
             )
             # The client acknowledges on its own; the raw socket has not yet.
             wait_until(
@@ -82,7 +82,12 @@ def test_an_engage_is_contained_when_the_last_connected_agent_acknowledges(
     assert change.contained_at == last_ack
     assert 0 < change.time_to_contain < 10
     event = AuditEvent.objects.get(action="killswitch.contained")
-    assert event.data == {"version": change.pk, "agents": 2, "seconds": change.time_to_contain}
+    assert event.data == {
+        "version": change.pk,
+        "sockets": 2,
+        "agents": 2,
+        "seconds": change.time_to_contain,
+    }
     page = page_of(desk, oncall)
     assert f'Contained in <span class="time-to-contain">{change.time_to_contain:.3f}' in page
 
@@ -206,3 +211,36 @@ def test_sockets_closed_or_abandoned_a_week_ago_are_forgotten() -> None:
         )
     assert links_purge() == 2
     assert set(AgentLink.objects.values_list("channel", flat=True)) == {"closed-today", "open"}
+
+
+def test_every_socket_of_an_agent_must_acknowledge_unless_it_closed_and_another_did(
+    desk: Desk,
+) -> None:
+    """An agent may run several processes, each with its own socket: one that heard does not
+    speak for one that did not. A socket that closed without acknowledging is covered once its
+    agent acknowledges elsewhere."""
+    token = agent_token("fleet-bot", "procurement", "*:read")
+    with agent_socket(desk, token) as one, agent_socket(desk, token) as two:
+        state_of(one), state_of(two)
+        wait_until(lambda: len(links_of("fleet-bot")) == 2, 10, "both sockets")
+        three = agent_socket(desk, token)
+        state_of(three)
+        wait_until(lambda: len(links_of("fleet-bot")) == 3, 10, "the third socket")
+        change = engage()
+        assert len(change.awaited) == 3
+        one.send(json.dumps({"type": "killswitch.ack", "version": change.pk}))
+        wait_until(
+            lambda: any(link.acked_version == change.pk for link in links_of("fleet-bot")),
+            10,
+            "the first ack",
+        )
+        three.close()  # gone without a word: covered by the agent's other acknowledgements
+        wait_until(lambda: len(links_of("fleet-bot")) == 2, 10, "the third socket closed")
+        change.refresh_from_db()
+        assert change.contained_at is None  # the second socket is open and silent
+        assert containment(change).missing == ["fleet-bot"]
+        two.send(json.dumps({"type": "killswitch.ack", "version": change.pk}))
+        contained = KillSwitchChange.objects.filter(pk=change.pk, contained_at__isnull=False)
+        wait_until(contained.exists, 10, "the engage contained")
+    event = AuditEvent.objects.get(action="killswitch.contained")
+    assert event.data["sockets"] == 3 and event.data["agents"] == 1

@@ -4,14 +4,14 @@ work in flight, quarantining an agent, and the agent socket that hears about it 
 from __future__ import annotations
 
 from approvals.killswitches.acks import (
-    agents_awaited,
-    contained_agents,
     killswitch_acknowledge,
     killswitch_polled,
     link_close,
     link_open,
     link_seen,
+    links_awaited,
     links_purge,
+    links_waiting,
 )
 from approvals.killswitches.effects import (
     flag_ran_during_kill,
@@ -38,9 +38,7 @@ __all__ = [
     "agent_quarantine",
     "agent_release",
     "agent_state_json",
-    "agents_awaited",
     "agents_heard",
-    "contained_agents",
     "containment",
     "fan_out",
     "banner_html",
@@ -55,7 +53,9 @@ __all__ = [
     "link_close",
     "link_open",
     "link_seen",
+    "links_awaited",
     "links_purge",
+    "links_waiting",
     "presence_html",
     "ran_during_kill",
     "switch_info",

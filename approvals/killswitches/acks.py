@@ -1,10 +1,11 @@
 """Who heard the kill switches: the agents' sockets, what each acknowledged, their polls, and
 each engage's time to contain.
 
-An engage awaits every agent that holds an open socket under it at that moment. An agent is
-contained once it acknowledges the engage's version (or a later one) on a socket, or polls it;
-the engage is contained when the last awaited agent is, and the time from the engage to then
-is its time to contain.
+An engage awaits every socket open under it at that moment (an agent may hold several, one per
+process). A socket is contained once it acknowledges the engage's version (or a later one); a
+socket that closed first counts once its agent has since acknowledged on another socket or
+polled that version. The engage is contained when the last awaited socket is, and the time from
+the engage to then is its time to contain.
 """
 
 from __future__ import annotations
@@ -49,12 +50,12 @@ def link_close(*, channel: str) -> None:
     live.presence_changed()
 
 
-def agents_awaited(scope: str) -> list[int]:
-    """The agents an engage of `scope` waits for: those with a socket open under it now."""
+def links_awaited(scope: str) -> list[int]:
+    """The sockets an engage of `scope` waits for: those open under it now."""
     links = AgentLink.objects.open()
     if scope != KillSwitch.GLOBAL:
         links = links.filter(domain__slug=scope)
-    return sorted(set(links.values_list("agent_id", flat=True)))
+    return sorted(links.values_list("pk", flat=True))
 
 
 def killswitch_acknowledge(*, channel: str, version: int) -> None:
@@ -69,7 +70,7 @@ def killswitch_acknowledge(*, channel: str, version: int) -> None:
             acked_version=version, acked_at=now, seen_at=now
         )
         if updated:
-            _contain(link.agent_id, version, now)
+            _contain({link.pk}, version, now)
             live.presence_changed()
 
 
@@ -83,38 +84,49 @@ def killswitch_polled(*, token: AgentToken, version: int) -> None:
         if not moved:
             Agent.objects.filter(pk=token.agent_id).update(polled_at=now)
             return
-        _contain(token.agent_id, version, now)
+        # The poll stands for the agent's sockets that closed without acknowledging.
+        closed = AgentLink.objects.filter(agent_id=token.agent_id, closed_at__isnull=False)
+        _contain(set(closed.values_list("pk", flat=True)), version, now)
         live.presence_changed()
 
 
-def _contain(agent_id: int, version: int, at: datetime) -> None:
-    """Mark contained every engage up to `version` that this agent was the last one awaited
-    for. Each engage's row is locked first, so of two agents acknowledging at once the second
-    sees the first's acknowledgement, and one of them finds the engage complete."""
+def _contain(heard: set[int], version: int, at: datetime) -> None:
+    """Mark contained every engage up to `version` whose last awaited socket is among `heard`
+    (the sockets this acknowledgement or poll speaks for). Each engage's row is locked first,
+    so of two sockets acknowledging at once the second sees the first's acknowledgement, and
+    one of them finds the engage complete."""
+    if not heard:
+        return
     pending = KillSwitchChange.objects.filter(
         engaged=True, contained_at=None, pk__lte=version, created_at__gte=at - CONTAIN_WINDOW
     )
     for change_id, awaited in pending.values_list("pk", "awaited"):
-        if agent_id not in awaited:
+        if heard.isdisjoint(awaited):
             continue
         change = (
             KillSwitchChange.objects.select_for_update().select_related("switch").get(pk=change_id)
         )
-        if change.contained_at is not None or set(awaited) - contained_agents(change):
+        if change.contained_at is not None or links_waiting(change):
             continue
         change.contained_at = at
         change.save(update_fields=["contained_at"])
         seconds = change.time_to_contain or 0.0
         scope = change.switch.scope
+        agents = AgentLink.objects.filter(pk__in=awaited).values("agent_id").distinct().count()
         audit_record(
             actor=Actor.system("kill-switch"),
             action="killswitch.contained",
             domain="" if scope == KillSwitch.GLOBAL else scope,
             object_type="kill_switch",
             object_id=scope,
-            summary=f"Kill switch {scope} contained in {seconds:.3f} s: "
-            f"all {len(awaited)} connected agents acknowledged version {change.pk}",
-            data={"version": change.pk, "agents": len(awaited), "seconds": seconds},
+            summary=f"Kill switch {scope} contained in {seconds:.3f} s: all {len(awaited)} "
+            f"sockets of {agents} agents connected at the engage acknowledged version {change.pk}",
+            data={
+                "version": change.pk,
+                "sockets": len(awaited),
+                "agents": agents,
+                "seconds": seconds,
+            },
         )
 
 
@@ -122,12 +134,24 @@ def current_version() -> int:
     return KillSwitchChange.objects.aggregate(v=Max("id"))["v"] or 0
 
 
-def contained_agents(change: KillSwitchChange) -> set[int]:
-    """Which of the agents an engage awaits have acknowledged or polled its version."""
-    awaited = change.awaited
-    acked = AgentLink.objects.filter(agent_id__in=awaited, acked_version__gte=change.pk)
-    polled = Agent.objects.filter(pk__in=awaited, polled_version__gte=change.pk)
-    return set(acked.values_list("agent_id", flat=True)) | set(polled.values_list("pk", flat=True))
+def links_waiting(change: KillSwitchChange) -> list[AgentLink]:
+    """The sockets an engage awaits that have not acknowledged its version: open ones, and
+    closed ones whose agent has not acknowledged it on another socket nor polled it since."""
+    behind = AgentLink.objects.filter(pk__in=change.awaited, acked_version__lt=change.pk)
+    waiting = list(behind.select_related("agent"))
+    closed = {link.agent_id for link in waiting if link.closed_at is not None}
+    if closed:
+        heard = set(
+            AgentLink.objects.filter(agent_id__in=closed, acked_version__gte=change.pk).values_list(
+                "agent_id", flat=True
+            )
+        ) | set(
+            Agent.objects.filter(pk__in=closed, polled_version__gte=change.pk).values_list(
+                "pk", flat=True
+            )
+        )
+        waiting = [link for link in waiting if link.closed_at is None or link.agent_id not in heard]
+    return waiting
 
 
 def links_purge() -> int:

@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from approvals.killswitches.acks import (
     CONTAIN_WINDOW,
-    contained_agents,
     current_version,
+    links_waiting,
 )
 from approvals.models import Agent, AgentLink, AgentToken, KillSwitchChange
 
@@ -48,8 +48,9 @@ class AgentHeard:
 @dataclass(frozen=True)
 class Containment:
     change: KillSwitchChange
-    awaited: int
-    missing: list[str]  # names of the awaited agents that have not acknowledged
+    awaited: int  # sockets open under the switch at the engage
+    agents: int  # the agents holding them
+    missing: list[str]  # the agents whose awaited sockets have not all acknowledged
 
     @property
     def seconds(self) -> float | None:
@@ -138,9 +139,10 @@ def last_engage() -> Containment | None:
 def containment(change: KillSwitchChange) -> Containment:
     missing: list[str] = []
     if change.contained_at is None:
-        waiting = set(change.awaited) - contained_agents(change)
-        missing = sorted(Agent.objects.filter(pk__in=waiting).values_list("name", flat=True))
-    return Containment(change=change, awaited=len(change.awaited), missing=missing)
+        missing = sorted({link.agent.name for link in links_waiting(change)})
+    awaited = AgentLink.objects.filter(pk__in=change.awaited)
+    agents = awaited.values("agent_id").distinct().count() if change.awaited else 0
+    return Containment(change=change, awaited=len(change.awaited), agents=agents, missing=missing)
 
 
 def presence_html(*, show_all: bool = False) -> str:

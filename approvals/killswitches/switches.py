@@ -18,7 +18,7 @@ from django.utils import timezone
 from approvals import live
 from approvals.audit import Actor, audit_record
 from approvals.core import Refused
-from approvals.killswitches.acks import agents_awaited, current_version
+from approvals.killswitches.acks import current_version, links_awaited
 from approvals.models import Domain, KillSwitch, KillSwitchChange
 from incidentdesk.celery import enqueue_on_commit
 
@@ -106,9 +106,9 @@ def killswitch_set(*, scope: str, engaged: bool, actor: Actor, reason: str) -> K
             engaged=engaged,
             actor=actor.name,
             reason=reason,
-            awaited=agents_awaited(scope) if engaged else [],
+            awaited=links_awaited(scope) if engaged else [],
         )
-        if engaged and not change.awaited:  # no agent connected: nothing to wait for
+        if engaged and not change.awaited:  # no socket open: nothing to wait for
             change.contained_at = change.created_at
             change.save(update_fields=["contained_at"])
         # Registered first, so after commit the agents are told before anything else runs
