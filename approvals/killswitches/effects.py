@@ -49,11 +49,11 @@ def killswitch_effects(*, change_id: int) -> KillSwitchChange | None:
         if change.engaged:
             scope = _scope(change.switch)
             cancelled = 0
-            # Only what was allowed or approved before the engage: an escalation it froze may
-            # be approved after a release, before this task runs, and that yes stands.
-            before = Q(created_at__lte=change.created_at) & (
-                Q(decided_at=None) | Q(decided_at__lte=change.created_at)
-            )
+            # Not a yes given after the engage: decisions wait for the engage's lock and are
+            # refused while it holds, so such a yes came after a release (before this task
+            # ran) and stands. (By decision time, not creation time: a proposal admitted just
+            # before the engage is cancelled whatever the clocks of the machines say.)
+            before = Q(decided_at=None) | Q(decided_at__lte=change.created_at)
             for action in (
                 Action.objects.select_for_update(of=("self",))
                 .select_related("domain")
