@@ -199,7 +199,7 @@ def main() -> None:
                         time.sleep(0.01)
                         recorded.refresh_from_db()
                     assert recorded.time_to_contain is not None, "not contained within 10 s"
-                    assert len(recorded.awaited) == len(tokens), recorded.awaited
+                    assert len(recorded.awaited) == args.clients, len(recorded.awaited)
                     contained.append(recorded.time_to_contain * 1000)
                 released = killswitch_set(scope=DOMAIN, engaged=False, actor=actor, reason="bench")
                 while json.loads(holder.stdout.readline())["version"] != released.pk:

@@ -14,9 +14,9 @@ from approvals.api.proposals import action_verdict
 from approvals.api.results import action_for_token
 from approvals.core import Refused
 from approvals.killswitches import (
+    acknowledgements,
     agent_state_json,
     fan_out,
-    killswitch_acknowledge,
     link_close,
     link_open,
     link_seen,
@@ -88,9 +88,7 @@ class AgentConsumer(LiveConsumer):
                 self.channel_name,
             )
             return
-        await database_sync_to_async(killswitch_acknowledge)(
-            channel=self.channel_name, version=version
-        )
+        acknowledgements.add(self.channel_name, version)
 
     async def escalation_updated(self, event: dict[str, Any]) -> None:
         verdict = await database_sync_to_async(_verdict)(self.token, event["action_id"])

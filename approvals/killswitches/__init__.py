@@ -4,6 +4,7 @@ work in flight, quarantining an agent, and the agent socket that hears about it 
 from __future__ import annotations
 
 from approvals.killswitches.acks import (
+    Ack,
     killswitch_acknowledge,
     killswitch_polled,
     link_close,
@@ -19,7 +20,7 @@ from approvals.killswitches.effects import (
     killswitch_effects_pending,
     ran_during_kill,
 )
-from approvals.killswitches.fanout import agent_state_json, fan_out
+from approvals.killswitches.fanout import acknowledgements, agent_state_json, fan_out
 from approvals.killswitches.fragments import banner_html
 from approvals.killswitches.presence import agents_heard, containment, presence_html
 from approvals.killswitches.quarantine import agent_quarantine, agent_release
@@ -33,7 +34,9 @@ from approvals.killswitches.switches import (
 )
 
 __all__ = [
+    "Ack",
     "Killed",
+    "acknowledgements",
     "admission_check",
     "agent_quarantine",
     "agent_release",

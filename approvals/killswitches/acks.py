@@ -10,15 +10,17 @@ the engage to then is its time to contain.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
 from approvals import live
 from approvals.audit import Actor, audit_record
 from approvals.models import Agent, AgentLink, AgentToken, KillSwitch, KillSwitchChange
+from incidentdesk.db import relax_durability
 
 # Sockets closed (or left by a process that died) longer ago than this are forgotten.
 LINKS_KEPT = timedelta(days=7)
@@ -58,20 +60,63 @@ def links_awaited(scope: str) -> list[int]:
     return sorted(links.values_list("pk", flat=True))
 
 
-def killswitch_acknowledge(*, channel: str, version: int) -> None:
-    """An agent says, on one of its sockets, that it holds the state of `version`."""
+@dataclass(frozen=True)
+class Ack:
+    """One socket's word that it holds the state of `version`, received at `at`."""
+
+    channel: str
+    version: int
+    at: datetime
+
+
+def killswitch_acknowledge(*, acks: list[Ack]) -> None:
+    """Agents say, each on one of its sockets, that they hold the state of a version. A web
+    process gathers what its sockets receive for a moment and records it here at once (one
+    transaction, not one per socket: a thousand agents answer an engage together).
+
+    A version the desk never sent is a claim it cannot take, and is ignored. The commit does
+    not wait for its WAL flush: a crash may lose acknowledgements, which leaves an engage
+    waiting for them, never contained when it was not."""
     with transaction.atomic():
-        now = timezone.now()
-        link = AgentLink.objects.filter(channel=channel).first()
-        if link is None or version > current_version():
-            return  # a version the desk never sent is a claim it cannot take
-        behind = Q(acked_at=None) | Q(acked_version__lt=version)
-        updated = AgentLink.objects.filter(behind, pk=link.pk).update(
-            acked_version=version, acked_at=now, seen_at=now
+        relax_durability()
+        current = current_version()
+        latest: dict[str, Ack] = {}
+        for ack in acks:
+            kept = latest.get(ack.channel)
+            if ack.version <= current and (kept is None or ack.version > kept.version):
+                latest[ack.channel] = ack
+        moved = []
+        for link in AgentLink.objects.filter(channel__in=latest):
+            ack = latest[link.channel]
+            if link.acked_at is None or link.acked_version < ack.version:
+                link.acked_version, link.acked_at, link.seen_at = ack.version, ack.at, ack.at
+                moved.append(link)
+        if not moved:
+            return
+        _write_acks(moved)
+        heard = {link.pk: latest[link.channel].at for link in moved}
+        _contain(heard, max(link.acked_version for link in moved))
+        live.presence_changed()
+
+
+def _write_acks(links: list[AgentLink]) -> None:
+    """Save the links' acknowledgements in one statement (Django's bulk_update compiles a CASE
+    per row and field: most of a thousand acknowledgements' time)."""
+    if connection.vendor != "postgresql":
+        AgentLink.objects.bulk_update(links, ["acked_version", "acked_at", "seen_at"])
+        return
+    table = AgentLink._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} AS link SET acked_version = v.version, acked_at = v.at, "
+            "seen_at = v.at FROM unnest(%s::bigint[], %s::bigint[], %s::timestamptz[]) "
+            "AS v(id, version, at) WHERE link.id = v.id",
+            [
+                [link.pk for link in links],
+                [link.acked_version for link in links],
+                [link.acked_at for link in links],
+            ],
         )
-        if updated:
-            _contain({link.pk}, version, now)
-            live.presence_changed()
 
 
 def killswitch_polled(*, token: AgentToken, version: int) -> None:
@@ -86,22 +131,32 @@ def killswitch_polled(*, token: AgentToken, version: int) -> None:
             return
         # The poll stands for the agent's sockets that closed without acknowledging.
         closed = AgentLink.objects.filter(agent_id=token.agent_id, closed_at__isnull=False)
-        _contain(set(closed.values_list("pk", flat=True)), version, now)
+        _contain(dict.fromkeys(closed.values_list("pk", flat=True), now), version)
         live.presence_changed()
 
 
-def _contain(heard: set[int], version: int, at: datetime) -> None:
-    """Mark contained every engage up to `version` whose last awaited socket is among `heard`
-    (the sockets this acknowledgement or poll speaks for). Each engage's row is locked first,
-    so of two sockets acknowledging at once the second sees the first's acknowledgement, and
-    one of them finds the engage complete."""
+def _contain(heard: dict[int, datetime], version: int) -> None:
+    """Mark contained every engage up to `version` whose last awaited sockets are among
+    `heard` (the sockets these acknowledgements or this poll speak for, and when). Each
+    engage's row is locked first, so of two transactions recording acknowledgements at once
+    the second sees the first's, and one of them finds the engage complete."""
     if not heard:
         return
     pending = KillSwitchChange.objects.filter(
-        engaged=True, contained_at=None, pk__lte=version, created_at__gte=at - CONTAIN_WINDOW
+        engaged=True,
+        contained_at=None,
+        pk__lte=version,
+        created_at__gte=timezone.now() - CONTAIN_WINDOW,
     )
     for change_id, awaited in pending.values_list("pk", "awaited"):
-        if heard.isdisjoint(awaited):
+        waited_for = set(awaited)
+        times = [at for link_id, at in heard.items() if link_id in waited_for]
+        if not times:
+            continue
+        at = max(times)
+        # Most acknowledgements find another socket still open and behind: without a lock.
+        behind = AgentLink.objects.filter(pk__in=awaited, acked_version__lt=change_id)
+        if behind.filter(closed_at=None).exists():
             continue
         change = (
             KillSwitchChange.objects.select_for_update().select_related("switch").get(pk=change_id)

@@ -10,8 +10,10 @@ from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.utils import timezone
 
 from approvals import live
+from approvals.killswitches.acks import Ack, killswitch_acknowledge
 from approvals.killswitches.switches import killswitch_state, state_for
 from incidentdesk.outage import REDIS_DOWN, redis_outage
 
@@ -109,6 +111,37 @@ class AgentFanOut:
 
 
 fan_out = AgentFanOut()
+
+
+class Acknowledgements:
+    """What this process's agent sockets acknowledge, recorded together.
+
+    After an engage every agent answers at once; one transaction per answer would queue them
+    all behind the process's single database thread. Each answer keeps the time it arrived,
+    and what arrives within GATHER_SECONDS of the first is recorded in one transaction."""
+
+    GATHER_SECONDS = 0.02
+
+    def __init__(self) -> None:
+        self.waiting: list[Ack] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, channel: str, version: int) -> None:
+        self.waiting.append(Ack(channel=channel, version=version, at=timezone.now()))
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._record())
+
+    async def _record(self) -> None:
+        while self.waiting:
+            await asyncio.sleep(self.GATHER_SECONDS)
+            acks, self.waiting = self.waiting, []
+            try:
+                await database_sync_to_async(killswitch_acknowledge)(acks=acks)
+            except Exception:
+                logger.exception("%d kill switch acknowledgements were not recorded", len(acks))
+
+
+acknowledgements = Acknowledgements()
 
 
 def agent_state_json(domain: str) -> str:
