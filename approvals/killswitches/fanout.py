@@ -41,6 +41,7 @@ class AgentFanOut:
         self.agents: set[AgentSocket] = set()
         self.task: asyncio.Task[None] | None = None
         self.lost = False  # the channel layer failed: changes may have been missed
+        self.pushing = 0  # pushes being written to the sockets now
 
     def add(self, agent: AgentSocket) -> None:
         self.agents.add(agent)
@@ -104,10 +105,14 @@ class AgentFanOut:
             states = await database_sync_to_async(
                 lambda: {domain: agent_state_json(domain) for domain in domains}
             )()
-        await asyncio.gather(
-            *(agent.send(text_data=states[agent.domain]) for agent in agents),
-            return_exceptions=True,  # a socket closing meanwhile does not stop the others
-        )
+        self.pushing += 1
+        try:
+            await asyncio.gather(
+                *(agent.send(text_data=states[agent.domain]) for agent in agents),
+                return_exceptions=True,  # a socket closing meanwhile does not stop the others
+            )
+        finally:
+            self.pushing -= 1
 
 
 fan_out = AgentFanOut()
@@ -118,7 +123,8 @@ class Acknowledgements:
 
     After an engage every agent answers at once; one transaction per answer would queue them
     all behind the process's single database thread. Each answer keeps the time it arrived,
-    and what arrives within GATHER_SECONDS of the first is recorded in one transaction."""
+    and what arrives within GATHER_SECONDS of the first (and while a push is being written) is
+    recorded in one transaction."""
 
     GATHER_SECONDS = 0.02
 
@@ -134,6 +140,10 @@ class Acknowledgements:
     async def _record(self) -> None:
         while self.waiting:
             await asyncio.sleep(self.GATHER_SECONDS)
+            # The first sockets answer while the push is still being written to the rest:
+            # recording holds the interpreter, so it waits until the last socket has the state.
+            while fan_out.pushing:
+                await asyncio.sleep(self.GATHER_SECONDS / 4)
             acks, self.waiting = self.waiting, []
             try:
                 await database_sync_to_async(killswitch_acknowledge)(acks=acks)
