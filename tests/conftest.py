@@ -40,6 +40,26 @@ def required_services() -> None:
 
 
 @pytest.fixture(autouse=True)
+def agent_clients_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The agent clients a test made are closed before its database is emptied. A client left
+    connecting its kill switch socket has the desk record the socket (an insert that checks
+    its agent's row) while the tables are truncated, and the two deadlock."""
+    from incidentdesk_client import client as agent_client
+
+    made: list[Any] = []
+    init = agent_client.Desk.__init__
+
+    def recorded(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(agent_client.Desk, "__init__", recorded)
+    yield
+    for desk in made:
+        desk.close()
+
+
+@pytest.fixture(autouse=True)
 def fast_passwords(settings: Any) -> None:
     # Fast hashing for the many operators tests create; PBKDF2 stays available for users
     # that a separately started server must be able to check.

@@ -148,3 +148,26 @@ def test_the_escalation_decided_after_release_still_runs(desk: RunningDesk) -> N
         operator.join()
     finally:
         client.close()
+
+
+def test_a_started_call_picked_up_again_still_stops_on_an_engaged_switch(
+    desk: RunningDesk,
+) -> None:
+    """A proposal that comes back already started (a resumed step, a second wait) is checked
+    against the switches before it runs again."""
+    client = Desk(desk.url, agent_token("buyer", "procurement", *ORDERS))
+    try:
+        assert client.kill_switches.wait_until_known()
+        proposal = client.session("restock-3").propose(
+            "create_order", {"sku": "A100", "qty": 1, "unit_price": 90}, verb="create"
+        )
+        assert proposal.wait() == {"sku": "A100", "qty": 1, "unit_price": 90}
+        assert proposal.status == "executing"
+        engage()
+        wait_for(lambda: client.kill_switches.engaged())
+        again = client.proposal(proposal.id)
+        assert again.status == "executing"
+        with pytest.raises(KillSwitchEngaged, match="runaway"):
+            again.wait()
+    finally:
+        client.close()

@@ -244,3 +244,71 @@ def test_every_socket_of_an_agent_must_acknowledge_unless_it_closed_and_another_
         wait_until(contained.exists, 10, "the engage contained")
     event = AuditEvent.objects.get(action="killswitch.contained")
     assert event.data["sockets"] == 3 and event.data["agents"] == 1
+
+
+def test_a_socket_that_closes_unheard_is_covered_by_its_agents_other_socket(desk: Desk) -> None:
+    token = agent_token("pair-bot", "procurement", "*:read")
+    with agent_socket(desk, token) as one:
+        state_of(one)
+        two = agent_socket(desk, token)
+        state_of(two)
+        wait_until(lambda: len(links_of("pair-bot")) == 2, 10, "both sockets")
+        change = engage()
+        one.send(json.dumps({"type": "killswitch.ack", "version": change.pk}))
+        wait_until(
+            lambda: any(link.acked_version == change.pk for link in links_of("pair-bot")),
+            10,
+            "the ack",
+        )
+        change.refresh_from_db()
+        assert change.contained_at is None
+        two.close()  # its close is the last word: the agent heard on the other socket
+        contained = KillSwitchChange.objects.filter(pk=change.pk, contained_at__isnull=False)
+        wait_until(contained.exists, 10, "the engage contained when the socket closed")
+
+
+def test_a_poll_covers_only_the_sockets_of_its_own_domain(desk: Desk) -> None:
+    here = agent_token("two-domain-bot", "procurement", "*:read")
+    elsewhere = agent_token("two-domain-bot", "billing", "*:read")
+    with agent_socket(desk, here) as ws:
+        state_of(ws)
+        wait_until(lambda: links_of("two-domain-bot"), 10, "the socket")
+        change = engage()
+    wait_until(lambda: not links_of("two-domain-bot"), 10, "the socket closed unheard")
+    assert call(desk, elsewhere, "GET", "/killswitches").json()["version"] == change.pk
+    change.refresh_from_db()
+    assert change.contained_at is None  # billing's poll says nothing of procurement's socket
+    call(desk, here, "GET", "/killswitches")
+    change.refresh_from_db()
+    assert change.contained_at is not None
+
+
+def test_a_socket_its_process_stopped_confirming_waits_for_its_agent_to_be_told() -> None:
+    """A process that died leaves its sockets open in the table: past AGENT_LINK_STALE_SECONDS
+    they count as gone, and the agent's poll covers them."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from approvals.agents import token_authenticate
+    from approvals.killswitches import killswitch_polled
+
+    token = token_authenticate(agent_token("ghost-bot", "procurement", "*:read"))
+    now = timezone.now()
+    AgentLink.objects.create(
+        agent_id=token.agent_id,
+        domain_id=token.domain_id,
+        channel="ghost",
+        connected_at=now,
+        seen_at=now,
+    )
+    change = engage()
+    assert len(change.awaited) == 1
+    long_ago = now - timedelta(seconds=settings.AGENT_LINK_STALE_SECONDS + 1)
+    AgentLink.objects.filter(channel="ghost").update(seen_at=long_ago)  # its process died
+    change.refresh_from_db()
+    assert change.contained_at is None
+    killswitch_polled(token=token, version=change.pk)
+    change.refresh_from_db()
+    assert change.contained_at is not None

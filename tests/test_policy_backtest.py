@@ -147,9 +147,10 @@ def test_the_policies_page_backtests_a_pasted_policy(
 ) -> None:
     orders(desk, ["50", "150"])
     url = reverse("policy-backtest")
+    exported = {"domain": "procurement", "version": 1, **stricter().model_dump(mode="json")}
     body = {
         "domain": "procurement",
-        "document": json.dumps(stricter().model_dump(mode="json")),
+        "document": json.dumps(exported),  # as `policy export` writes it
         "since": "2",
         "unit": "days",
     }
@@ -164,3 +165,13 @@ def test_the_policies_page_backtests_a_pasted_policy(
     assert (
         AuditEvent.objects.get(action="policy.backtested").data["since"] >= since.isoformat()[:10]
     )
+
+
+def test_the_command_names_a_window_out_of_range(desk: Desk, tmp_path: Path) -> None:
+    from django.core.management.base import CommandError
+
+    agent_token("buyer", "procurement", *ORDERS)  # the domain, with its policy
+    path = tmp_path / "candidate.json"
+    path.write_text(json.dumps({"domain": "procurement", **stricter().model_dump(mode="json")}))
+    with pytest.raises(CommandError, match="since: a backtest window"):
+        call_command("policy", "backtest", str(path), "--since", "200d")

@@ -328,3 +328,26 @@ def test_the_running_desk_moves_overdue_runs_to_the_reconcile_queue(
     while Action.objects.get(pk=action_id).reconcile_since is None:
         assert time.monotonic() < deadline, "the beat sweep did not move it"
         time.sleep(0.2)
+
+
+def test_a_result_reported_without_starting_is_flagged(
+    desk: Desk, target: tuple[Target, str], approver: AbstractUser
+) -> None:
+    served, url = target
+    token, action_id = escalated(desk, served, url)
+    decide_on_the_desk(desk, approver, action_id, "approve", reason="fine")
+    served.seed({"acct-1": MOVED})  # changed after the approval, and never checked
+    reported = call(desk, token, "POST", f"/actions/{action_id}/result", {"ok": True})
+    assert reported.status == 200 and reported.json()["status"] == "succeeded"
+    event = AuditEvent.objects.get(action="action.succeeded", object_id=action_id)
+    assert event.data["started_unannounced"] is True
+    assert event.data["approved_state_unchecked"] is True
+    assert "the state its approval covered was not checked" in event.summary
+
+
+def test_the_params_are_required_to_start(desk: Desk, target: tuple[Target, str]) -> None:
+    served, url = target
+    _, action_id = escalated(desk, served, url)
+    token = agent_token("clerk", "accounts", "set_record:update")
+    missing = call(desk, token, "POST", f"/actions/{action_id}/executing", {})
+    assert missing.status == 422 and missing.json()["errors"][0]["field"] == "params"

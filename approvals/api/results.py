@@ -65,7 +65,7 @@ class Started:
     changed: tuple[Difference, ...] = ()
 
 
-def action_start(*, token: AgentToken, action_id: str, params: dict[str, Any] | None) -> Started:
+def action_start(*, token: AgentToken, action_id: str, params: dict[str, Any]) -> Started:
     """The agent is about to run an allowed or approved action, with `params`.
 
     An approval covers the state of the targets the approver was shown: the desk reads them
@@ -107,15 +107,23 @@ def action_start(*, token: AgentToken, action_id: str, params: dict[str, Any] | 
                 "Approval lapsed",
                 f"action {action.pk} had to start by {action.run_by}; propose it again",
             )
-        if read is not None and read.differences and approval_binds_state(action):
-            escalation_reopen(action, read=read)
-            return Started(action, reopened=True, changed=read.differences)
+        if approval_binds_state(action):
+            if read is None:  # a person approved it while this request was reading
+                raise Refused(
+                    503,
+                    "State not confirmed",
+                    "it was approved while this request was under way: try again, and the "
+                    "desk reads the state the approval covers",
+                )
+            if read.differences:
+                escalation_reopen(action, read=read)
+                return Started(action, reopened=True, changed=read.differences)
         allowed = effective_params(action)
         now = timezone.now()
         action.status = S.EXECUTING
         action.executing_at, action.execute_by = now, execute_by(now)
         action.ran_params = params
-        action.params_mismatch = params is not None and params != allowed
+        action.params_mismatch = params != allowed
         action.save(
             update_fields=[
                 "status",
@@ -133,7 +141,7 @@ def action_start(*, token: AgentToken, action_id: str, params: dict[str, Any] | 
             summary=f"{action.tool}:{action.verb} started"
             + (
                 f" with params other than those allowed: {params_diff_text(allowed, params)}"
-                if action.params_mismatch and params is not None
+                if action.params_mismatch
                 else ""
             ),
             data={"params": params, "params_mismatch": action.params_mismatch},
@@ -141,7 +149,7 @@ def action_start(*, token: AgentToken, action_id: str, params: dict[str, Any] | 
     return Started(action)
 
 
-def _started_already(action: Action, params: dict[str, Any] | None) -> bool:
+def _started_already(action: Action, params: dict[str, Any]) -> bool:
     return action.status == S.EXECUTING and action.ran_params == params
 
 
@@ -164,6 +172,10 @@ def action_report_result(
         killed = ran_during_kill(action)
         late = action.status in EXECUTABLE and past_run_by(action)
         overdue = action.status == S.EXECUTING and action.reconcile_since is not None
+        # Reported without saying it started: its params were not recorded, nor (for a yes a
+        # person gave) the state the approval covered checked before it ran.
+        unannounced = action.status in EXECUTABLE
+        unchecked = unannounced and approval_binds_state(action)
         # A call cancelled by a kill switch, or started after its yes lapsed, may still have
         # run: what it did must be recorded, and is flagged.
         runs = (*EXECUTABLE, S.EXECUTING)
@@ -196,6 +208,13 @@ def action_report_result(
                     if overdue
                     else ""
                 )
+                + (
+                    ", never said it started: the state its approval covered was not checked"
+                    if unchecked
+                    else ", never said it started"
+                    if unannounced
+                    else ""
+                )
                 + (f": {error}" if error else ""),
                 data={
                     "ok": ok,
@@ -203,6 +222,8 @@ def action_report_result(
                     "ran_during_kill": killed,
                     "ran_after_run_by": late,
                     "reported_overdue": overdue,
+                    "started_unannounced": unannounced,
+                    "approved_state_unchecked": unchecked,
                 },
             )
             return action

@@ -162,9 +162,7 @@ class ResultIn(Strict):
 
 
 class StartIn(Strict):
-    params: dict[str, Any] | None = Field(
-        default=None, description="the params the agent is about to run the tool with"
-    )
+    params: dict[str, Any] = Field(description="the params the agent is about to run the tool with")
 
 
 class StepIn(Strict):

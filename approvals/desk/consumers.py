@@ -83,6 +83,7 @@ class DeskConsumer(LiveConsumer):
         self.presence = "presence" in topics
         self.all_agents = query.get("agents") == ["all"]
         self.presence_due: asyncio.Task[None] | None = None
+        self.presence_stale = False
         if self.plan_id and not _is_uuid(self.plan_id):
             self.plan_id = ""
         self.seen: deque[str] = deque(maxlen=64)
@@ -197,17 +198,21 @@ class DeskConsumer(LiveConsumer):
     async def presence_changed(self, event: dict[str, Any]) -> None:
         """Agents connect and acknowledge in bursts (a thousand after an engage): the panel is
         drawn at most once per PRESENCE_SECONDS, with whatever has arrived by then."""
+        self.presence_stale = True
         if self.presence_due is None or self.presence_due.done():
             self.presence_due = asyncio.get_running_loop().create_task(self._send_presence())
 
     async def _send_presence(self) -> None:
-        await asyncio.sleep(PRESENCE_SECONDS)
-        show_all = self.all_agents
-        bucket = int(time.monotonic() / PRESENCE_SECONDS)  # pages in this process share it
-        html = await render_once(
-            ("presence", show_all, bucket), lambda: presence_html(show_all=show_all)
-        )
-        await self.send(text_data=html)
+        # What changes while a drawing is under way is drawn again after it.
+        while self.presence_stale:
+            await asyncio.sleep(PRESENCE_SECONDS)
+            self.presence_stale = False
+            show_all = self.all_agents
+            bucket = int(time.monotonic() / PRESENCE_SECONDS)  # pages in this process share it
+            html = await render_once(
+                ("presence", show_all, bucket), functools.partial(presence_html, show_all=show_all)
+            )
+            await self.send(text_data=html)
 
     async def rollback_updated(self, event: dict[str, Any]) -> None:
         plan_id, can_run = event["plan_id"], self.can_run

@@ -2,10 +2,14 @@
 each engage's time to contain.
 
 An engage awaits every socket open under it at that moment (an agent may hold several, one per
-process). A socket is contained once it acknowledges the engage's version (or a later one); a
-socket that closed first counts once its agent has since acknowledged on another socket or
-polled that version. The engage is contained when the last awaited socket is, and the time from
-the engage to then is its time to contain.
+process). A socket is contained once it acknowledges the engage's version (or a later one). A
+socket that closed first, or whose process stopped confirming it, counts once its agent has
+since been given that version in the same domain: acknowledged on another socket, or polled it.
+The engage is contained when the last awaited socket is, and the time from the engage to that
+acknowledgement is its time to contain.
+
+A poll is recorded as a link that opened and closed at once (channel "poll:<agent>:<domain>"):
+the version it delivered to that agent in that domain.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Max, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from approvals import live
@@ -50,14 +55,15 @@ def link_seen(*, channel: str) -> None:
 def link_close(*, channel: str) -> None:
     AgentLink.objects.filter(channel=channel, closed_at=None).update(closed_at=timezone.now())
     live.presence_changed()
+    engages_contain()  # the socket may have been the last one waited for, and covered
 
 
-def links_awaited(scope: str) -> list[int]:
-    """The sockets an engage of `scope` waits for: those open under it now."""
+def links_awaited(scope: str) -> list[tuple[int, int]]:
+    """The sockets an engage of `scope` waits for, those open under it now: (link, agent)."""
     links = AgentLink.objects.open()
     if scope != KillSwitch.GLOBAL:
         links = links.filter(domain__slug=scope)
-    return sorted(links.values_list("pk", flat=True))
+    return sorted(links.values_list("pk", "agent_id"))
 
 
 @dataclass(frozen=True)
@@ -94,9 +100,8 @@ def killswitch_acknowledge(*, acks: list[Ack]) -> None:
         if not moved:
             return
         _write_acks(moved)
-        heard = {link.pk: latest[link.channel].at for link in moved}
-        _contain(heard, max(link.acked_version for link in moved))
         live.presence_changed()
+    engages_contain()  # committed: in a transaction of its own, it sees every other one
 
 
 def _write_acks(links: list[AgentLink]) -> None:
@@ -119,94 +124,138 @@ def _write_acks(links: list[AgentLink]) -> None:
         )
 
 
+POLL_RECORDED_SECONDS = 5  # a poll that delivers nothing new is recorded this often at most
+
+
 def killswitch_polled(*, token: AgentToken, version: int) -> None:
-    """An agent read the state (GET /api/v1/killswitches): the poll delivered `version`."""
-    with transaction.atomic():
-        now = timezone.now()
-        moved = Agent.objects.filter(pk=token.agent_id, polled_version__lt=version).update(
-            polled_at=now, polled_version=version
-        )
-        if not moved:
-            Agent.objects.filter(pk=token.agent_id).update(polled_at=now)
-            return
-        # The poll stands for the agent's sockets that closed without acknowledging.
-        closed = AgentLink.objects.filter(agent_id=token.agent_id, closed_at__isnull=False)
-        _contain(dict.fromkeys(closed.values_list("pk", flat=True), now), version)
-        live.presence_changed()
-
-
-def _contain(heard: dict[int, datetime], version: int) -> None:
-    """Mark contained every engage up to `version` whose last awaited sockets are among
-    `heard` (the sockets these acknowledgements or this poll speak for, and when). Each
-    engage's row is locked first, so of two transactions recording acknowledgements at once
-    the second sees the first's, and one of them finds the engage complete."""
-    if not heard:
+    """An agent read the state (GET /api/v1/killswitches): the poll delivered `version` to it
+    in its token's domain."""
+    now = timezone.now()
+    channel = f"poll:{token.agent_id}:{token.domain_id}"
+    last = AgentLink.objects.filter(channel=channel).values_list("acked_version", "seen_at")
+    known = last.first()
+    moved = known is None or known[0] < version
+    if (
+        known is not None
+        and not moved
+        and now - known[1] < timedelta(seconds=POLL_RECORDED_SECONDS)
+    ):
         return
+    with transaction.atomic():
+        Agent.objects.filter(pk=token.agent_id).update(polled_at=now, polled_version=version)
+        AgentLink.objects.update_or_create(
+            channel=channel,
+            defaults={
+                "agent_id": token.agent_id,
+                "domain_id": token.domain_id,
+                "connected_at": now,
+                "seen_at": now,
+                "closed_at": now,
+                "acked_version": version,
+                "acked_at": now,
+            },
+        )
+        live.presence_changed()
+    if moved:
+        engages_contain()
+
+
+def engages_contain() -> None:
+    """Mark contained every recent engage whose awaited sockets have all been given its
+    version. Runs after the transaction that recorded acknowledgements (a close, a poll) has
+    committed, in a transaction of its own: of two processes recording the last two at once,
+    the later to commit sees both. A conditional update marks each engage once."""
     pending = KillSwitchChange.objects.filter(
-        engaged=True,
-        contained_at=None,
-        pk__lte=version,
-        created_at__gte=timezone.now() - CONTAIN_WINDOW,
+        engaged=True, contained_at=None, created_at__gte=timezone.now() - CONTAIN_WINDOW
     )
     for change_id, awaited in pending.values_list("pk", "awaited"):
-        waited_for = set(awaited)
-        times = [at for link_id, at in heard.items() if link_id in waited_for]
-        if not times:
-            continue
-        at = max(times)
-        # Most acknowledgements find another socket still open and behind: without a lock.
+        # Most calls find a socket still open and behind: one query, and on to the next.
         behind = AgentLink.objects.filter(pk__in=awaited, acked_version__lt=change_id)
-        if behind.filter(closed_at=None).exists():
+        if behind.filter(_confirmed()).exists():
             continue
-        change = (
-            KillSwitchChange.objects.select_for_update().select_related("switch").get(pk=change_id)
+        change = KillSwitchChange.objects.select_related("switch").get(pk=change_id)
+        waiting, last = links_waiting(change)
+        if waiting:
+            continue
+        _contained(change, last or change.created_at)
+
+
+def _contained(change: KillSwitchChange, at: datetime) -> None:
+    with transaction.atomic():
+        marked = KillSwitchChange.objects.filter(pk=change.pk, contained_at=None).update(
+            contained_at=at
         )
-        if change.contained_at is not None or links_waiting(change):
-            continue
+        if not marked:
+            return  # another process marked it first
         change.contained_at = at
-        change.save(update_fields=["contained_at"])
         seconds = change.time_to_contain or 0.0
         scope = change.switch.scope
-        agents = AgentLink.objects.filter(pk__in=awaited).values("agent_id").distinct().count()
+        sockets, agents = len(change.awaited), change.awaited_agents
         audit_record(
             actor=Actor.system("kill-switch"),
             action="killswitch.contained",
             domain="" if scope == KillSwitch.GLOBAL else scope,
             object_type="kill_switch",
             object_id=scope,
-            summary=f"Kill switch {scope} contained in {seconds:.3f} s: all {len(awaited)} "
-            f"sockets of {agents} agents connected at the engage acknowledged version {change.pk}",
+            summary=f"Kill switch {scope} contained in {seconds:.3f} s: all {sockets} sockets "
+            f"of {agents} agents connected at the engage were given version {change.pk}",
             data={
                 "version": change.pk,
-                "sockets": len(awaited),
+                "sockets": sockets,
                 "agents": agents,
                 "seconds": seconds,
             },
         )
+        live.presence_changed()
+
+
+def _confirmed() -> Q:
+    """Open, and confirmed by its process lately."""
+    fresh = timezone.now() - timedelta(seconds=settings.AGENT_LINK_STALE_SECONDS)
+    return Q(closed_at=None, seen_at__gte=fresh)
 
 
 def current_version() -> int:
-    return KillSwitchChange.objects.aggregate(v=Max("id"))["v"] or 0
+    return KillSwitchChange.objects.current_version()
 
 
-def links_waiting(change: KillSwitchChange) -> list[AgentLink]:
-    """The sockets an engage awaits that have not acknowledged its version: open ones, and
-    closed ones whose agent has not acknowledged it on another socket nor polled it since."""
-    behind = AgentLink.objects.filter(pk__in=change.awaited, acked_version__lt=change.pk)
-    waiting = list(behind.select_related("agent"))
-    closed = {link.agent_id for link in waiting if link.closed_at is not None}
-    if closed:
-        heard = set(
-            AgentLink.objects.filter(agent_id__in=closed, acked_version__gte=change.pk).values_list(
-                "agent_id", flat=True
-            )
-        ) | set(
-            Agent.objects.filter(pk__in=closed, polled_version__gte=change.pk).values_list(
-                "pk", flat=True
-            )
-        )
-        waiting = [link for link in waiting if link.closed_at is None or link.agent_id not in heard]
-    return waiting
+def links_waiting(change: KillSwitchChange) -> tuple[list[AgentLink], datetime | None]:
+    """The sockets an engage awaits that have not been given its version, and when the last
+    of those that have was. A socket that acknowledged it has; one that closed, or that its
+    process stopped confirming, has once its agent acknowledged or polled the version since
+    in the same domain."""
+    version = change.pk
+    links = list(AgentLink.objects.filter(pk__in=change.awaited).select_related("agent"))
+    heard = [link.acked_at for link in links if link.acked_version >= version and link.acked_at]
+    behind = [link for link in links if link.acked_version < version]
+    fresh = timezone.now() - timedelta(seconds=settings.AGENT_LINK_STALE_SECONDS)
+    gone = {
+        (link.agent_id, link.domain_id)
+        for link in behind
+        if link.closed_at is not None or link.seen_at < fresh
+    }
+    given: dict[tuple[int, int], datetime] = {}
+    if gone:
+        others = AgentLink.objects.filter(
+            agent_id__in={agent for agent, _ in gone},
+            acked_version__gte=version,
+            acked_at__isnull=False,
+        ).values_list("agent_id", "domain_id", "acked_at")
+        for agent_id, domain_id, at in others:
+            key = (agent_id, domain_id)
+            if key in gone and at is not None:
+                given[key] = min(at, given.get(key, at))
+
+    def is_gone(link: AgentLink) -> bool:
+        return link.closed_at is not None or link.seen_at < fresh
+
+    waiting = [
+        link for link in behind if not is_gone(link) or (link.agent_id, link.domain_id) not in given
+    ]
+    if waiting:
+        return waiting, None
+    covered = [given[(link.agent_id, link.domain_id)] for link in behind]
+    return [], max(heard + covered, default=None)
 
 
 def links_purge() -> int:

@@ -49,11 +49,11 @@ def killswitch_effects(*, change_id: int) -> KillSwitchChange | None:
         if change.engaged:
             scope = _scope(change.switch)
             cancelled = 0
-            # Not a yes given after the engage: decisions wait for the engage's lock and are
-            # refused while it holds, so such a yes came after a release (before this task
-            # ran) and stands. (By decision time, not creation time: a proposal admitted just
-            # before the engage is cancelled whatever the clocks of the machines say.)
-            before = Q(decided_at=None) | Q(decided_at__lte=change.created_at)
+            # Not a yes given after the engage: decisions take the switches' shared lock and
+            # are refused while it is engaged, so such a yes came after a release (before
+            # this task ran) and stands. Told apart by the version it was given under, not by
+            # clocks: a yes given just before the engage is cancelled on any machine.
+            before = Q(decided_version__lt=change.pk)
             for action in (
                 Action.objects.select_for_update(of=("self",))
                 .select_related("domain")

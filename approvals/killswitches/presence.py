@@ -139,10 +139,14 @@ def last_engage() -> Containment | None:
 def containment(change: KillSwitchChange) -> Containment:
     missing: list[str] = []
     if change.contained_at is None:
-        missing = sorted({link.agent.name for link in links_waiting(change)})
-    awaited = AgentLink.objects.filter(pk__in=change.awaited)
-    agents = awaited.values("agent_id").distinct().count() if change.awaited else 0
-    return Containment(change=change, awaited=len(change.awaited), agents=agents, missing=missing)
+        waiting, _ = links_waiting(change)
+        missing = sorted({link.agent.name for link in waiting})
+    return Containment(
+        change=change,
+        awaited=len(change.awaited),
+        agents=change.awaited_agents,
+        missing=missing,
+    )
 
 
 def presence_html(*, show_all: bool = False) -> str:

@@ -101,12 +101,15 @@ def killswitch_set(*, scope: str, engaged: bool, actor: Actor, reason: str) -> K
         switch.engaged, switch.reason = engaged, reason
         switch.changed_by, switch.changed_at = actor.name, timezone.now()
         switch.save()
+        sockets = links_awaited(scope) if engaged else []
+        awaited = [link_id for link_id, _ in sockets]
         change = KillSwitchChange.objects.create(
             switch=switch,
             engaged=engaged,
             actor=actor.name,
             reason=reason,
-            awaited=links_awaited(scope) if engaged else [],
+            awaited=awaited,
+            awaited_agents=len({agent_id for _, agent_id in sockets}),
         )
         if engaged and not change.awaited:  # no socket open: nothing to wait for
             change.contained_at = change.created_at

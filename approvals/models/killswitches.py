@@ -74,6 +74,12 @@ class KillSwitch(models.Model):
         return _lock_key(scope)
 
 
+class KillSwitchChangeQuerySet(models.QuerySet["KillSwitchChange"]):
+    def current_version(self) -> int:
+        """The version agents compare: the newest change's id (0 before any)."""
+        return self.aggregate(v=models.Max("id"))["v"] or 0
+
+
 class KillSwitchChange(models.Model):
     """A switch's history. Its id is the version agents see: it only grows."""
 
@@ -84,10 +90,13 @@ class KillSwitchChange(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     effects_done_at = models.DateTimeField(null=True, blank=True)
     effects_summary = models.TextField(blank=True)
-    # An engage waits for every agent connected under it then to acknowledge this version:
-    # their ids, and when the last one did (the time to contain is the difference).
-    awaited = models.JSONField(default=list, blank=True)
+    # An engage waits for every socket open under it then to acknowledge this version, and
+    # records when the last one did (the time to contain is the difference).
+    awaited = models.JSONField(default=list, blank=True)  # AgentLink ids: sockets
+    awaited_agents = models.PositiveIntegerField(default=0)  # the agents holding them
     contained_at = models.DateTimeField(null=True, blank=True)
+
+    objects = KillSwitchChangeQuerySet.as_manager()
 
     class Meta:
         ordering = ["-id"]

@@ -73,6 +73,9 @@ class Action(models.Model):
     decided_by = models.CharField(max_length=150, blank=True)
     decided_at = models.DateTimeField(null=True, blank=True)
     decision_reason = models.TextField(blank=True)
+    # The kill switch version when a person's yes was given (under the switches' lock): an
+    # engage's effects spare a yes given after it, which only a release can have allowed.
+    decided_version = models.PositiveBigIntegerField(default=0)
     # An allowed or approved action may start until then (APPROVAL_TTL after the yes).
     run_by = models.DateTimeField(null=True, blank=True)
     # Its result was reported while a kill switch over it was engaged.

@@ -5,7 +5,8 @@ run itself.
 Each action is replayed twice, under the domain's current policy and under the candidate, the
 same way: as the agent proposed it (its params, and the verb, amount, targets and blast radius
 it claimed where a policy's registry does not work them out), at the time it was proposed, so
-rate rules count the same agent's earlier calls of the tool (in the window and just before it).
+rate rules count the same agent's earlier calls of the tool (in any domain, as proposals do;
+in the window and just before it).
 Both sides are the rules, the unregistered-tool floor and the default; the flapping guard and
 the tier raise for actions with no known undo depend on what happened since, and are left out
 of both.
@@ -166,10 +167,12 @@ def policy_backtest(
     actions = sorted(actions[:BACKTEST_MAX_ACTIONS], key=lambda a: (a.created_at, str(a.pk)))
     windows = rate_windows(document) + rate_windows(current)
     lookback = max((window for window, _ in windows), default=0)
+    # Rate rules count an agent's calls of a tool in every domain, as proposals do.
     history = _History(
         list(
             Action.objects.filter(
-                domain=domain,
+                agent_id__in={a.agent_id for a in actions},
+                tool__in={a.tool for a in actions},
                 created_at__gte=(actions[0].created_at if actions else start)
                 - timedelta(seconds=lookback),
                 created_at__lte=until,

@@ -131,6 +131,8 @@ def policy_backtest_view(request: HtmxHttpRequest) -> HttpResponse:
     document = None
     try:
         raw = parse_json(form["document"].encode())
+        if isinstance(raw, dict):  # a file `policy export` wrote names its domain and version
+            raw = {k: v for k, v in raw.items() if k not in ("domain", "version")}
         document = PolicyDocument.model_validate(raw)
     except (BadJSON, OutOfLimits) as exc:
         errors.append(f"document: not JSON ({exc})")

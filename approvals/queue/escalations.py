@@ -22,7 +22,7 @@ from django.utils import timezone
 from approvals import live
 from approvals.audit import Actor, audit_action_event
 from approvals.core import perm
-from approvals.models import Action, Tier
+from approvals.models import Action, KillSwitchChange, Tier
 from approvals.notifications import notify
 from approvals.rollbacks import undo_known
 from incidentdesk.celery import enqueue_on_commit
@@ -153,7 +153,8 @@ def run_deadline(now: datetime | None = None) -> datetime:
 def escalation_finish(action: Action, status: str, actor: Actor, reason: str) -> Action:
     if status in (S.APPROVED, S.MODIFIED):
         action.run_by = run_deadline()
-        action.save(update_fields=["run_by"])
+        action.decided_version = KillSwitchChange.objects.current_version()
+        action.save(update_fields=["run_by", "decided_version"])
     action.settle(status, by=actor.name, reason=reason)
     audit_action_event(
         actor=actor,

@@ -415,7 +415,11 @@ class AsyncProposal:
         return dict(self.verdict["params"])
 
     async def wait(self) -> dict[str, Any]:
-        while self.verdict["status"] != "executing":  # started already: by an earlier wait
+        if self.verdict["status"] == "executing":  # started already: by an earlier wait
+            if self.verdict.get("kill_switch"):
+                raise_killed(self.verdict)
+            await self.desk.check_kill_switches()
+        while self.verdict["status"] != "executing":
             self.verdict = runnable(await self.desk.wait_for_decision(self.verdict), self.label)
             await self.desk.check_kill_switches()
             self.verdict = await self.desk.mark_executing(self.id, self.params)

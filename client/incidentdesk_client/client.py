@@ -248,7 +248,11 @@ class Proposal:
         return dict(self.verdict["params"])
 
     def wait(self) -> dict[str, Any]:
-        while self.verdict["status"] != "executing":  # started already: by an earlier wait
+        if self.verdict["status"] == "executing":  # started already: by an earlier wait
+            if self.verdict.get("kill_switch"):
+                raise_killed(self.verdict)
+            self.desk.check_kill_switches()
+        while self.verdict["status"] != "executing":
             self.verdict = runnable(self.desk.wait_for_decision(self.verdict), self.label)
             # The verdict may be a while old: a switch engaged since then stops the call
             # here, the last moment before it runs.

@@ -158,6 +158,7 @@ class SwitchBoard:
                 self.version = state["version"]
                 self.switches = state.get("switches", {})
                 self.source = source
+                self._verdict_pushed.notify_all()  # a wait for a verdict checks the switches
             self.confirmed_at = time.monotonic()
 
     @staticmethod
@@ -174,7 +175,8 @@ class SwitchBoard:
 
     def pushed_verdict(self, action_id: str, timeout: float) -> dict[str, Any] | None:
         """A decided verdict for `action_id` pushed over the socket, waiting up to `timeout`
-        seconds for one; None if none came (the caller then asks the desk)."""
+        seconds for one; None if none came, or once a switch over the domain is engaged (the
+        caller then asks the desk)."""
         deadline = time.monotonic() + timeout
         with self._verdict_pushed:
             while True:
@@ -182,8 +184,9 @@ class SwitchBoard:
                 if verdict is not None and verdict.get("status") != "pending":
                     return self._verdicts.pop(action_id)
                 left = deadline - time.monotonic()
-                if left <= 0 or not self.connected:
-                    return None
+                engaged = any(s.get("engaged") for s in self.switches.values())
+                if left <= 0 or not self.connected or engaged:
+                    return None  # the caller asks the desk, which says why it stops
                 self._verdict_pushed.wait(min(left, 1.0))
 
     def _confirm(self) -> None:

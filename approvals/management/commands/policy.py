@@ -5,9 +5,10 @@ import re
 from datetime import timedelta
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from approvals.audit import Actor
+from approvals.core import Refused
 from approvals.policy import (
     Backtest,
     document_from,
@@ -99,12 +100,15 @@ class Command(BaseCommand):
             domain = domain_named(options["domain"] or raw.pop("domain", ""))
             raw.pop("domain", None)
             raw.pop("version", None)
-            run = policy_backtest(
-                domain=domain,
-                document=document_from(options["file"], raw),
-                since=options["since"],
-                actor=Actor.system("cli"),
-            )
+            try:
+                run = policy_backtest(
+                    domain=domain,
+                    document=document_from(options["file"], raw),
+                    since=options["since"],
+                    actor=Actor.system("cli"),
+                )
+            except Refused as exc:
+                raise CommandError(f"{exc.field or 'backtest'}: {exc.detail}") from None
             self.stdout.write(backtest_text(run))
             return
         domain = domain_named(options["domain"] or raw.pop("domain", ""))
