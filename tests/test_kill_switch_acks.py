@@ -312,3 +312,29 @@ def test_a_socket_its_process_stopped_confirming_waits_for_its_agent_to_be_told(
     killswitch_polled(token=token, version=change.pk)
     change.refresh_from_db()
     assert change.contained_at is not None
+
+
+def test_the_async_client_takes_a_pushed_verdict_too(desk: Desk, approver: Any) -> None:
+    import asyncio
+
+    from incidentdesk_client import AsyncDesk
+
+    token = agent_token("buyer", "procurement", "*:read")
+    action = escalated_action(agent="buyer")
+    asked: list[str] = []
+
+    async def scenario() -> dict[str, Any]:
+        async with AsyncDesk(desk.url, token, poll_wait=30) as client:
+            assert client.kill_switches is not None
+            assert await client.kill_switches.wait_until_known()
+            await asyncio.to_thread(decide_on_the_desk, desk, approver, action.pk, "reject")
+
+            async def no_poll(action_id: str, **_: Any) -> dict[str, Any]:
+                asked.append(action_id)
+                raise AssertionError("asked the desk instead of taking the push")
+
+            client.verdict = no_poll  # type: ignore[method-assign]
+            return await client.wait_for_decision({"id": str(action.pk), "status": "pending"})
+
+    verdict = asyncio.run(scenario())
+    assert verdict["status"] == "rejected" and asked == []

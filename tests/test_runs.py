@@ -302,7 +302,7 @@ def test_rollback_plans_and_kill_switches_count_actions_whose_outcome_is_unknown
     from approvals.killswitches import killswitch_effects, killswitch_set
 
     served, url = target
-    _, action_id = started(desk, served, url)
+    token, action_id = started(desk, served, url)
     plan = plan_create(
         actor=Actor("user", "cora"), selection=Selection(scope="session", session="clerk/run-1")
     )
@@ -316,6 +316,10 @@ def test_rollback_plans_and_kill_switches_count_actions_whose_outcome_is_unknown
     done.refresh_from_db()
     assert "1 actions were already running" in done.effects_summary
     assert Action.objects.get(pk=action_id).status == S.EXECUTING  # not cancelled: it may run
+    # Its result, reported while the switch is engaged, is of a call started before it.
+    reported = call(desk, token, "POST", f"/actions/{action_id}/result", {"ok": True})
+    assert reported.status == 200 and reported.json()["status"] == "succeeded"
+    assert Action.objects.get(pk=action_id).ran_during_kill is False
 
 
 def test_the_running_desk_moves_overdue_runs_to_the_reconcile_queue(

@@ -148,12 +148,20 @@ def cancel_unrun(
 
 
 def ran_during_kill(action: Action) -> bool:
-    """Whether a result reported now for `action` comes from a call made under a kill."""
+    """Whether a result reported now for `action` comes from a call made under a kill. A call
+    that said it started before the switch was engaged was already running: the engage
+    counted it, and its result is not a run under the kill."""
     cancelled_by_kill = action.status == S.CANCELLED and action.decided_by in (
         KILL_SWITCH_ACTOR,
         QUARANTINE_ACTOR,
     )
-    return cancelled_by_kill or KillSwitch.objects.engaged_over(action.domain.slug) is not None
+    if cancelled_by_kill:
+        return True
+    switch = KillSwitch.objects.engaged_over(action.domain.slug)
+    if switch is None:
+        return False
+    started = action.executing_at
+    return not (started and switch.changed_at and started < switch.changed_at)
 
 
 def flag_ran_during_kill(action: Action) -> None:

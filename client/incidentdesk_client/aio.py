@@ -149,6 +149,19 @@ class AsyncKillSwitches(SwitchBoard):
             await asyncio.sleep(0.02)
         return self.confirmed_at is not None
 
+    async def pushed_verdict(self, action_id: str, timeout: float) -> dict[str, Any] | None:
+        """As KillSwitches.pushed_verdict, awaited (the socket's task fills it in)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                decided = self._decided(action_id)
+                listening = self._listening()
+            if decided is not None:
+                return decided
+            if time.monotonic() >= deadline or not listening:
+                return None
+            await asyncio.sleep(0.05)
+
     async def _listen(self) -> None:
         host, port, secure, request = handshake(
             self.ws_url, {"Authorization": f"Bearer {self.token}"}
@@ -193,6 +206,8 @@ class AsyncKillSwitches(SwitchBoard):
                         if state.get("type") == "killswitch.state":
                             self._apply(state, "push")
                             writer.write(frame(OP_TEXT, self.acknowledgement(state).encode()))
+                        elif state.get("type") == "action.verdict":
+                            self._take_verdict(state)
         finally:
             self.connected = False
             self._writer = None
@@ -362,7 +377,14 @@ class AsyncDesk:
                 raise ActionExpired(
                     f"no decision on {verdict['id']} within {self.max_wait} s", verdict
                 )
-            verdict = await self.verdict(verdict["id"], wait=self.poll_wait)
+            # Pushed over the kill switch socket when it is up; asked for (long poll) when
+            # it is down or nothing came.
+            switches = self.kill_switches
+            if switches is not None and switches.connected:
+                pushed = await switches.pushed_verdict(verdict["id"], self.poll_wait)
+                verdict = pushed or await self.verdict(verdict["id"])
+            else:
+                verdict = await self.verdict(verdict["id"], wait=self.poll_wait)
         return verdict
 
     async def mark_executing(self, action_id: str, params: dict[str, Any]) -> dict[str, Any]:

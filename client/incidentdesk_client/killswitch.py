@@ -180,14 +180,24 @@ class SwitchBoard:
         deadline = time.monotonic() + timeout
         with self._verdict_pushed:
             while True:
-                verdict = self._verdicts.get(action_id)
-                if verdict is not None and verdict.get("status") != "pending":
-                    return self._verdicts.pop(action_id)
+                decided = self._decided(action_id)
+                if decided is not None:
+                    return decided
                 left = deadline - time.monotonic()
-                engaged = any(s.get("engaged") for s in self.switches.values())
-                if left <= 0 or not self.connected or engaged:
+                if left <= 0 or not self._listening():
                     return None  # the caller asks the desk, which says why it stops
                 self._verdict_pushed.wait(min(left, 1.0))
+
+    def _decided(self, action_id: str) -> dict[str, Any] | None:
+        """The decided verdict pushed for `action_id`, taken; call with the lock held."""
+        verdict = self._verdicts.get(action_id)
+        if verdict is not None and verdict.get("status") != "pending":
+            return self._verdicts.pop(action_id)
+        return None
+
+    def _listening(self) -> bool:
+        """Whether a pushed verdict may still come: connected, and no switch engaged."""
+        return self.connected and not any(s.get("engaged") for s in self.switches.values())
 
     def _confirm(self) -> None:
         with self._lock:
