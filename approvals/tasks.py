@@ -15,6 +15,7 @@ from approvals.queue import escalations_sweep, executions_overdue_sweep
 from approvals.queue import tasks as queue_tasks
 from approvals.rollbacks import rollbacks_stalled
 from approvals.rollbacks.tasks import rollback_run_task
+from incidentdesk.health import HEARTBEAT_TASK, heartbeat_record
 
 REGISTERED = (api_tasks, audit_tasks, killswitch_tasks, queue_tasks)
 
@@ -36,3 +37,9 @@ def escalations_sweep_task() -> None:
 @shared_task
 def executions_sweep_task() -> None:
     executions_overdue_sweep()
+
+
+@shared_task(name=HEARTBEAT_TASK)
+def heartbeat_task() -> None:
+    # Sent by beat alone: a worker running it shows that beat is sending.
+    heartbeat_record("beat")

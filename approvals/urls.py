@@ -64,5 +64,6 @@ urlpatterns = [
     path("audit/verify/", audit_views.audit_verify, name="audit-verify"),
     path("audit/export.jsonl", audit_views.audit_export, name="audit-export"),
     path("healthz", desk_views.healthz, name="healthz"),
+    path("readyz", desk_views.readyz, name="readyz"),
     path("api/", api_views.api_docs, name="api-docs"),
 ]

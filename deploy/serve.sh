@@ -54,6 +54,9 @@ nginx -p "$RUN_DIR" -c "$NGINX_PREFIX/nginx.conf" &
 pids+=($!)
 
 echo "IncidentDesk (production layout): http://$LISTEN"
+# Ready once the database and Redis answer and the worker and beat beat: /readyz says so, or
+# names what is failing (load balancers ask /readyz; /healthz only says the process answers).
+"$BIN/python" deploy/ready.py "http://$LISTEN/readyz" --timeout 120 || true
 # Stop everything as soon as any one piece exits.
 wait -n
 exit 1

@@ -59,6 +59,15 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+def _add_worker_heartbeat() -> None:
+    from incidentdesk.health import WorkerHeartbeat
+
+    app.steps["worker"].add(WorkerHeartbeat)
+
+
+_add_worker_heartbeat()
+
+
 def enqueue_on_commit(name: str, *args: Any, **options: Any) -> None:
     """Queue the task registered as `name` once the transaction commits. Services queue their
     work by name, so they need not import the task modules, which import them."""

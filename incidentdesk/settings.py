@@ -275,8 +275,18 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
     else {"polling_interval": 0.05}
 )
 CELERY_TIMEZONE = "UTC"
+# Health: workers and beat record a heartbeat every HEARTBEAT_SECONDS; /readyz fails once
+# either is older than READY_HEARTBEAT_SECONDS (incidentdesk/health.py).
+HEARTBEAT_SECONDS = env_int("HEARTBEAT_SECONDS", 10)
+READY_HEARTBEAT_SECONDS = env_int("READY_HEARTBEAT_SECONDS", 60)
+if HEARTBEAT_SECONDS < 1 or READY_HEARTBEAT_SECONDS <= HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        "HEARTBEAT_SECONDS must be 1 or more, and READY_HEARTBEAT_SECONDS more than it"
+    )
+
 CELERY_BEAT_SCHEDULE = {
     "audit-seal": {"task": "approvals.tasks.audit_seal_task", "schedule": 30.0},
+    "heartbeat": {"task": "approvals.tasks.heartbeat_task", "schedule": float(HEARTBEAT_SECONDS)},
     "idempotency-purge": {"task": "approvals.tasks.idempotency_purge_task", "schedule": 3600.0},
     "agent-links-purge": {"task": "approvals.tasks.agent_links_purge_task", "schedule": 3600.0},
     # Backstop for escalation timers that were lost (a broker restart, say).

@@ -355,7 +355,8 @@ def test_an_engage_while_the_broker_is_down_takes_effect_once_it_is_back(
 def test_postgres_restarted_under_load_answers_503_then_recovers(
     cluster: PrivatePostgres, desk_db: PrivateDatabase, tmp_path: Path
 ) -> None:
-    tokens, logs = desk_db.seed()["tokens"], tmp_path / "desk"
+    seeded = desk_db.seed()
+    tokens, logs = seeded["tokens"], tmp_path / "desk"
     # A pool that gives up on the database after 2 s, not 10, keeps the test short.
     with desk_on(desk_db, logs, DB_POOL_TIMEOUT="2", API_RATE_LIMIT="100000") as desk:
         agents = Agents(desk.url, tokens)
@@ -380,11 +381,14 @@ def test_postgres_restarted_under_load_answers_503_then_recovers(
 
         # Down for longer: pages and the API answer 503 once the pool gives up waiting.
         cluster.stop()
-        page = http("GET", f"{desk.url}/healthz")
+        cookie = {"Cookie": f"{settings.SESSION_COOKIE_NAME}={seeded['session']}"}
+        page = http("GET", f"{desk.url}/killswitches/", headers=cookie)
         api = http("GET", f"{desk.url}/api/v1/killswitches", headers=auth)
+        ready = http("GET", f"{desk.url}/readyz")
+        alive = http("GET", f"{desk.url}/healthz")
         cluster.start()
         back = wait_for(
-            lambda: http("GET", f"{desk.url}/healthz").status == 200, 20, "the desk to answer again"
+            lambda: http("GET", f"{desk.url}/readyz").status == 200, 20, "the desk to be ready"
         )
 
     state = desk_db.state(agents)
@@ -414,6 +418,8 @@ def test_postgres_restarted_under_load_answers_503_then_recovers(
     assert b"briefly unavailable" in page.body and page.headers["Retry-After"]
     assert api.status == 503 and api.headers["Content-Type"] == "application/problem+json"
     assert api.json()["status"] == 503 and api.headers["Retry-After"]
+    assert ready.status == 503 and not ready.json()["checks"]["database"]["ok"]
+    assert alive.status == 200  # the process answers: it is the database that is out
     assert back
 
 

@@ -17,7 +17,7 @@ import pytest
 from django.conf import settings
 
 from tests.conftest import session_cookie
-from tests.servers import ROOT, Browser, Desk, _wait_http, free_port, server_env
+from tests.servers import ROOT, Browser, Desk, _wait_http, free_port, http, server_env
 from tests.test_live import open_socket, receive_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -106,3 +106,18 @@ def test_long_polls_wait_on_the_asgi_server_without_blocking_requests(layout: De
         thread.join()
     assert reply.status == 201
     assert took < 2, f"a proposal waited {took:.1f} s behind long-polls"
+
+
+def test_the_layout_is_ready_with_its_worker_and_beat(layout: Desk) -> None:
+    """/readyz through nginx: the database, Redis, and the separate worker and beat processes
+    of the layout each beat."""
+    deadline = time.monotonic() + 60
+    while True:
+        reply = http("GET", f"{layout.url}/readyz")
+        if reply.status == 200:
+            break
+        assert time.monotonic() < deadline, reply.body[:500]
+        time.sleep(0.5)
+    body = reply.json()
+    assert set(body["checks"]) == {"database", "redis", "worker", "beat"}
+    assert body["failing"] == []

@@ -3,8 +3,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import views as auth_views
-from django.db import connection, transaction
-from django.http import HttpRequest, HttpResponse
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views import defaults
 from django.views.decorators.http import require_GET
@@ -24,6 +24,7 @@ from approvals.models import (
     Domain,
 )
 from approvals.notifications import failed_deliveries
+from incidentdesk.health import readiness
 
 
 class LoginView(auth_views.LoginView):
@@ -62,9 +63,22 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def healthz(request: HttpRequest) -> HttpResponse:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
+    """The process is alive and answers (nothing else is asked: see /readyz)."""
     return HttpResponse("ok", content_type="text/plain")
+
+
+@require_GET
+def readyz(request: HttpRequest) -> HttpResponse:
+    """Ready to work: the database and Redis answer, and a worker and beat beat. The answer
+    names what fails."""
+    checks = readiness()
+    ready = all(check.ok for check in checks)
+    body = {
+        "ready": ready,
+        "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks},
+        "failing": [f"{c.name}: {c.detail}" for c in checks if not c.ok],
+    }
+    return JsonResponse(body, status=200 if ready else 503)
 
 
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
