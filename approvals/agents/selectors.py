@@ -12,7 +12,7 @@ from typing import Any
 from django.db.models import Count, F, Max, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
-from approvals.models import Action, Agent, AgentLink, AgentToken, AuditEvent
+from approvals.models import Action, Agent, AgentLink, AgentToken, AuditEvent, links_open
 
 TOKENS_SHOWN = 5  # per agent; the count says how many more
 
@@ -74,7 +74,7 @@ def agent_rows(agents: Iterable[Agent]) -> list[AgentRow]:
         for row in AgentLink.objects.filter(agent__in=agents)
         .values("agent_id")
         .annotate(
-            open=Count("id", filter=Q(pk__in=AgentLink.objects.open().values("pk"))),
+            open=Count("id", filter=links_open()),
             acked=Max("acked_version", filter=Q(acked_at__isnull=False)),
             seen=Max("seen_at"),
         )

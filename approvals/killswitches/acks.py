@@ -85,7 +85,7 @@ def killswitch_acknowledge(*, acks: list[Ack]) -> None:
     waiting for them, never contained when it was not."""
     with transaction.atomic():
         relax_durability()
-        current = current_version()
+        current = KillSwitchChange.objects.current_version()
         latest: dict[str, Ack] = {}
         for ack in acks:
             kept = latest.get(ack.channel)
@@ -171,7 +171,7 @@ def engages_contain() -> None:
     for change_id, awaited in pending.values_list("pk", "awaited"):
         # Most calls find a socket still open and behind: one query, and on to the next.
         behind = AgentLink.objects.filter(pk__in=awaited, acked_version__lt=change_id)
-        if behind.filter(_confirmed()).exists():
+        if behind.open().exists():
             continue
         change = KillSwitchChange.objects.select_related("switch").get(pk=change_id)
         waiting, last = links_waiting(change)
@@ -209,16 +209,6 @@ def _contained(change: KillSwitchChange, at: datetime) -> None:
         live.presence_changed()
 
 
-def _confirmed() -> Q:
-    """Open, and confirmed by its process lately."""
-    fresh = timezone.now() - timedelta(seconds=settings.AGENT_LINK_STALE_SECONDS)
-    return Q(closed_at=None, seen_at__gte=fresh)
-
-
-def current_version() -> int:
-    return KillSwitchChange.objects.current_version()
-
-
 def links_waiting(change: KillSwitchChange) -> tuple[list[AgentLink], datetime | None]:
     """The sockets an engage awaits that have not been given its version, and when the last
     of those that have was. A socket that acknowledged it has; one that closed, or that its
@@ -229,11 +219,11 @@ def links_waiting(change: KillSwitchChange) -> tuple[list[AgentLink], datetime |
     heard = [link.acked_at for link in links if link.acked_version >= version and link.acked_at]
     behind = [link for link in links if link.acked_version < version]
     fresh = timezone.now() - timedelta(seconds=settings.AGENT_LINK_STALE_SECONDS)
-    gone = {
-        (link.agent_id, link.domain_id)
-        for link in behind
-        if link.closed_at is not None or link.seen_at < fresh
-    }
+
+    def is_gone(link: AgentLink) -> bool:  # not open (links_open), in Python
+        return link.closed_at is not None or link.seen_at < fresh
+
+    gone = {(link.agent_id, link.domain_id) for link in behind if is_gone(link)}
     given: dict[tuple[int, int], datetime] = {}
     if gone:
         others = AgentLink.objects.filter(
@@ -245,10 +235,6 @@ def links_waiting(change: KillSwitchChange) -> tuple[list[AgentLink], datetime |
             key = (agent_id, domain_id)
             if key in gone and at is not None:
                 given[key] = min(at, given.get(key, at))
-
-    def is_gone(link: AgentLink) -> bool:
-        return link.closed_at is not None or link.seen_at < fresh
-
     waiting = [
         link for link in behind if not is_gone(link) or (link.agent_id, link.domain_id) not in given
     ]

@@ -13,7 +13,6 @@ from django.utils import timezone
 
 from approvals.killswitches.acks import (
     CONTAIN_WINDOW,
-    current_version,
     links_waiting,
 )
 from approvals.models import Agent, AgentLink, AgentToken, KillSwitchChange
@@ -76,7 +75,7 @@ class Presence:
 
 def agents_heard(*, limit: int | None = 50) -> Presence:
     """Every agent with an open socket or a live token, in need-a-look order."""
-    version = current_version()
+    version = KillSwitchChange.objects.current_version()
     links = (
         AgentLink.objects.open()
         .values("agent_id")

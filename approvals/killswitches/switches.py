@@ -18,7 +18,7 @@ from django.utils import timezone
 from approvals import live
 from approvals.audit import Actor, audit_record
 from approvals.core import Refused
-from approvals.killswitches.acks import current_version, links_awaited
+from approvals.killswitches.acks import links_awaited
 from approvals.models import Domain, KillSwitch, KillSwitchChange
 from incidentdesk.celery import enqueue_on_commit
 
@@ -136,7 +136,7 @@ def killswitch_state(domain_slugs: Iterable[str] | None = None) -> dict[str, Any
     switches = KillSwitch.objects.all()
     if domain_slugs is not None:
         switches = switches.filter(scope__in=[*domain_slugs, GLOBAL])
-    version = current_version()
+    version = KillSwitchChange.objects.current_version()
     state = {s.scope: switch_info(s) for s in switches}
     return state_for(version, state, domain_slugs)
 

@@ -10,6 +10,7 @@ from approvals.models.agents import (
     AgentToken,
     IdempotencyRecord,
     ReasoningStep,
+    links_open,
 )
 from approvals.models.audit import AuditEvent, ChainVerification
 from approvals.models.domains import Desk, Domain
@@ -43,4 +44,5 @@ __all__ = [
     "Tier",
     "Webhook",
     "WebhookDelivery",
+    "links_open",
 ]

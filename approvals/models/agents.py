@@ -117,11 +117,15 @@ class IdempotencyRecord(models.Model):
         return f"{self.agent_id}:{self.key}"
 
 
+def links_open() -> models.Q:
+    """Sockets still open: not closed, and confirmed by their process lately."""
+    fresh = timezone.now() - timedelta(seconds=settings.AGENT_LINK_STALE_SECONDS)
+    return models.Q(closed_at=None, seen_at__gte=fresh)
+
+
 class AgentLinkQuerySet(models.QuerySet["AgentLink"]):
     def open(self) -> AgentLinkQuerySet:
-        """Sockets still open: not closed, and confirmed by their process lately."""
-        fresh = timezone.now() - timedelta(seconds=settings.AGENT_LINK_STALE_SECONDS)
-        return self.filter(closed_at=None, seen_at__gte=fresh)
+        return self.filter(links_open())
 
 
 class AgentLink(models.Model):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -134,6 +135,12 @@ class Action(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tool}:{self.verb} ({self.status})"
+
+    @property
+    def state_before(self) -> Any:
+        """The targets' state before the action: the desk's own read where it has one, else
+        the agent's claim."""
+        return self.desk_snapshot if self.desk_snapshot is not None else self.pre_action_state
 
     def settle(self, status: str, *, by: str, reason: str, at: datetime | None = None) -> None:
         """End its wait (a decision, an expiry, a cancellation): who, when and why; any timer

@@ -37,7 +37,7 @@ def targets_now(action: Action, *, claim: Any = None) -> DeskRead:
         domain=action.domain,
         tool=action.tool,
         verb=action.verb,
-        target_ids=[str(t) for t in action.target_ids or []],
+        target_ids=_targets(action),
         params=effective_params(action),
         claim=claim,
     )
@@ -200,7 +200,7 @@ class Outcomes:
 def expected_after(action: Action) -> Any:
     """What the targets would hold had the call run: the state before with the params' fields
     that it names set (for one target whose state is an object); otherwise unknown (None)."""
-    before = action.desk_snapshot if action.desk_snapshot is not None else action.pre_action_state
+    before = action.state_before
     if not isinstance(before, dict) or len(action.target_ids or []) > 1:
         return None
     params = action.ran_params if action.ran_params is not None else effective_params(action)
@@ -208,5 +208,6 @@ def expected_after(action: Action) -> Any:
 
 
 def run_outcomes(action: Action) -> Outcomes:
-    before = action.desk_snapshot if action.desk_snapshot is not None else action.pre_action_state
-    return Outcomes(before=before, expected=expected_after(action), now=targets_now(action))
+    return Outcomes(
+        before=action.state_before, expected=expected_after(action), now=targets_now(action)
+    )

@@ -201,7 +201,7 @@ def would_change(action: Action) -> list[FieldChange]:
     """Per field of the snapshot the params name: its value now (the desk's own read where it
     has one, else the agent's claim), and what the action sets."""
     params = effective_params(action)
-    known = action.desk_snapshot if action.desk_snapshot is not None else action.pre_action_state
+    known = action.state_before
     snapshot = known if isinstance(known, dict) else {}
     missing = object()
     rows = []

@@ -275,9 +275,15 @@ def _http_once(connector: Connector, method: str, url: str, body: bytes, key: st
         ) from exc
 
 
+def _filled(call: Call, context: Context, state: Any) -> tuple[str, Any]:
+    """The call's URL and JSON body, their templates filled in for this step."""
+    return fill(call.url, context.values(quote=True)), fill(
+        call.body, context.values(quote=False), state
+    )
+
+
 def _http(connector: Connector, call: Call, context: Context, state: Any, key: str) -> Any:
-    url = fill(call.url, context.values(quote=True))
-    body_value = fill(call.body, context.values(quote=False), state)
+    url, body_value = _filled(call, context, state)
     body = b"" if body_value is None else json.dumps(body_value, sort_keys=True).encode()
     attempts = max(1, connector.max_attempts)
     for attempt in range(attempts):
@@ -346,9 +352,7 @@ def connector_call(
                 f"{connector.spec.get('function')} failed on {operation}: "
                 f"{exc.__class__.__name__}: {exc}"
             ) from exc
-    call = getattr(_http_spec(connector), operation)
-    if call is None:
-        raise ConnectorError(f"the {connector.tool} connector has no {operation} operation")
+    call = _http_call(connector, operation)
     # Reads carry a key of their own: only writes must be applied once.
     key = context.key if operation != "read" else f"{context.key}:read"
     return _http(connector, call, context, state, key)
@@ -365,19 +369,25 @@ def connector_request(
             "function": connector.spec.get("function"),
             "arguments": {"operation": operation, "target": context.target, "state": state},
         }
-    call = getattr(_http_spec(connector), operation)
-    if call is None:
-        raise ConnectorError(f"the {connector.tool} connector has no {operation} operation")
+    call = _http_call(connector, operation)
+    url, body = _filled(call, context, state)
     return {
         "method": call.method,
-        "url": fill(call.url, context.values(quote=True)),
+        "url": url,
         "headers": [
             f"Idempotency-Key: {context.key}",
             "X-IncidentDesk-Timestamp: (when sent)",
             "X-IncidentDesk-Signature: (HMAC-SHA256 with the connector's secret)",
         ],
-        "body": fill(call.body, context.values(quote=False), state),
+        "body": body,
     }
+
+
+def _http_call(connector: Connector, operation: Operation) -> Call:
+    call = getattr(_http_spec(connector), operation)
+    if call is None:
+        raise ConnectorError(f"the {connector.tool} connector has no {operation} operation")
+    return call  # type: ignore[no-any-return]
 
 
 def compensation_target(connector: Connector, action: Action) -> str:

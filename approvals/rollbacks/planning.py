@@ -224,19 +224,24 @@ class UndoPreview:
 UNDO_TARGETS_SHOWN = 5
 
 
+def _undo_steps(action: Action) -> tuple[Connector | None, list[RollbackStep]]:
+    """The domain's connector for the action's tool, and the steps a rollback would plan."""
+    connector = Connector.objects.filter(domain_id=action.domain_id, tool=action.tool).first()
+    return connector, _steps_for(action, connector)
+
+
 def undo_known(action: Action) -> bool:
     """Whether the desk could undo every target of `action` through the domain's connector
     (restore a snapshot it has, or compensate). A read changes nothing: nothing to undo."""
     if action.verb == "read":
         return True
-    connector = Connector.objects.filter(domain_id=action.domain_id, tool=action.tool).first()
-    return all(step.method != M.MANUAL for step in _steps_for(action, connector))
+    _, steps = _undo_steps(action)
+    return all(step.method != M.MANUAL for step in steps)
 
 
 def undo_preview(action: Action) -> UndoPreview:
     """The requests a rollback of `action` would send, target by target (the first few)."""
-    connector = Connector.objects.filter(domain_id=action.domain_id, tool=action.tool).first()
-    steps = _steps_for(action, connector)
+    connector, steps = _undo_steps(action)
     shown = []
     for step in steps[:UNDO_TARGETS_SHOWN]:
         if step.method == M.MANUAL or connector is None:
