@@ -18,6 +18,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 
+from incidentdesk.outage import REDIS_DOWN, redis_outage
+
 HEARTBEAT_TASK = "approvals.tasks.heartbeat_task"
 
 
@@ -26,8 +28,16 @@ def _key(kind: str) -> str:
 
 
 def heartbeat_record(kind: str) -> None:
-    """`kind` ("worker" or "beat") is alive now."""
-    cache.set(_key(kind), time.time(), timeout=max(3600, 10 * settings.READY_HEARTBEAT_SECONDS))
+    """`kind` ("worker" or "beat") is alive now. Never raises: while Redis is out the heartbeat
+    is not recorded (and /readyz says so), but the worker that beats must not stop for it."""
+    if not redis_outage.usable():
+        return
+    try:
+        cache.set(_key(kind), time.time(), timeout=max(3600, 10 * settings.READY_HEARTBEAT_SECONDS))
+    except REDIS_DOWN as exc:
+        redis_outage.failed(f"the {kind} heartbeat", exc)
+    else:
+        redis_outage.worked()
 
 
 class WorkerHeartbeat(bootsteps.StartStopStep):
