@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -141,6 +141,15 @@ def killswitch_polled(*, token: AgentToken, version: int) -> None:
         and now - known[1] < timedelta(seconds=POLL_RECORDED_SECONDS)
     ):
         return
+    try:
+        _record_poll(token, channel, version, now)
+    except IntegrityError:
+        return  # the agent was deleted since its token was read (kept tokens): nothing to record
+    if moved:
+        engages_contain()
+
+
+def _record_poll(token: AgentToken, channel: str, version: int, now: datetime) -> None:
     with transaction.atomic():
         Agent.objects.filter(pk=token.agent_id).update(polled_at=now, polled_version=version)
         AgentLink.objects.update_or_create(
@@ -156,8 +165,6 @@ def killswitch_polled(*, token: AgentToken, version: int) -> None:
             },
         )
         live.presence_changed()
-    if moved:
-        engages_contain()
 
 
 def engages_contain() -> None:
